@@ -1,0 +1,78 @@
+"""The ``workflow-rl`` command line: one Typer app; each command group lives in its own module.
+
+Every command module exposes ``register(app)``. Project errors (:class:`WorkflowRLError`) are
+caught here and printed as one line on stderr with exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from workflow_rl.errors import WorkflowRLError
+
+DEFAULT_DB = "./workflow_rl.db"
+
+app = typer.Typer(
+    name="workflow-rl",
+    help="Search, store and learn agentic workflow programs (MCTS + SQL + GRPO).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# Command modules, registered in this order (each defines register(app)).
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    db: Annotated[
+        str,
+        typer.Option(
+            "--db",
+            envvar="WORKFLOW_RL_DB",
+            help="Database: a file path (SQLite) or any SQLAlchemy URL, e.g. postgresql+psycopg://u@host/db.",
+        ),
+    ] = DEFAULT_DB,
+) -> None:
+    """Search, store and learn agentic workflow programs."""
+    ctx.obj = {"db": db}
+
+
+def _register_all() -> None:
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"workflow_rl.cli.{name}").register(app)
+
+
+_register_all()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the app, turning project errors into one line + exit 1."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except WorkflowRLError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except (typer.Abort, KeyboardInterrupt):
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if os.environ.get("WORKFLOW_RL_DEBUG"):
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (set WORKFLOW_RL_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        sys.exit(1)
