@@ -152,3 +152,18 @@ class ExecutionResult:
     def ok(self) -> bool:
         """True when the workflow returned an output."""
         return self.error_kind is None
+
+
+@dataclass(frozen=True)
+class CodeResult:
+    """Outcome of running untrusted Python (``OpContext.run_code``) in the sandbox.
+
+    ``run_code(source, *, stdin="", timeout_s=5.0) -> CodeResult`` runs ``source`` as a script in
+    a killable worker with the runtime's limits; ``ok`` means it exited without an exception.
+    """
+
+    ok: bool
+    stdout: str = ""
+    stderr: str = ""
+    error_kind: ErrorKind | None = None
+    error_message: str | None = None
