@@ -1,0 +1,91 @@
+"""Token and cost accounting: prices per model from a dict or a TOML file.
+
+A model without a configured price has cost ``None`` ("unknown"), never a silent 0: a search that
+reports "$0.00" while spending money is worse than one that says it does not know.
+
+TOML format (prices in USD per million tokens)::
+
+    [models."gpt-4o-mini"]
+    prompt_per_million = 0.15
+    completion_per_million = 0.60
+
+    [models."Qwen/Qwen2.5-7B-Instruct"]   # a local vLLM server: free
+    prompt_per_million = 0
+    completion_per_million = 0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workflow_rl.errors import WorkflowRLError
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """Price of one model in USD per million prompt / completion tokens."""
+
+    prompt_per_million: float
+    completion_per_million: float
+
+    def __post_init__(self) -> None:
+        if self.prompt_per_million < 0 or self.completion_per_million < 0:
+            raise WorkflowRLError(
+                f"negative price {self.prompt_per_million}/{self.completion_per_million}; prices are >= 0"
+            )
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """USD cost of this many tokens."""
+        return (prompt_tokens * self.prompt_per_million + completion_tokens * self.completion_per_million) / 1e6
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    """Prices by model name; ``cost`` returns None for a model that is not listed."""
+
+    prices: Mapping[str, ModelPrice] = field(default_factory=dict)
+
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """USD cost of a call, or None when the model's price is unknown."""
+        price = self.prices.get(model)
+        return None if price is None else price.cost(prompt_tokens, completion_tokens)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PriceTable:
+        """Build from ``{model: {"prompt_per_million": x, "completion_per_million": y}}``.
+
+        A ``{"models": {...}}`` wrapper (the TOML layout) is accepted too.
+        """
+        if "models" in data and isinstance(data["models"], Mapping):
+            data = data["models"]
+        prices: dict[str, ModelPrice] = {}
+        for model, entry in data.items():
+            if not isinstance(entry, Mapping):
+                raise WorkflowRLError(f"price of {model!r} must be a table, got {entry!r}")
+            missing = {"prompt_per_million", "completion_per_million"} - set(entry)
+            if missing:
+                raise WorkflowRLError(f"price of {model!r} is missing {sorted(missing)}")
+            try:
+                prices[model] = ModelPrice(float(entry["prompt_per_million"]), float(entry["completion_per_million"]))
+            except (TypeError, ValueError) as exc:
+                raise WorkflowRLError(f"price of {model!r} is not a number: {exc}") from None
+        return cls(prices)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> PriceTable:
+        """Load a TOML price file (see the module docstring for the layout)."""
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise WorkflowRLError(f"price file {p} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise WorkflowRLError(f"price file {p} is not valid TOML: {exc}") from None
+        return cls.from_dict(data)
