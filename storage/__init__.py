@@ -1,5 +1,10 @@
-"""SQL storage of runs, problems, workflows, generations, evaluations, search nodes and checkpoints."""
+"""SQL storage of runs, problems, workflows, generations, evaluations, search nodes and checkpoints.
 
-from storage.engine import open_db, session_scope
+``open_db(url)`` opens and migrates a database; ``session_scope`` / ``read_session_scope`` are one
+write / read-only transaction; ``storage.repo`` holds the repository functions (they take a Session
+and never commit); ``storage.views`` documents the SQL views.
+"""
 
-__all__ = ["open_db", "session_scope"]
+from storage.engine import open_db, read_session_scope, session_scope
+
+__all__ = ["open_db", "read_session_scope", "session_scope"]

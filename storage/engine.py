@@ -1,19 +1,37 @@
-"""Engine factory and session helpers.
+"""Engine factory and transaction helpers.
 
-TEMPORARY bootstrap (issue 2 replaces ``create_all`` with Alembic migrations applied on open);
-the public API below is the contract: ``open_db(url) -> Engine`` and ``session_scope(engine)``.
+``open_db(url) -> Engine`` opens a database (a file path or any SQLAlchemy URL) and brings its
+schema up to date with the packaged Alembic migrations. ``session_scope(engine)`` is one write
+transaction; ``read_session_scope(engine)`` is one read-only transaction, enforced by the database.
+
+SQLite concurrency: pysqlite's own transaction handling issues a *deferred* ``BEGIN``; in WAL mode a
+deferred transaction that read first and then writes fails at once with "database is locked" when
+another writer committed meanwhile (the busy handler cannot help a stale snapshot). So we switch
+pysqlite's handling off (``isolation_level=None``) and emit ``BEGIN IMMEDIATE`` ourselves, which
+takes the write lock up front and waits for it (busy_timeout, then a short retry loop). Read-only
+transactions use a deferred ``BEGIN`` plus ``PRAGMA query_only`` so they never block writers.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Connection, Engine, create_engine, event, exc, make_url
+from sqlalchemy.orm import Session
 
-from storage.models import Base
+from workflow_rl.errors import WorkflowRLError
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+"""How long one SQLite statement waits for a lock before SQLITE_BUSY (per attempt)."""
+
+BEGIN_RETRY_SECONDS = 120.0
+"""Total time ``BEGIN IMMEDIATE`` keeps retrying on SQLITE_BUSY before the error surfaces."""
+
+READONLY_OPTION = "workflow_rl_readonly"
+"""Connection execution option: when true the transaction is read-only at the database level."""
 
 
 def normalize_url(db: str) -> str:
@@ -23,27 +41,129 @@ def normalize_url(db: str) -> str:
     return f"sqlite:///{Path(db).expanduser()}"
 
 
-def open_db(db: str) -> Engine:
-    """Open (and bring up to date) the database at ``db``: a path or any SQLAlchemy URL."""
+def display_url(url: str) -> str:
+    """The URL with any password masked, for error messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except exc.ArgumentError:
+        return url
+
+
+def _is_busy(error: BaseException) -> bool:
+    text = str(error).lower()
+    return "database is locked" in text or "database is busy" in text
+
+
+def _install_sqlite_transactions(engine: Engine) -> None:
+    """WAL, foreign keys, busy timeout; BEGIN IMMEDIATE for writes, query_only for reads."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see module docstring)
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is durable across application crashes in WAL mode (only an OS crash can lose the
+        # last commits) and makes each small commit much cheaper than FULL.
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        dbapi_conn = conn.connection.dbapi_connection
+        if conn.get_execution_options().get(READONLY_OPTION):
+            dbapi_conn.execute("PRAGMA query_only=ON")
+            conn.connection.info["query_only"] = True
+            dbapi_conn.execute("BEGIN")
+            return
+        deadline = time.monotonic() + BEGIN_RETRY_SECONDS
+        while True:
+            try:
+                dbapi_conn.execute("BEGIN IMMEDIATE")
+                return
+            except Exception as error:  # sqlite3.OperationalError; busy_timeout already waited
+                if not _is_busy(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(dbapi_conn, record) -> None:  # noqa: ANN001
+        # A pooled connection must not stay read-only for the next (writing) user.
+        if record.info.pop("query_only", False) and dbapi_conn is not None:
+            dbapi_conn.execute("PRAGMA query_only=OFF")
+
+
+def _install_postgres_transactions(engine: Engine) -> None:
+    """Map the read-only option onto ``SET TRANSACTION READ ONLY`` (enforced by the server)."""
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get(READONLY_OPTION):
+            # psycopg opens the transaction implicitly, so this is its first statement.
+            conn.connection.dbapi_connection.cursor().execute("SET TRANSACTION READ ONLY")
+
+
+def create_db_engine(db: str) -> Engine:
+    """Create an engine for ``db`` with our connection setup, without touching the schema."""
     url = normalize_url(db)
-    engine = create_engine(url)
+    try:
+        engine = create_engine(url)
+    except (exc.ArgumentError, exc.NoSuchModuleError, ImportError, ValueError) as error:
+        raise WorkflowRLError(
+            f"invalid database URL {display_url(url)!r}: {error}; "
+            "give a file path or a SQLAlchemy URL like sqlite:///run.db or postgresql+psycopg://user@host/db"
+        ) from None
     if engine.dialect.name == "sqlite":
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
-    Base.metadata.create_all(engine)
+        _install_sqlite_transactions(engine)
+    elif engine.dialect.name == "postgresql":
+        _install_postgres_transactions(engine)
     return engine
+
+
+def open_db(db: str, *, upgrade: bool = True) -> Engine:
+    """Open the database at ``db`` (a path or any SQLAlchemy URL) and migrate it to the head revision.
+
+    Raises :class:`WorkflowRLError` (one line) for a bad URL, an unreachable server, a file that is
+    not a database, or a schema newer than this code; the database is left unchanged then.
+    """
+    from storage.migrate import ensure_schema  # late import: migrate imports this module
+
+    engine = create_db_engine(db)
+    if upgrade:
+        try:
+            ensure_schema(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+    return engine
+
+
+def describe_db_error(engine: Engine, error: BaseException) -> WorkflowRLError:
+    """Turn a driver error met while opening a database into a one-line project error."""
+    url = display_url(engine.url.render_as_string(hide_password=False))
+    first = str(getattr(error, "orig", None) or error).strip().splitlines()[0] if str(error).strip() else ""
+    if "file is not a database" in first or "malformed" in first:
+        return WorkflowRLError(
+            f"{url} is not a SQLite database (or it is corrupt): {first}; point --db at another file"
+        )
+    return WorkflowRLError(f"cannot open database {url}: {first}; check the --db URL and that the server runs")
 
 
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
-    """One transaction: commit on success, roll back on error."""
-    factory = sessionmaker(engine, expire_on_commit=False)
-    with factory() as session, session.begin():
+    """One write transaction: commit on success, roll back on error (BEGIN IMMEDIATE on SQLite)."""
+    with Session(engine, expire_on_commit=False) as session, session.begin():
         yield session
+
+
+@contextmanager
+def read_session_scope(engine: Engine) -> Iterator[Session]:
+    """One read-only transaction: any write raises (SQLite query_only, PostgreSQL READ ONLY)."""
+    with engine.connect() as conn:
+        conn.execution_options(**{READONLY_OPTION: True})
+        with Session(bind=conn, expire_on_commit=False) as session:
+            try:
+                yield session
+            finally:
+                session.rollback()

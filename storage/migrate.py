@@ -1,0 +1,118 @@
+"""Apply the packaged Alembic migrations (no alembic.ini needed at runtime).
+
+The cheap path matters: ``open_db`` runs on every command and in every test, so we read the stored
+revision with one query and only start Alembic when it differs from the head.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, exc, inspect, text
+
+from workflow_rl.errors import WorkflowRLError
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+"""The Alembic script location shipped inside the package."""
+
+VERSION_TABLE = "alembic_version"
+"""Alembic's bookkeeping table (one row: the schema revision)."""
+
+_PG_MIGRATION_LOCK = 0x5746524C  # "WFRL": advisory lock id that serialises concurrent migrations
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic Config pointing at the packaged migrations, optionally bound to ``connection``."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+@lru_cache(maxsize=1)
+def _script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def head_revision() -> str:
+    """The newest revision this code knows."""
+    head = _script().get_current_head()
+    assert head is not None, "no migrations packaged"
+    return head
+
+
+def known_revisions() -> set[str]:
+    """Every revision id shipped with this code."""
+    return {rev.revision for rev in _script().walk_revisions()}
+
+
+def current_revision(conn: Connection) -> str | None:
+    """The revision stored in the database, or None for an empty/unversioned one."""
+    if not inspect(conn).has_table(VERSION_TABLE):
+        return None
+    row = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).first()
+    return row[0] if row else None
+
+
+def _check_known(revision: str | None, url: str) -> None:
+    if revision is not None and revision not in known_revisions():
+        raise WorkflowRLError(
+            f"database {url} has schema revision {revision!r}, newer than this workflow-rl "
+            f"(knows up to {head_revision()!r}); upgrade workflow-rl (pip install -U workflow-rl)"
+        )
+
+
+def _probe(engine: Engine) -> str | None:
+    """Read the stored revision (read-only, cheap); turn driver failures into one-line errors."""
+    from storage.engine import READONLY_OPTION, describe_db_error
+
+    try:
+        with engine.connect() as conn:
+            conn.execution_options(**{READONLY_OPTION: True})  # never take the write lock to look
+            if engine.dialect.name == "sqlite":
+                # Touch the file header first so a non-database file fails here, not mid-migration.
+                conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar()
+            return current_revision(conn)
+    except WorkflowRLError:
+        raise
+    except exc.DBAPIError as error:
+        raise describe_db_error(engine, error) from None
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Migrate to head if needed; refuse (unchanged) a database from a newer workflow-rl."""
+    url = engine.url.render_as_string(hide_password=True)
+    stored = _probe(engine)
+    if stored == head_revision():
+        return
+    _check_known(stored, url)
+    upgrade(engine)
+
+
+def upgrade(engine: Engine) -> tuple[str | None, str]:
+    """Run pending migrations in one transaction; returns (revision before, revision after).
+
+    The stored revision is re-read under the write lock (SQLite BEGIN IMMEDIATE, PostgreSQL
+    advisory lock) so that two processes opening a fresh database at once migrate it only once.
+    """
+    from storage.engine import describe_db_error
+
+    url = engine.url.render_as_string(hide_password=True)
+    try:
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            before = current_revision(conn)
+            _check_known(before, url)
+            if before != head_revision():
+                command.upgrade(alembic_config(conn), "head")
+            return before, head_revision()
+    except WorkflowRLError:
+        raise
+    except exc.DBAPIError as error:
+        raise describe_db_error(engine, error) from None
