@@ -1,0 +1,1 @@
+"""Alembic script directory for workflow-rl (a package so that env.py ships in wheels)."""
