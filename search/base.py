@@ -6,6 +6,7 @@ the mutation operator, an LLM optimizer and the trained policy implement.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,6 +35,7 @@ class ProposalContext:
     failures: tuple[FailedExample, ...] = ()
     history: tuple[tuple[str, float], ...] = ()  # (summary of an earlier modification, its score)
     round: int = 0
+    passes: tuple[str, ...] = ()  # texts of problems the parent solved (routing cues avoid their words)
 
 
 @dataclass(frozen=True)
@@ -73,4 +75,57 @@ class Proposer(Protocol):
 
     async def propose(self, context: ProposalContext, n: int, seed: int) -> list[Candidate]:
         """Return up to ``n`` candidates (deterministic for a fixed seed)."""
+        ...
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    """Reward of one (workflow, problem, repeat) execution, as stored in ``evaluations``."""
+
+    problem_id: int
+    repeat: int
+    reward: float
+    output: str | None = None
+    error: str | None = None
+    cost: float | None = 0.0
+
+
+@dataclass(frozen=True)
+class EvalBatch:
+    """What evaluating one workflow on a batch returned: every record, and how many were new."""
+
+    records: tuple[EvalRecord, ...]
+    executed: int  # executions run now (stored rows that were reused are not counted)
+
+    @property
+    def mean_reward(self) -> float:
+        """Mean reward over the records, summed in (problem, repeat) order (0 when empty)."""
+        rs = [r.reward for r in sorted(self.records, key=lambda r: (r.problem_id, r.repeat))]
+        return sum(rs) / len(rs) if rs else 0.0
+
+
+@dataclass(frozen=True)
+class ProblemRef:
+    """A stored validation problem as search sees it (for batches and failure examples)."""
+
+    problem_id: int
+    text: str
+    expected: str
+
+
+class Evaluator(Protocol):
+    """Runs workflows on stored problems and persists one evaluation row per execution.
+
+    Implemented by ``workflow_rl.evaluation``; ``search`` only sees this protocol so that it
+    never imports ``workflow_rl`` (dependency direction in DESIGN.md).
+    """
+
+    def validation_problems(self) -> list[ProblemRef]:
+        """The benchmark's validation problems, in a deterministic order."""
+        ...
+
+    async def evaluate(
+        self, run_id: int, workflow_id: int, code: str, problem_ids: Sequence[int], repeats: int
+    ) -> EvalBatch:
+        """Evaluate ``code`` on ``problem_ids`` x ``range(repeats)``, skipping stored rows."""
         ...
