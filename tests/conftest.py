@@ -1,0 +1,53 @@
+"""Shared fixtures: database URLs for SQLite and (when configured) PostgreSQL.
+
+``pg_url`` creates a fresh PostgreSQL database per test from the server named by
+``WORKFLOW_RL_TEST_PG_URL`` (e.g. ``postgresql+psycopg://postgres:postgres@127.0.0.1:5432/postgres``)
+and drops it afterwards; without the variable the test is skipped (``.ci/run`` always sets it).
+``db_url`` is parametrized over both backends, so a test that takes it runs on each.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, make_url, text
+
+PG_ENV = "WORKFLOW_RL_TEST_PG_URL"
+"""Environment variable naming a PostgreSQL server (any database on it) that tests may use."""
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A URL of a new (not yet existing) SQLite file in the test's temp dir."""
+    return f"sqlite:///{tmp_path / 'test.db'}"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A URL of a freshly created, empty PostgreSQL database; dropped after the test."""
+    server = os.environ.get(PG_ENV)
+    if not server:
+        pytest.skip(f"{PG_ENV} is not set (no PostgreSQL server for tests)")
+    admin_url = make_url(server)
+    name = f"wfrl_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """A fresh database URL, once per backend (the postgres case skips without a server)."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    return request.getfixturevalue("pg_url")
