@@ -96,31 +96,31 @@ def upsert_problems(session: Session, benchmark: str, problems: Iterable[Any]) -
     """Insert or update problems of ``benchmark`` by key; returns ``{key: problem id}``.
 
     Each item is a mapping or an object (e.g. ``BenchProblem``) with ``key, split, text, reference``
-    and optional ``meta``. Changed text/split/reference/meta of an existing key are updated.
+    and optional ``meta``. Changed text/split/reference/meta of an existing key are updated. Safe
+    against a concurrent writer inserting the same keys (INSERT ... ON CONFLICT DO NOTHING first).
     """
-    items = {str(_field(p, "key")): p for p in problems}
-    keys = list(items)
-    existing: dict[str, Problem] = {}
+    values = {
+        str(_field(p, "key")): {
+            "split": _field(p, "split"), "text": _field(p, "text"),
+            "reference": _field(p, "reference"), "meta": dict(_field(p, "meta") or {}),
+        }
+        for p in problems
+    }
+    if not values:
+        return {}
+    stmt = _insert_ignore(session, Problem.__table__, ["benchmark", "key"])
+    session.connection().execute(stmt, [{"benchmark": benchmark, "key": k, **v} for k, v in values.items()])
+    keys = list(values)
+    ids: dict[str, int] = {}
     for start in range(0, len(keys), _CHUNK):
         chunk = keys[start : start + _CHUNK]
-        rows = session.scalars(select(Problem).where(Problem.benchmark == benchmark, Problem.key.in_(chunk)))
-        existing.update({row.key: row for row in rows})
-    for key, item in items.items():
-        values = {
-            "split": _field(item, "split"), "text": _field(item, "text"),
-            "reference": _field(item, "reference"), "meta": dict(_field(item, "meta") or {}),
-        }
-        row = existing.get(key)
-        if row is None:
-            row = Problem(benchmark=benchmark, key=key, **values)
-            session.add(row)
-            existing[key] = row
-        else:
-            for name, value in values.items():
-                if getattr(row, name) != value:
+        for row in session.scalars(select(Problem).where(Problem.benchmark == benchmark, Problem.key.in_(chunk))):
+            ids[row.key] = row.id
+            for name, value in values[row.key].items():
+                if getattr(row, name) != value:  # an existing key whose content changed
                     setattr(row, name, value)
     session.flush()
-    return {key: existing[key].id for key in keys}
+    return {key: ids[key] for key in keys}
 
 
 def problem_ids(session: Session, benchmark: str, split: str | None = None) -> dict[str, int]:

@@ -1,0 +1,121 @@
+"""Migrations: from an empty file, drift against the models, newer schemas, bad URLs and files."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
+
+from storage import open_db, read_session_scope, session_scope
+from storage.engine import create_db_engine
+from storage.migrate import alembic_config, current_revision, head_revision, upgrade
+from storage.models import Base
+from storage.views import VIEWS
+from workflow_rl.errors import WorkflowRLError
+
+TABLES = {"runs", "problems", "workflows", "generations", "evaluations", "search_nodes", "policy_checkpoints",
+          "train_steps", "alembic_version"}
+
+
+def test_migrates_an_empty_file(tmp_path: Path):
+    path = tmp_path / "empty.db"
+    path.touch()  # a zero-byte file is a valid, empty SQLite database
+    engine = open_db(str(path))
+    with engine.connect() as conn:
+        assert set(inspect(conn).get_table_names()) == TABLES
+        assert {v.name for v in VIEWS} <= set(inspect(conn).get_view_names())
+        assert current_revision(conn) == head_revision()
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    engine.dispose()
+
+
+def test_models_and_migrations_agree(engine):
+    """Alembic autogenerate finds no difference between storage/models.py and the migrated schema."""
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    assert diff == []
+
+
+def test_downgrade_to_base_and_upgrade_again(engine):
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "base")
+    with engine.connect() as conn:
+        assert set(inspect(conn).get_table_names()) <= {"alembic_version"}
+        assert inspect(conn).get_view_names() == []
+    assert upgrade(engine) == (None, head_revision())
+    with engine.connect() as conn:
+        assert set(inspect(conn).get_table_names()) == TABLES
+    assert upgrade(engine) == (head_revision(), head_revision())  # already at head: no-op
+
+
+def test_newer_schema_is_refused_and_left_unchanged(db_url: str):
+    engine = open_db(db_url)
+    with session_scope(engine) as s:
+        s.execute(text("UPDATE alembic_version SET version_num = 'f00dfeed9999'"))
+        s.execute(text("DROP VIEW problem_summary"))  # a marker that a re-migration would restore
+    engine.dispose()
+    with pytest.raises(WorkflowRLError) as info:
+        open_db(db_url)
+    message = str(info.value)
+    assert "f00dfeed9999" in message and "upgrade workflow-rl" in message and "\n" not in message
+    raw = create_db_engine(db_url)
+    with read_session_scope(raw) as s:
+        assert s.execute(text("SELECT version_num FROM alembic_version")).scalar() == "f00dfeed9999"
+        assert "problem_summary" not in inspect(s.connection()).get_view_names()
+    raw.dispose()
+
+
+def test_corrupt_file_gives_one_line_error_and_is_untouched(tmp_path: Path):
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"these are my notes, not a database\n" * 200)
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(WorkflowRLError) as info:
+        open_db(str(path))
+    assert "not a SQLite database" in str(info.value) and "\n" not in str(info.value)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("nosuchdialect://user@host/db", "invalid database URL"),
+        ("sqlite:////nonexistent-dir-wfrl/sub/x.db", "cannot open database"),
+        ("postgresql+psycopg://nobody:secret@127.0.0.1:1/none", "cannot open database"),
+    ],
+)
+def test_bad_url_gives_one_line_error(url: str, expected: str):
+    with pytest.raises(WorkflowRLError) as info:
+        open_db(url)
+    message = str(info.value)
+    assert expected in message and "\n" not in message
+    assert "secret" not in message  # passwords are masked
+
+
+def test_up_to_date_database_is_not_migrated_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    open_db(url).dispose()
+
+    def fail(*_args, **_kwargs):
+        raise AssertionError("alembic must not run on an up-to-date database")
+
+    monkeypatch.setattr(command, "upgrade", fail)
+    open_db(url).dispose()
+
+
+def test_two_engines_migrating_one_fresh_file(tmp_path: Path):
+    """The second migration re-reads the revision under the write lock and does nothing."""
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    first, second = create_db_engine(url), create_db_engine(url)
+    assert upgrade(first) == (None, head_revision())
+    assert upgrade(second) == (head_revision(), head_revision())
+    first.dispose()
+    second.dispose()
+    plain = create_engine(url)
+    with plain.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar() == 1
+    plain.dispose()
