@@ -28,6 +28,7 @@ class Tree:
     node_id: list[int | None] = field(default_factory=lambda: [None])  # search_nodes.id
     workflow_id: list[int | None] = field(default_factory=lambda: [None])
     code_hash: list[str | None] = field(default_factory=lambda: [None])
+    graph_hash: list[str | None] = field(default_factory=lambda: [None])
     parent: list[int] = field(default_factory=lambda: [-1])  # parent_index; -1 for the virtual root
     children: list[list[int]] = field(default_factory=lambda: [[]])
     visits: list[int] = field(default_factory=lambda: [0])
@@ -50,12 +51,14 @@ class Tree:
         round: int,
         prior: float | None = None,
         node_id: int | None = None,
+        graph_hash: str | None = None,
     ) -> int:
         """Append a node under ``parent`` with one visit worth ``own_score``; returns its index."""
         index = len(self.parent)
         self.node_id.append(node_id)
         self.workflow_id.append(workflow_id)
         self.code_hash.append(code_hash)
+        self.graph_hash.append(graph_hash)
         self.parent.append(parent)
         self.children.append([])
         self.children[parent].append(index)
@@ -128,18 +131,18 @@ def load_tree(session: Session, run_id: int) -> Tree:
     """Rebuild the in-memory tree of a run from ``search_nodes`` (node order = insertion order)."""
     tree = Tree()
     rows = session.execute(
-        select(SearchNode, Workflow.code_hash)
+        select(SearchNode, Workflow.code_hash, Workflow.graph_hash)
         .join(Workflow, Workflow.id == SearchNode.workflow_id)
         .where(SearchNode.run_id == run_id)
         .order_by(SearchNode.id)
     ).all()
     scores = validation_scores(session, run_id)
     by_node_id: dict[int, int] = {}
-    for node, code_hash in rows:
+    for node, code_hash, graph_hash in rows:
         parent = ROOT_INDEX if node.parent_node_id is None else by_node_id[node.parent_node_id]
         index = tree.add_node(
             parent, node.workflow_id, code_hash, scores.get(node.workflow_id, 0.0), node.round,
-            node.prior, node.id,
+            node.prior, node.id, graph_hash,
         )
         tree.visits[index] = node.visits
         tree.value_sum[index] = node.value_sum

@@ -1,0 +1,99 @@
+"""``SearchConfig``: the one documented configuration of ``workflow-rl search`` (like TRL's ``GRPOConfig``).
+
+Every field has help text (``metadata["help"]``, also used by the CLI); ``__post_init__`` validates
+and raises :class:`SearchConfigError` with the bad value and the fix. The CLI turns it into the
+project's ``WorkflowRLError`` (``search`` does not import ``workflow_rl``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from search.selection import SELECTION_METHODS
+
+RANDOM = "random"
+"""Baseline selection: expand a uniformly random node (for ``benchmarks/bench_search.py``)."""
+
+PROPOSERS = ("mutation", "llm", "policy")
+"""Proposer names accepted by ``--proposer``."""
+
+RESUME_FIXED = ("benchmark", "proposer", "selection", "seed", "children", "batch_size", "repeats",
+                "exploration", "pw_c", "pw_alpha", "aflow_top_k", "aflow_alpha", "aflow_lambda")
+"""Fields that decide the tree: a resumed run keeps its stored values (stopping rules may change)."""
+
+
+class SearchConfigError(ValueError):
+    """An invalid search setting; the message states the value and the fix."""
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class SearchConfig:
+    """Settings of one MCTS search over workflow programs."""
+
+    benchmark: str = _f("calc", "Benchmark whose validation split drives the search.")
+    proposer: str = _f("mutation", "Who writes children: mutation (no model), llm (chat endpoint), policy.")
+    selection: str = _f("uct", "Node selection: uct, puct (proposer priors), aflow (soft-mixed), random.")
+    budget: int = _f(
+        1500, "Evaluation budget: workflow x problem x repeat executions; no simulation starts past it."
+    )
+    max_simulations: int = _f(0, "Stop after this many simulations (expansions); 0 = no limit.")
+    children: int = _f(4, "G: child workflows proposed per expansion (siblings share one problem batch).")
+    batch_size: int = _f(30, "Validation problems per expansion (all of them when the split is smaller).")
+    repeats: int = _f(1, "Executions per (workflow, problem); >1 for stochastic (LLM) executors.")
+    seed: int = _f(0, "Seed: each simulation's RNG derives from (seed, simulation index).")
+    exploration: float = _f(0.3, "c in UCT/PUCT: weight of the exploration bonus (rewards are in [0, 1]).")
+    pw_c: float = _f(1.0, "Progressive widening: a node may be expanded floor(pw_c * visits**pw_alpha) times.")
+    pw_alpha: float = _f(0.5, "Progressive widening exponent (0 = expand each node once).")
+    aflow_top_k: int = _f(3, "AFlow selection: candidates are the top-k nodes by score plus the seeds.")
+    aflow_alpha: float = _f(0.2, "AFlow selection: softmax temperature on scores in percent.")
+    aflow_lambda: float = _f(0.3, "AFlow selection: weight of the uniform part of the mixture.")
+    patience: int = _f(0, "Early stop when the top-k mean is unchanged for this many simulations; 0 = off.")
+    top_k: int = _f(3, "k of the top-k mean used by early stopping and the summary.")
+    max_failures: int = _f(6, "Failed problems shown to the proposer (mutation cues, LLM prompt).")
+
+    def __post_init__(self) -> None:
+        def bad(name: str, value: Any, fix: str) -> SearchConfigError:
+            return SearchConfigError(f"{name}={value!r} is invalid: {fix}")
+
+        if self.budget < 0:
+            raise bad("budget", self.budget, "use a non-negative number of evaluations (e.g. --budget 1500)")
+        if self.max_simulations < 0:
+            raise bad("max_simulations", self.max_simulations, "use 0 (no limit) or a positive number")
+        if self.budget == 0 and self.max_simulations == 0:
+            raise bad("budget", 0, "set --budget or --max-simulations, otherwise the search never stops")
+        for name in ("children", "batch_size", "repeats", "top_k", "aflow_top_k"):
+            if getattr(self, name) < 1:
+                raise bad(name, getattr(self, name), f"{name} must be >= 1")
+        if self.patience < 0:
+            raise bad("patience", self.patience, "use 0 (off) or a positive number of simulations")
+        if self.max_failures < 0:
+            raise bad("max_failures", self.max_failures, "use a non-negative number")
+        if self.selection not in SELECTION_METHODS + (RANDOM,):
+            raise bad("selection", self.selection, f"choose one of {SELECTION_METHODS + (RANDOM,)}")
+        if self.proposer not in PROPOSERS:
+            raise bad("proposer", self.proposer, f"choose one of {PROPOSERS}")
+        if self.exploration < 0 or self.pw_c <= 0 or self.pw_alpha < 0:
+            raise bad("exploration/pw_c/pw_alpha", (self.exploration, self.pw_c, self.pw_alpha),
+                      "exploration >= 0, pw_c > 0, pw_alpha >= 0")
+        if not 0.0 <= self.aflow_lambda <= 1.0:
+            raise bad("aflow_lambda", self.aflow_lambda, "use a mixing weight in [0, 1]")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (stored in ``runs.config``)."""
+        return asdict(self)
+
+    def resumed_from(self, stored: dict[str, Any]) -> SearchConfig:
+        """This config with the tree-deciding fields (:data:`RESUME_FIXED`) taken from a stored run."""
+        known = {f.name for f in fields(self)}
+        values = {**self.to_dict(), **{k: v for k, v in stored.items() if k in RESUME_FIXED and k in known}}
+        return SearchConfig(**values)
+
+    @staticmethod
+    def help(name: str) -> str:
+        """Help text of one field (used by the CLI options)."""
+        return next(f.metadata["help"] for f in fields(SearchConfig) if f.name == name)
