@@ -1,0 +1,319 @@
+"""Sandboxed runtime: workflow programs run in killable worker processes, operators on the host.
+
+:class:`Sandbox` keeps ``workers`` persistent worker processes (``operators/sandbox_worker.py``).
+Each worker multiplexes many executions: an ``await ops.<name>(...)`` in the workflow suspends
+its coroutine (a trampoline, no asyncio in the worker), the request travels to the host, the host
+awaits the real async operator (LLM calls of all executions run concurrently) and sends the
+reply back. Workflow faults never raise here: every failure is an :class:`ExecutionResult` with a
+typed ``error_kind`` (``invalid``, ``timeout``, ``memory``, ``output_limit``, ``crash``,
+``operator_error``).
+
+Isolation (defence in depth): the validator's AST allow-list, restricted ``__builtins__``, an
+audit hook and rlimits in the worker (see ``sandbox_worker``), and the host's distrust of the
+channel: frames are length-prefixed JSON (never pickle), each answer must echo the sequence
+number of the oldest unanswered message, and any violation kills the worker. A worker that stops
+answering for ``cpu_s + step_grace_s`` is killed; the execution it was running fails with
+``timeout`` and the other executions it held are restarted once on a fresh worker (their
+operator calls are repeated).
+
+``run_code`` runs untrusted model-written Python (``run_python``, programmer, tests), which the
+validator cannot vet: each call is a fresh process with OS-level limits (``sandbox_code``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from operators.base import CodeResult, ExecutionResult, OpContext, Operator
+from operators.sandbox_code import run_code_process
+from operators.sandbox_host import WorkerHandle
+from operators.validate import WorkflowValidationError, validate_workflow
+
+__all__ = ["Limits", "Sandbox", "run_inprocess"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one execution (and of each worker process)."""
+
+    wall_s: float = 60.0
+    """Wall-clock limit of one execution, operator calls included."""
+    cpu_s: float = 2.0
+    """CPU seconds the workflow code itself may use in one execution (operators run on the host)."""
+    memory_mb: int = 512
+    """Address-space limit (RLIMIT_AS) of each worker / run_code process, in MiB."""
+    output_bytes: int = 1_000_000
+    """Largest workflow output (chars) and run_code stdout+stderr (bytes)."""
+    max_op_calls: int = 500
+    """Most operator calls one execution may make (exceeding it is a ``timeout``: a budget limit)."""
+    message_bytes: int = 16_000_000
+    """Largest frame a worker may send (bigger is a protocol violation: the worker is killed)."""
+    step_grace_s: float = 3.0
+    """Extra wall time the host waits for a busy worker beyond ``cpu_s`` before killing it."""
+    max_execs_per_worker: int = 50_000
+    """Recycle a worker after this many executions (bounds any slow leak inside it)."""
+
+    def __post_init__(self):
+        for name in ("wall_s", "cpu_s", "memory_mb", "output_bytes", "max_op_calls", "message_bytes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"Limits.{name} must be > 0, got {getattr(self, name)!r}")
+
+
+class _Exec:
+    """Host-side state of one execution."""
+
+    __slots__ = ("id", "code", "problem", "ctx", "future", "worker", "epoch", "op_calls", "timer",
+                 "restarts", "tasks", "started")
+
+    def __init__(self, exec_id: int, code: str, problem: Any, ctx: OpContext, future: asyncio.Future):
+        self.id, self.code, self.problem, self.ctx, self.future = exec_id, code, problem, ctx, future
+        self.worker: WorkerHandle | None = None
+        self.epoch = 0  # bumped on restart so that stale replies are dropped
+        self.op_calls = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.restarts = 0
+        self.tasks: set[asyncio.Task] = set()
+        self.started = False
+
+
+class Sandbox:
+    """A pool of sandbox workers running workflow programs; use as an async context manager.
+
+    ``operators`` are the host-side operators workflows may call; ``ctx_factory`` makes the
+    :class:`OpContext` of an execution when ``run`` gets none (its ``run_code`` is set to this
+    sandbox's :meth:`run_code` when empty).
+    """
+
+    def __init__(
+        self,
+        operators: Mapping[str, Operator],
+        ctx_factory: Callable[[], OpContext] | None = None,
+        workers: int | None = None,
+        limits: Limits = Limits(),
+    ):
+        self.operators = dict(operators)
+        self.ctx_factory = ctx_factory or OpContext
+        self.n_workers = max(1, workers or os.cpu_count() or 1)
+        self.limits = limits
+        self._workers: list[WorkerHandle] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tmp: str | None = None
+        self._next_id = 0
+        self._invalid: dict[str, str | None] = {}  # code -> validation error (None = valid)
+        self._watchdog: asyncio.Task | None = None
+        self._code_slots: asyncio.Semaphore | None = None
+        self.killed_workers = 0
+        """How many workers were killed (timeouts, protocol violations, deaths): a health metric."""
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Sandbox:
+        self._start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is loop and self._workers:
+            return
+        if self._workers:  # used from a new event loop: the old pipes belong to the old loop
+            self.close()
+        self._loop = loop
+        self._tmp = tempfile.mkdtemp(prefix="wfrl-sandbox-")
+        self._workers = [self._spawn() for _ in range(self.n_workers)]
+        self._code_slots = asyncio.Semaphore(self.n_workers)
+        self._watchdog = loop.create_task(self._watch())
+
+    def _spawn(self) -> WorkerHandle:
+        return WorkerHandle(self, self._loop, self._tmp, self.limits)
+
+    def close(self) -> None:
+        """Kill all workers and remove the sandbox temp area; pending executions end as ``crash``."""
+        for worker in self._workers:
+            worker.kill("sandbox closed", culprit_kind="crash", replace=False)
+        self._workers = []
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    # ------------------------------------------------------------------ public API
+
+    async def run(self, code: str, problem: Any, ctx: OpContext | None = None) -> ExecutionResult:
+        """Run ``solve(problem, ops)`` of ``code`` in a worker; never raises for workflow faults.
+
+        ``problem`` must be JSON-serialisable (usually the problem text).
+        """
+        t0 = time.perf_counter()
+        ctx = ctx if ctx is not None else self.ctx_factory()
+        if ctx.run_code is None:
+            ctx.run_code = self.run_code
+        error = self._validate(code)
+        if error is not None:
+            return ExecutionResult(None, "invalid", error, time.perf_counter() - t0, ctx.usage)
+        self._start()
+        future = self._loop.create_future()
+        self._next_id += 1
+        ex = _Exec(self._next_id, code, problem, ctx, future)
+        ex.timer = self._loop.call_later(self.limits.wall_s, self._on_deadline, ex)
+        self._dispatch(ex)
+        output, kind, message = await future
+        return ExecutionResult(output, kind, message, time.perf_counter() - t0, ctx.usage)
+
+    async def run_many(self, items: Iterable[tuple]) -> list[ExecutionResult]:
+        """Run ``(code, problem)`` or ``(code, problem, ctx)`` tuples concurrently; results in order."""
+        return list(await asyncio.gather(*(self.run(*item) for item in items)))
+
+    async def run_code(self, source: str, stdin: str = "", timeout_s: float = 5.0) -> CodeResult:
+        """Run untrusted Python ``source`` as a script in a fresh limited process (not validated)."""
+        self._start()
+        async with self._code_slots:
+            return await run_code_process(source, stdin, min(timeout_s, self.limits.wall_s), self.limits, self._tmp)
+
+    # ------------------------------------------------------------------ internals
+
+    def _validate(self, code: str) -> str | None:
+        if code in self._invalid:
+            return self._invalid[code]
+        try:
+            validate_workflow(code, self.operators)
+            error = None
+        except WorkflowValidationError as exc:
+            error = str(exc)
+        if len(self._invalid) > 100_000:
+            self._invalid.clear()
+        self._invalid[code] = error
+        return error
+
+    def _dispatch(self, ex: _Exec) -> None:
+        """Start (or restart) an execution on the least-loaded live worker."""
+        live = [w for w in self._workers if not w.retiring]
+        worker = min(live, key=lambda w: len(w.live)) if live else None
+        if worker is None:
+            worker = self._spawn()
+            self._workers.append(worker)
+        ex.worker = worker
+        ex.started = True
+        worker.start_exec(ex)
+        if worker.retiring and not worker.live:
+            self._retire(worker)
+
+    def _retire(self, worker: WorkerHandle) -> None:
+        worker.kill("retired", culprit_kind="crash", replace=False)
+        if worker in self._workers:
+            self._workers.remove(worker)
+        self._workers.append(self._spawn())
+
+    def _replace(self, worker: WorkerHandle) -> None:
+        """Called by a worker that died or was killed: spawn its successor."""
+        self.killed_workers += 1
+        if worker in self._workers:
+            self._workers.remove(worker)
+            if self._tmp is not None:
+                self._workers.append(self._spawn())
+
+    def _restart_or_fail(self, ex: _Exec, message: str) -> None:
+        """An execution lost its worker through no fault of its own: rerun it once."""
+        if ex.future.done():
+            return
+        for task in ex.tasks:
+            task.cancel()
+        ex.tasks.clear()
+        if ex.restarts >= 1 or self._tmp is None:
+            self.finish(ex, None, "crash", message)
+            return
+        ex.restarts += 1
+        ex.epoch += 1
+        self._dispatch(ex)
+
+    def finish(self, ex: _Exec, output: str | None, kind: str | None, message: str | None) -> None:
+        """Resolve an execution (idempotent)."""
+        if ex.future.done():
+            return
+        if ex.timer is not None:
+            ex.timer.cancel()
+        for task in ex.tasks:
+            task.cancel()
+        ex.tasks.clear()
+        worker = ex.worker
+        if worker is not None:
+            worker.live.pop(ex.id, None)
+            if worker.retiring and not worker.live and worker in self._workers:
+                self._retire(worker)
+        ex.future.set_result((output, kind, message))
+
+    def _on_deadline(self, ex: _Exec) -> None:
+        if ex.future.done():
+            return
+        worker = ex.worker
+        message = f"wall-clock limit of {self.limits.wall_s}s exceeded"
+        if worker is not None and worker.is_running(ex):
+            worker.kill(message, culprit_kind="timeout")
+            return
+        self.finish(ex, None, "timeout", message)
+        if worker is not None and not worker.dead:
+            worker.cancel_exec(ex)
+
+    async def _watch(self) -> None:
+        """Kill workers stuck in one step past ``cpu_s + step_grace_s`` (uninterruptible C loops)."""
+        limit = self.limits.cpu_s + self.limits.step_grace_s
+        while True:
+            await asyncio.sleep(min(0.25, limit / 4))
+            now = time.monotonic()
+            for worker in list(self._workers):
+                if worker.fifo and now - worker.head_since > limit:
+                    worker.kill(f"no answer within {limit:.1f}s (CPU limit)", culprit_kind="timeout")
+
+
+_INPROCESS_CACHE: dict[tuple[str, frozenset[str]], Any] = {}
+
+
+async def run_inprocess(code: str, problem: Any, operators: Mapping[str, Operator], ctx: OpContext | None = None):
+    """Run a *validated* workflow in THIS process, without isolation, returning its output string.
+
+    WARNING: not a sandbox. Only for trusted code: the speed baseline of
+    ``benchmarks/bench_runtime.py`` and reference tests. Raises whatever the workflow raises
+    (``WorkflowValidationError`` for invalid code). Compiled code is cached like in the workers.
+    """
+    from operators.sandbox_worker import _SAFE  # the same builtins allow-list as the worker
+
+    key = (code, frozenset(operators))
+    compiled = _INPROCESS_CACHE.get(key)
+    if compiled is None:
+        validate_workflow(code, operators)
+        if len(_INPROCESS_CACHE) > 4096:
+            _INPROCESS_CACHE.clear()
+        compiled = _INPROCESS_CACHE[key] = compile(code, "<workflow>", "exec")
+    ctx = ctx if ctx is not None else OpContext()
+    env = {"__builtins__": {name: getattr(builtins, name) for name in _SAFE}}
+    exec(compiled, env)
+    value = await env["solve"](problem, _InprocessOps(operators, ctx))
+    return "" if value is None else str(value)
+
+
+class _InprocessOps:
+    """``ops`` handle of :func:`run_inprocess`: calls the operator functions directly."""
+
+    def __init__(self, operators: Mapping[str, Operator], ctx: OpContext):
+        self._operators, self._ctx = operators, ctx
+
+    def __getattr__(self, name: str):
+        op, ctx = self._operators[name], self._ctx
+
+        def call(*args, **kwargs):
+            ctx.usage.op_calls += 1
+            return op.fn(ctx, *args, **kwargs)
+
+        return call
