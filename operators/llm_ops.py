@@ -14,7 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 from operators.base import LLMRequest, OpContext, OperatorError
-from operators.llm_parse import extract_code, extract_doctest_asserts, extract_tag, option_letters
+from operators.llm_parse import (
+    extract_code,
+    extract_doctest_asserts,
+    extract_tag,
+    infer_entry_point,
+    option_letters,
+)
 from operators.registry import register
 
 DEFAULT_TEMPERATURE = 0.7
@@ -169,6 +175,15 @@ def _text(name: str, value: Any) -> str:
     raise OperatorError(f"argument {name!r} must be a string, got {type(value).__name__}")
 
 
+def _entry_point(ctx: OpContext, problem: Any, given: Any) -> str:
+    """The function name to write: the argument, else the benchmark's, else the one the problem declares."""
+    name = _text("entry_point", given).strip() or str(ctx.extras.get("entry_point") or "")
+    name = name or (infer_entry_point(_text("problem", problem)) or "")
+    if not name.isidentifier():
+        raise OperatorError(f"cannot tell which function to write (entry_point={name!r}); pass entry_point")
+    return name
+
+
 def _need_runner(ctx: OpContext) -> None:
     if ctx.run_code is None:
         raise OperatorError("this operator needs a code runner (the sandbox was not configured)")
@@ -202,13 +217,15 @@ async def answer_generate(ctx: OpContext, input: str) -> str:
 
 @register(
     "code_generate",
-    "code_generate(problem: str, entry_point: str, instruction: str = '') -> str",
+    "code_generate(problem: str, entry_point: str = '', instruction: str = '') -> str",
     "Asks the model for a complete, self-contained Python solution that defines the function named "
-    "entry_point; returns the code (checked to parse and to define entry_point).",
+    "entry_point (by default the function the problem declares); returns the code, checked to parse "
+    "and to define entry_point.",
     kind="llm",
 )
-async def code_generate(ctx: OpContext, problem: str, entry_point: str, instruction: str = "") -> str:
+async def code_generate(ctx: OpContext, problem: str, entry_point: str = "", instruction: str = "") -> str:
     """Return Python source defining ``entry_point``."""
+    entry_point = _entry_point(ctx, problem, entry_point)
     prompt = CODE_GENERATE_PROMPT.format(problem=_text("problem", problem), entry_point=_text("entry_point", entry_point),
                                          instruction=_text("instruction", instruction))
     return extract_code(await ask(ctx, prompt), entry_point)
@@ -311,16 +328,17 @@ async def programmer(ctx: OpContext, problem: str, analysis: str = "") -> str:
 
 @register(
     "test",
-    "test(problem: str, solution: str, entry_point: str) -> str",
+    "test(problem: str, solution: str, entry_point: str = '') -> str",
     "Runs the public tests of a code problem (the examples in the problem, or the benchmark's public "
     "tests) against the solution in the sandbox; on a failure shows it to the model for a fix and "
     "re-tests (at most 3 rounds); returns the last solution (the passing one if any).",
     kind="llm",
 )
-async def test(ctx: OpContext, problem: str, solution: str, entry_point: str) -> str:
+async def test(ctx: OpContext, problem: str, solution: str, entry_point: str = "") -> str:
     """Return ``solution`` repaired until its public tests pass (or the last attempt)."""
     _need_runner(ctx)
-    problem, solution, entry_point = _text("problem", problem), _text("solution", solution), _text("entry_point", entry_point)
+    problem, solution = _text("problem", problem), _text("solution", solution)
+    entry_point = _entry_point(ctx, problem, entry_point)
     tests = ctx.extras.get("public_tests") or extract_doctest_asserts(problem, entry_point)
     if not tests:
         return solution  # nothing to test against: the solution stands as it is

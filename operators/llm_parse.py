@@ -93,6 +93,17 @@ def extract_doctest_asserts(problem: str, entry_point: str) -> str:
     return "\n".join(lines)
 
 
+def infer_entry_point(problem: str) -> str | None:
+    """The function a code problem asks for: its last ``def name(``, else the first ``assert name(``."""
+    defs = re.findall(r"^\s*def\s+([A-Za-z_]\w*)\s*\(", problem, flags=re.MULTILINE)
+    if defs:
+        return defs[-1]
+    called = re.search(r"\bassert\s+(?:not\s+)?\(?\s*([A-Za-z_]\w*)\s*\(", problem)
+    if called and called.group(1) not in ("set", "math", "abs", "round", "sorted", "len", "list"):
+        return called.group(1)
+    return None
+
+
 def option_letters(n: int) -> list[str]:
     """``["A", "B", ...]`` for ``n`` candidates (at most 26)."""
     if not 1 <= n <= 26:

@@ -17,6 +17,13 @@ from workflow_rl.errors import WorkflowRLError
 
 BENCHMARKS: dict[str, str] = {
     "calc": "workflow_rl.benchmarks.calc:CalcBenchmark",
+    "humaneval": "workflow_rl.benchmarks.humaneval:HumanEvalBenchmark",
+    "gsm8k": "workflow_rl.benchmarks.jsonl:gsm8k_benchmark",
+    "math": "workflow_rl.benchmarks.jsonl:math_benchmark",
+    "mbpp": "workflow_rl.benchmarks.jsonl:mbpp_benchmark",
+    "hotpotqa": "workflow_rl.benchmarks.jsonl:hotpotqa_benchmark",
+    "drop": "workflow_rl.benchmarks.jsonl:drop_benchmark",
+    "jsonl": "workflow_rl.benchmarks.jsonl:generic_benchmark",
 }
 """Benchmark name -> ``module:factory``; the factory is called with the user's options."""
 
