@@ -1,0 +1,87 @@
+"""Engine behaviour: SQLite pragmas, foreign keys, read-only transactions, concurrent writer processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import exc, func, select, text
+
+from storage import open_db, read_session_scope, repo, session_scope
+from storage.models import Evaluation, PolicyCheckpoint, SearchNode, TrainStep, Workflow
+
+WRITER = Path(__file__).with_name("_concurrent_writer.py")
+
+
+def test_sqlite_pragmas(tmp_path: Path):
+    engine = open_db(str(tmp_path / "p.db"))
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
+    engine.dispose()
+
+
+def test_foreign_keys_are_enforced(engine):
+    with pytest.raises(exc.IntegrityError), session_scope(engine) as s:
+        repo.add_workflow(s, 12345, "async def solve(problem, ops):\n    return 1\n", "seed")
+    with session_scope(engine) as s:
+        assert s.scalar(select(func.count()).select_from(Workflow)) == 0
+
+
+def test_read_only_scope_rejects_writes_and_pool_stays_writable(engine):
+    with session_scope(engine) as s:
+        repo.get_or_create_run(s, "r", "calc")
+    for _ in range(3):  # the same pooled connection is reused: read-only must not leak into writes
+        with pytest.raises(exc.DBAPIError), read_session_scope(engine) as s:
+            s.execute(text("DELETE FROM runs"))
+        with read_session_scope(engine) as s:
+            assert repo.find_run(s, "r") is not None
+        with session_scope(engine) as s:
+            repo.get_or_create_run(s, f"r{_}", "calc")
+    with read_session_scope(engine) as s:
+        assert len(repo.list_runs(s)) == 4
+
+
+def _launch(url: str, tmp_path: Path, roles: list[tuple[str, int]]) -> list[subprocess.CompletedProcess]:
+    go = tmp_path / "go"
+    procs, readies = [], []
+    for worker, (role, n_tx) in enumerate(roles):
+        ready = tmp_path / f"ready{worker}"
+        readies.append(ready)
+        procs.append(subprocess.Popen(
+            [sys.executable, str(WRITER), url, str(worker), role, str(n_tx), str(ready), str(go)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))
+    deadline = time.monotonic() + 120
+    while not all(r.exists() for r in readies) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    go.touch()  # start all writers at the same moment, on a database none has migrated yet
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return results
+
+
+def test_concurrent_searches_and_trainer_lose_nothing(db_url: str, tmp_path: Path):
+    """Two search-like writers and one trainer at once on one database: all finish, every row lands."""
+    n_search, n_train = 40, 20
+    results = _launch(db_url, tmp_path, [("search", n_search), ("search", n_search), ("train", n_train)])
+    for result in results:
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "locked" not in result.stderr
+    engine = open_db(db_url)
+    with read_session_scope(engine) as s:
+        assert s.scalar(select(func.count()).select_from(Workflow)) == 1 + 2 * n_search  # shared one deduped
+        own = 2 * n_search * 5  # every worker's own workflow x 5 problems
+        shared = n_search * 5  # repeats 0..n-1 x 5 problems, sent by both workers, stored once
+        assert s.scalar(select(func.count()).select_from(Evaluation)) == own + shared
+        node = s.scalars(select(SearchNode)).one()
+        assert (node.visits, node.value_sum) == (2 * n_search, pytest.approx(0.5 * 2 * n_search))
+        assert s.scalar(select(func.count()).select_from(TrainStep)) == n_train
+        assert s.scalar(select(func.count()).select_from(PolicyCheckpoint)) == n_train
+    engine.dispose()
