@@ -30,37 +30,34 @@ def bench() -> CalcBenchmark:
     return get_benchmark("calc")
 
 
-def run_workflow(code: str, problems, bench) -> list[float]:
-    """Rewards of ``code`` on ``problems``, executed in-process through the real operators.
+@pytest.fixture(scope="module")
+def run_workflow(bench):
+    """``run(code, problems) -> rewards``: executes through the real Sandbox (one pool per module).
 
-    The sandbox (operators.runtime) adds isolation, not semantics; in-process keeps this test fast.
-    Any exception (operator error or crash) counts as reward 0, as the runtime's typed failures do.
+    Every failure (operator error, crash) is a typed result with no output, scored 0.
     """
-    validate_workflow(code, bench.operator_names)
-    operators = get_operators(bench.operator_names)
-    ctx = OpContext()
+    from operators.runtime import Sandbox
 
-    class Ops:
-        def __getattr__(self, name):
-            async def call(*args, **kwargs):
-                return await operators[name].fn(ctx, *args, **kwargs)
+    loop = asyncio.new_event_loop()
+    sandbox = Sandbox(get_operators(bench.operator_names), workers=2)
 
-            return call
+    def run(code: str, problems) -> list[float]:
+        validate_workflow(code, bench.operator_names)
 
-    namespace: dict = {}
-    exec(compile(code, "<workflow>", "exec"), namespace)
+        async def score_all() -> list[float]:
+            results = await sandbox.run_many((code, p.text) for p in problems)
+            for result in results:
+                assert result.ok or result.error_kind in ("operator_error", "crash"), result
+            scores = [
+                await bench.score(p, r.output, OpContext()) for p, r in zip(problems, results, strict=True)
+            ]
+            return [s.reward for s in scores]
 
-    async def one(problem) -> float:
-        try:
-            output = str(await namespace["solve"](problem.text, Ops()))
-        except Exception:  # noqa: BLE001 - a failing workflow scores 0, whatever it raised
-            output = None
-        return (await bench.score(problem, output, ctx)).reward
+        return loop.run_until_complete(score_all())
 
-    async def all_of() -> list[float]:
-        return [await one(p) for p in problems]
-
-    return asyncio.run(all_of())
+    yield run
+    sandbox.close()
+    loop.close()
 
 
 # ------------------------------------------------------------------ generation
@@ -201,24 +198,24 @@ DOCUMENTED = {
 
 
 @pytest.mark.parametrize("name", sorted(DOCUMENTED))
-def test_documented_scores(bench, name):
+def test_documented_scores(bench, run_workflow, name):
     code = bench.routed_workflow() if name == "routed" else bench.seed_workflows()[name]
     for split in SPLITS:
-        assert sum(run_workflow(code, bench.problems(split), bench)) == DOCUMENTED[name][split], split
+        assert sum(run_workflow(code, bench.problems(split))) == DOCUMENTED[name][split], split
 
 
-def test_no_single_recipe_workflow_solves_much_beyond_its_family(bench):
+def test_no_single_recipe_workflow_solves_much_beyond_its_family(bench, run_workflow):
     validation = bench.problems("validation")
     for recipe, code in bench.oracle_workflows().items():
         # A family is 1/5 of the split; coincidences (e.g. "maximum of 1, 32, 16" -> "32") add a little.
-        assert sum(run_workflow(code, validation, bench)) / len(validation) <= 0.25, recipe
+        assert sum(run_workflow(code, validation)) / len(validation) <= 0.25, recipe
 
 
-def test_oracle_set_scores_one_on_every_split(bench):
+def test_oracle_set_scores_one_on_every_split(bench, run_workflow):
     for split in SPLITS:
         for recipe, code in bench.oracle_workflows().items():
             problems = [p for p in bench.problems(split) if p.meta["recipe"] == recipe]
-            assert run_workflow(code, problems, bench) == [1.0] * len(problems), (split, recipe)
+            assert run_workflow(code, problems) == [1.0] * len(problems), (split, recipe)
     assert bench.oracle_for(bench.problems("test")[0]) == bench.oracle_workflows()["arith"]
 
 
