@@ -314,6 +314,7 @@ class _Checker:
             self.check_expr(func.value, depth + 1)
         else:
             self.err(call, "only named functions and methods may be called")
+            self.check_expr(func, depth + 1)
         for child in [*call.args, *call.keywords]:
             if isinstance(child, ast.keyword) and child.arg is not None and "__" in child.arg:
                 self.err(child, f"keyword `{child.arg}` is not allowed")
