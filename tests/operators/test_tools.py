@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import pytest
 
-from operators.base import CodeResult, OpContext, OperatorError
+from operators.base import OpContext, OperatorError
 from operators.registry import describe_operators, get_operators
 from operators.tools_numbers import format_number, numbers_equal, parse_number
 
@@ -329,19 +329,21 @@ def test_run_python_needs_a_code_runner():
         call("run_python", "print(1)")
 
 
-def test_run_python_uses_the_context_runner():
-    seen = {}
+def test_run_python_runs_in_the_sandbox():
+    from operators.runtime import Sandbox
 
-    async def runner(source: str, *, stdin: str = "", timeout_s: float = 5.0) -> CodeResult:
-        # A deterministic stand-in for the sandbox: it records its arguments and "prints" stdin reversed.
-        seen.update(source=source, stdin=stdin)
-        if "raise" in source:
-            return CodeResult(ok=False, stderr="Traceback...\nValueError: boom", error_kind="crash")
-        return CodeResult(ok=True, stdout=stdin[::-1])
+    async def scenario():
+        sandbox = Sandbox(get_operators(["run_python"]), workers=1)
+        try:
+            ctx = OpContext(run_code=sandbox.run_code)
+            op = get_operators(["run_python"])["run_python"].fn
+            reversed_line = await op(ctx, "print(input()[::-1])", "abc")
+            with pytest.raises(OperatorError, match="ValueError: boom") as info:
+                await op(ctx, "raise ValueError('boom')")
+            return reversed_line, info.value.raw
+        finally:
+            sandbox.close()
 
-    ctx = OpContext(run_code=runner)
-    assert call("run_python", "print(input()[::-1])", "abc", ctx=ctx) == "cba"
-    assert seen == {"source": "print(input()[::-1])", "stdin": "abc"}
-    with pytest.raises(OperatorError, match="python crash: .*ValueError: boom") as info:
-        call("run_python", "raise ValueError('boom')", ctx=ctx)
-    assert "Traceback" in info.value.raw
+    output, raw = asyncio.run(scenario())
+    assert output == "cba\n"
+    assert "Traceback" in raw
