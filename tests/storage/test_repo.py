@@ -8,7 +8,16 @@ import pytest
 from sqlalchemy import func, select
 
 from storage import read_session_scope, repo, session_scope
-from storage.models import Evaluation, Generation, PolicyCheckpoint, Problem, Run, SearchNode, TrainStep, Workflow
+from storage.models import (
+    Evaluation,
+    Generation,
+    PolicyCheckpoint,
+    Problem,
+    Run,
+    SearchNode,
+    TrainStep,
+    Workflow,
+)
 from workflow_rl.benchmarks.base import BenchProblem
 
 CODE = "async def solve(problem, ops):\n    return await ops.generate(problem)\n"

@@ -1,0 +1,114 @@
+"""CLI: db upgrade, sql, runs, show — through Typer's CliRunner and as the real console script."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from storage import read_session_scope
+from storage.models import Run
+from workflow_rl.cli import app, main
+from workflow_rl.errors import WorkflowRLError
+
+runner = CliRunner()
+
+
+def _url(engine) -> str:
+    return engine.url.render_as_string(hide_password=False)
+
+
+def _script() -> str:
+    """The installed ``workflow-rl`` console script of this interpreter's environment."""
+    local = Path(sys.executable).with_name("workflow-rl")
+    found = str(local) if local.exists() else shutil.which("workflow-rl")
+    assert found, "the workflow-rl console script is not installed (pip install -e .)"
+    return found
+
+
+def test_db_upgrade_then_already_current(tmp_path: Path):
+    db = str(tmp_path / "new.db")
+    first = runner.invoke(app, ["--db", db, "db", "upgrade"])
+    assert first.exit_code == 0, first.output
+    assert "upgraded empty -> 0001" in first.output
+    again = runner.invoke(app, ["--db", db, "db", "upgrade"])
+    assert "already at revision 0001" in again.output
+
+
+def test_sql_prints_rows_table_and_json(demo):
+    engine, ids = demo
+    result = runner.invoke(app, ["--db", _url(engine), "sql", "SELECT run, mean_reward FROM leaderboard "
+                                 f"WHERE workflow_id = {ids['w2']}"])
+    assert result.exit_code == 0, result.output
+    assert "mean_reward" in result.output and "0.6667" in result.output and "demo" in result.output
+    as_json = runner.invoke(app, ["--db", _url(engine), "sql", "--format", "json",
+                                  "SELECT workflow_id, total_cost FROM leaderboard ORDER BY workflow_id"])
+    rows = [json.loads(line) for line in as_json.output.splitlines()]
+    assert [r["workflow_id"] for r in rows] == [ids[n] for n in ("w1", "w2", "w3", "w4")]
+    assert rows[2]["total_cost"] is None
+
+
+def test_sql_refuses_writes_without_write_flag(demo):
+    engine, _ = demo
+    for statement in ("DELETE FROM runs", "UPDATE runs SET name = 'x'", "DROP VIEW leaderboard",
+                      "CREATE TABLE t (x INTEGER)"):
+        result = runner.invoke(app, ["--db", _url(engine), "sql", statement])
+        assert result.exit_code == 1
+        assert isinstance(result.exception, WorkflowRLError) and "--write" in str(result.exception)
+    with read_session_scope(engine) as s:
+        assert s.scalar(select(func.count()).select_from(Run)) == 2
+    ok = runner.invoke(app, ["--db", _url(engine), "sql", "--write", "UPDATE runs SET status = 'done'"])
+    assert ok.exit_code == 0 and "2 rows changed" in ok.output
+
+
+def test_runs_and_show(demo):
+    engine, ids = demo
+    listed = runner.invoke(app, ["--db", _url(engine), "runs"])
+    assert listed.exit_code == 0 and "demo" in listed.output and "other" in listed.output
+    shown = runner.invoke(app, ["--db", _url(engine), "show", str(ids["w3"])])
+    assert shown.exit_code == 0, shown.output
+    assert "return 3" in shown.output and "policy" in shown.output and "validation" in shown.output
+    assert f"#{ids['w3']} (policy, round 1) <- #{ids['w2']} (mutation, round 1) <- #{ids['w1']} (seed, round 0)" \
+        in shown.output
+    missing = runner.invoke(app, ["--db", _url(engine), "show", "999"])
+    assert isinstance(missing.exception, WorkflowRLError)
+
+
+def test_cli_edge_prints_one_line_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    corrupt = tmp_path / "c.db"
+    corrupt.write_bytes(b"\x00garbage" * 512)
+    with pytest.raises(SystemExit) as info:
+        main(["--db", str(corrupt), "runs"])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "not a SQLite database" in err
+
+
+@pytest.mark.parametrize("args", [
+    ["--db", "nosuchdialect://x/y", "runs"],
+    ["--db", "{corrupt}", "sql", "SELECT 1"],
+    ["--db", "{db}", "sql", "DELETE FROM runs"],
+])
+def test_console_script_errors(tmp_path: Path, args: list[str]):
+    corrupt = tmp_path / "c.db"
+    corrupt.write_bytes(b"not sqlite " * 300)
+    db = tmp_path / "ok.db"
+    args = [a.format(corrupt=corrupt, db=db) for a in args]
+    proc = subprocess.run([_script(), *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_console_script_sql_on_real_file(tmp_path: Path):
+    db = str(tmp_path / "real.db")
+    proc = subprocess.run([_script(), "--db", db, "sql", "--format", "csv", "SELECT COUNT(*) AS n FROM leaderboard"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["n", "0"]

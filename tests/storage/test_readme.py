@@ -1,0 +1,35 @@
+"""The README's SQL examples run as written and give the hand-computed answers on the example DB."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from storage.sql import execute_sql
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_queries() -> list[str]:
+    """Every ```sql block of the README, in order."""
+    return re.findall(r"```sql\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+
+
+def test_readme_has_four_to_six_examples():
+    assert 4 <= len(readme_queries()) <= 6
+
+
+def test_readme_queries_answer_the_example(demo):
+    engine, ids = demo
+    best, unsolved, by_round, cost, lineage, errors = (execute_sql(engine, q) for q in readme_queries())
+    assert [r[0] for r in best.rows] == [ids["w2"], ids["w1"], ids["w3"]]
+    assert best.rows[0][3] == pytest.approx(2 / 3)
+    assert [r[:4] for r in unsolved.rows] == [("calc", "validation", "v3", 2)]
+    assert [(r[0], r[1]) for r in by_round.rows] == [(0, 1), (1, 2)]
+    assert [r[0] for r in cost.rows] == [ids["w2"], ids["w1"], ids["w4"]]
+    assert cost.rows[0][4] == pytest.approx(0.04 / 3)
+    assert [(r[0], r[2], r[3]) for r in lineage.rows] == [(ids["w3"], "policy", 0), (ids["w2"], "mutation", 1),
+                                                            (ids["w1"], "seed", 2)]
+    assert errors.columns == ["error_kind", "n", "mean_latency_s"] and errors.rows == []
