@@ -13,6 +13,7 @@ Pure functions raising :class:`operators.base.OperatorError`; the async operator
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from fractions import Fraction
 
@@ -211,24 +212,66 @@ def _to_sympy(node: ast.expr, names: dict):
     raise OperatorError(f"unsupported syntax in equation ({type(node).__name__})")
 
 
+def _linear(node: ast.expr, variable: str) -> tuple[Fraction, Fraction] | None:
+    """``(a, b)`` with node == a*variable + b, or None when it is not plainly linear in it.
+
+    The fast path for the common case (sympy costs milliseconds per call); anything else, other
+    unknowns included, goes to sympy, which also produces the precise error messages.
+    """
+    if isinstance(node, ast.Constant):
+        return Fraction(0), _constant(node)
+    if isinstance(node, ast.Name):
+        return (Fraction(1), Fraction(0)) if node.id == variable else None
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        inner = _linear(node.operand, variable)
+        if inner is None or isinstance(node.op, ast.UAdd):
+            return inner
+        return -inner[0], -inner[1]
+    if not isinstance(node, ast.BinOp) or not isinstance(node.op, ast.Add | ast.Sub | ast.Mult | ast.Div):
+        return None
+    left, right = _linear(node.left, variable), _linear(node.right, variable)
+    if left is None or right is None:
+        return None
+    if isinstance(node.op, ast.Add):
+        return left[0] + right[0], left[1] + right[1]
+    if isinstance(node.op, ast.Sub):
+        return left[0] - right[0], left[1] - right[1]
+    if isinstance(node.op, ast.Mult):
+        if left[0] and right[0]:
+            return None  # quadratic: sympy
+        return left[0] * right[1] + right[0] * left[1], left[1] * right[1]
+    if right[0] or right[1] == 0:
+        return None  # division by an expression in the unknown, or by zero: sympy decides
+    return left[0] / right[1], left[1] / right[1]
+
+
 def solve_equation_exact(equation: str, variable: str = "x") -> list[Fraction]:
     """Rational solutions (ascending) of one equation in one unknown, e.g. ``"3x + 5 = 20"``.
 
     Raises OperatorError when the equation has no ``=``, other unknowns, no solution, infinitely
     many, or only irrational/complex ones.
     """
-    import sympy
-
     if not isinstance(equation, str) or not isinstance(variable, str):
         raise OperatorError("solve_equation expects (equation: str, variable: str)")
+    return list(_solve_cached(equation, variable))
+
+
+@functools.lru_cache(maxsize=4096)
+def _solve_cached(equation: str, variable: str) -> tuple[Fraction, ...]:
+    # Cached because a search evaluates many workflows on the same problems (same equations).
     text = normalize_symbols(equation).replace("==", "=")
     if text.count("=") != 1:
         raise OperatorError(f"an equation needs exactly one '=', got {text.count('=')} in {equation[:80]!r}")
+    trees = [
+        _parse_tree(_IMPLICIT_PRODUCT.sub("*", side.strip()), "equation side") for side in text.split("=")
+    ]
+    lines = [_linear(tree, variable) for tree in trees]
+    if lines[0] is not None and lines[1] is not None and lines[0][0] != lines[1][0]:
+        return ((lines[1][1] - lines[0][1]) / (lines[0][0] - lines[1][0]),)
+    import sympy  # imported only when needed: it costs about a second on first use
+
     names: dict = {}
-    sides = []
-    for side in text.split("="):
-        side = _IMPLICIT_PRODUCT.sub("*", side.strip())
-        sides.append(_to_sympy(_parse_tree(side, "equation side"), names))
+    sides = [_to_sympy(tree, names) for tree in trees]
     if variable not in names:
         found = ", ".join(sorted(names)) or "none"
         raise OperatorError(f"variable {variable!r} does not occur in the equation (unknowns: {found})")
@@ -252,4 +295,4 @@ def solve_equation_exact(equation: str, variable: str = "x") -> list[Fraction]:
         if roots:
             raise OperatorError(f"no rational solution (solutions: {', '.join(map(str, roots))})")
         raise OperatorError("the equation has no solution")
-    return sorted(solutions)
+    return tuple(sorted(solutions))
