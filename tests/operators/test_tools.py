@@ -130,6 +130,10 @@ def test_calculate_rejects_non_strings():
         ("x^2 - 5x + 6 = 0", "x", "2, 3"),
         ("4y - 2 = 10", "y", "3"),
         ("6/x = 2", "x", "3"),
+        ("-(x - 4) = 2", "x", "2"),
+        ("3 = 2x - 1", "x", "2"),
+        ("0.5x + 1 = x/4 + 3", "x", "8"),
+        ("2 * (3 * x) = x / 2 + 11", "x", "2"),
     ],
 )
 def test_solve_equation(equation, variable, expected):
