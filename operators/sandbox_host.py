@@ -177,13 +177,14 @@ class WorkerHandle:
         if not self.fifo or type(seq) is not int or seq != self.fifo[0][0]:
             self.kill(f"protocol violation: unexpected sequence number {seq!r}", culprit_kind="crash")
             return False
-        _, ex, epoch = self.fifo.popleft()
+        _, ex, epoch = self.fifo[0]
+        if exec_id != (ex.id if ex is not None else exec_id):
+            self.kill("protocol violation: answer for the wrong execution", culprit_kind="crash")
+            return False
+        self.fifo.popleft()
         self.head_since = time.monotonic()
         if ex is None:  # answer to a cancel
             return True
-        if exec_id != ex.id:
-            self.kill("protocol violation: answer for the wrong execution", culprit_kind="crash")
-            return False
         if ex.future.done() or epoch != ex.epoch:
             return True  # stale: the host already resolved or restarted this execution
         sandbox = self.sandbox
@@ -200,7 +201,7 @@ class WorkerHandle:
         ):
             self._call(ex, msg[3], msg[4], msg[5])
         else:
-            self.kill("protocol violation: malformed message", culprit_kind="crash")
+            self.kill("protocol violation: malformed message", culprit_kind="crash", culprit=ex)
             return False
         return True
 
@@ -214,7 +215,7 @@ class WorkerHandle:
             return
         op = self.sandbox.operators.get(name)
         if op is None:  # the validator checked names; a worker asking otherwise is compromised
-            self.kill(f"protocol violation: unknown operator {name!r}", culprit_kind="crash")
+            self.kill(f"protocol violation: unknown operator {name!r}", culprit_kind="crash", culprit=ex)
             return
         ex.ctx.usage.op_calls += 1
         try:
@@ -250,8 +251,11 @@ class WorkerHandle:
 
     # ------------------------------------------------------------------ killing
 
-    def kill(self, message: str, culprit_kind: str, replace: bool = True) -> None:
-        """Kill the process; the running execution fails with ``culprit_kind``, the others restart."""
+    def kill(self, message: str, culprit_kind: str, replace: bool = True, culprit: _Exec | None = None) -> None:
+        """Kill the process; the running execution fails with ``culprit_kind``, the others restart.
+
+        The culprit is ``culprit`` when given, else the execution of the oldest unanswered message.
+        """
         if self.dead:
             return
         self.dead = True
@@ -274,7 +278,8 @@ class WorkerHandle:
                 stream.close()
             except OSError:
                 pass
-        culprit = self.fifo[0][1] if self.fifo else None
+        if culprit is None and self.fifo:
+            culprit = self.fifo[0][1]
         self.fifo.clear()
         sandbox = self.sandbox
         if replace:
