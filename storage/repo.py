@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Insert, Table, func, select, update
@@ -197,13 +198,43 @@ def bulk_insert_evaluations(session: Session, rows: Sequence[Mapping[str, Any]])
     """
     if not rows:
         return
-    now = utcnow()
     unknown = set(rows[0]) - set(EVALUATION_COLUMNS)
     if unknown:
         raise ValueError(f"unknown evaluation columns {sorted(unknown)}; allowed: {EVALUATION_COLUMNS}")
-    params = [{**_EVALUATION_DEFAULTS, "created_at": now, **row} for row in rows]
+    missing = {"run_id", "workflow_id", "problem_id", "reward"} - set(rows[0])
+    if missing:
+        raise ValueError(f"evaluation rows need {sorted(missing)}")
+    defaults = {**_EVALUATION_DEFAULTS, "created_at": utcnow()}
     stmt = _insert_ignore(session, Evaluation.__table__, ["workflow_id", "problem_id", "repeat"])
-    session.connection().execute(stmt, params)
+    conn = session.connection()
+    if conn.dialect.name != "sqlite":
+        conn.execute(stmt, [{**defaults, **row} for row in rows])
+        return
+    # SQLite: SQLAlchemy's per-row parameter processing costs more than SQLite's insert itself, so
+    # compile the same Core statement once and hand positional tuples to the driver's executemany.
+    compiled = stmt.compile(dialect=conn.dialect, column_keys=list(EVALUATION_COLUMNS))
+    order = list(compiled.positiontup or [])
+    processors = {
+        name: proc for name in order
+        if (proc := Evaluation.__table__.c[name].type.dialect_impl(conn.dialect).bind_processor(conn.dialect))
+        is not None
+    }
+    for name, proc in processors.items():  # e.g. DateTime -> ISO text, once for the shared default
+        if name in defaults:
+            defaults[name] = proc(defaults[name])
+    given_processed = [(order.index(n), p) for n, p in processors.items() if n in rows[0]]
+    getter = itemgetter(*order)
+    params = [getter({**defaults, **row}) for row in rows]
+    if given_processed:  # values the caller passed for columns that need conversion (e.g. to float)
+        params = [_apply(values, given_processed) for values in params]
+    conn.exec_driver_sql(str(compiled), params)
+
+
+def _apply(values: tuple[Any, ...], processed: list[tuple[int, Any]]) -> tuple[Any, ...]:
+    out = list(values)
+    for index, proc in processed:
+        out[index] = proc(out[index])
+    return tuple(out)
 
 
 def stored_evaluations(
