@@ -61,6 +61,8 @@ def parse_number(value: object) -> Fraction:
         return Fraction(repr(value))
     if isinstance(value, str):
         text = value.strip()
+        if len(text) > MAX_EXPRESSION_CHARS:
+            raise OperatorError(f"number too long ({len(text)} characters, limit {MAX_EXPRESSION_CHARS})")
         if _NUMBER_RE.match(text):
             return Fraction(text)
         match = _FRACTION_RE.match(text)
@@ -245,6 +247,29 @@ def _linear(node: ast.expr, variable: str) -> tuple[Fraction, Fraction] | None:
     return left[0] / right[1], left[1] / right[1]
 
 
+def _degree_bound(node: ast.expr) -> int:
+    """An upper bound of the polynomial degree (in all unknowns) after clearing denominators."""
+    if isinstance(node, ast.Name):
+        return 1
+    if isinstance(node, ast.UnaryOp):
+        return _degree_bound(node.operand)
+    if isinstance(node, ast.BinOp):
+        left, right = _degree_bound(node.left), _degree_bound(node.right)
+        if isinstance(node.op, ast.Add | ast.Sub):
+            return max(left, right)
+        if isinstance(node.op, ast.Pow):
+            exponent = node.right.value if isinstance(node.right, ast.Constant) else None
+            if (
+                not isinstance(exponent, int)
+                or isinstance(exponent, bool)
+                or not 0 <= exponent <= MAX_EQUATION_DEGREE
+            ):
+                raise OperatorError(f"exponents must be integers 0..{MAX_EQUATION_DEGREE} in equations")
+            return left * exponent
+        return left + right  # * and / (a denominator multiplies into the other side)
+    return 0
+
+
 def solve_equation_exact(equation: str, variable: str = "x") -> list[Fraction]:
     """Rational solutions (ascending) of one equation in one unknown, e.g. ``"3x + 5 = 20"``.
 
@@ -268,6 +293,10 @@ def _solve_cached(equation: str, variable: str) -> tuple[Fraction, ...]:
     lines = [_linear(tree, variable) for tree in trees]
     if lines[0] is not None and lines[1] is not None and lines[0][0] != lines[1][0]:
         return ((lines[1][1] - lines[0][1]) / (lines[0][0] - lines[1][0]),)
+    bound = sum(_degree_bound(tree) for tree in trees)
+    if bound > MAX_EQUATION_DEGREE:
+        # Refused before sympy sees it: expanding ((x+1)**4)**4... would run for hours.
+        raise OperatorError(f"degree up to {bound} is too high (at most {MAX_EQUATION_DEGREE})")
     import sympy  # imported only when needed: it costs about a second on first use
 
     names: dict = {}

@@ -26,7 +26,13 @@ def check_text(text: object, what: str = "text") -> str:
     return text
 
 
+MAX_NUMBER_CHARS = 100
+"""Longest number an extractor returns (longer digit runs are refused, not silently rounded)."""
+
+
 def _as_json_number(text: str) -> int | float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise OperatorError(f"number too long ({len(text)} characters, limit {MAX_NUMBER_CHARS})")
     return float(text) if "." in text else int(text)
 
 
@@ -152,8 +158,10 @@ def extract_equation(text: str) -> str:
     return equation
 
 
+# The lookbehind lets a match start only where a number starts, so a long digit run is scanned
+# once instead of from every position inside it (quadratic backtracking on hostile input).
 _NUMBER_LIST = re.compile(
-    r"-?\d+(?:\.\d+)?(?:\s*(?:,\s*(?:and\s+)?|\band\s+)-?\d+(?:\.\d+)?)+", re.IGNORECASE
+    r"(?<![\d.])-?\d+(?:\.\d+)?(?:\s*(?:,\s*(?:and\s+)?|\band\s+)-?\d+(?:\.\d+)?)+", re.IGNORECASE
 )
 
 

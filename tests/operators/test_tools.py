@@ -351,3 +351,29 @@ def test_run_python_runs_in_the_sandbox():
     output, raw = asyncio.run(scenario())
     assert output == "cba\n"
     assert "Traceback" in raw
+
+
+# ------------------------------------------------------------------ hostile inputs
+
+
+@pytest.mark.timeout(60)  # a hang guard: each case below used to run for minutes (backtracking, expand)
+@pytest.mark.parametrize(
+    ("name", "args", "message"),
+    [
+        ("extract_list", ("1" * 19_000,), "no list"),
+        ("extract_numbers", ("7" * 5_000,), "number too long"),
+        ("extract_list", ("[" + "1" * 5_000 + ", 2]",), "number too long"),
+        ("solve_equation", ("(" * 10 + "x+1" + ")**4" * 10 + " = 1",), "degree up to 1048576 is too high"),
+        ("solve_equation", ("(x+1)**4**4 = 1",), "exponents must be integers"),
+        ("calculate", ("-" * 498 + "1",), None),
+        ("calculate", ("(" * 150 + "1" + ")" * 150,), None),
+        ("calculate", ("(2**64)**64",), "too large"),
+        ("mean", (["9" * 600],), "number too long"),
+    ],
+)
+def test_hostile_inputs_fail_fast_with_operator_errors(name, args, message):
+    if message is None:
+        assert call(name, *args) == "1"
+    else:
+        with pytest.raises(OperatorError, match=message):
+            call(name, *args)
