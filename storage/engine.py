@@ -95,13 +95,19 @@ def _install_sqlite_transactions(engine: Engine) -> None:
 
 
 def _install_postgres_transactions(engine: Engine) -> None:
-    """Map the read-only option onto ``SET TRANSACTION READ ONLY`` (enforced by the server)."""
+    """Map the read-only option onto ``SET TRANSACTION ... READ ONLY`` (enforced by the server).
+
+    Read-only transactions also get REPEATABLE READ: one consistent snapshot for the whole read,
+    as SQLite gives (a read-only transaction can never fail to serialize).
+    """
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         if conn.get_execution_options().get(READONLY_OPTION):
             # psycopg opens the transaction implicitly, so this is its first statement.
-            conn.connection.dbapi_connection.cursor().execute("SET TRANSACTION READ ONLY")
+            conn.connection.dbapi_connection.cursor().execute(
+                "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+            )
 
 
 def create_db_engine(db: str) -> Engine:

@@ -85,3 +85,16 @@ def test_concurrent_searches_and_trainer_lose_nothing(db_url: str, tmp_path: Pat
         assert s.scalar(select(func.count()).select_from(TrainStep)) == n_train
         assert s.scalar(select(func.count()).select_from(PolicyCheckpoint)) == n_train
     engine.dispose()
+
+
+def test_open_read_transaction_does_not_block_writers(engine):
+    """A long read (e.g. `workflow-rl sql` while a search runs) must not make writers wait or fail."""
+    with session_scope(engine) as s:
+        repo.get_or_create_run(s, "before", "calc")
+    with read_session_scope(engine) as reader:
+        assert [r.name for r in repo.list_runs(reader)] == ["before"]
+        with session_scope(engine) as writer:
+            repo.get_or_create_run(writer, "during", "calc")
+        assert [r.name for r in repo.list_runs(reader)] == ["before"]  # its snapshot is stable
+    with read_session_scope(engine) as s:
+        assert [r.name for r in repo.list_runs(s)] == ["before", "during"]

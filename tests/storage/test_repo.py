@@ -171,3 +171,26 @@ def test_delete_run_cascades(engine):
         for model in (Workflow, Evaluation, SearchNode):
             assert s.scalar(select(func.count()).select_from(model)) == 0
         assert s.scalar(select(func.count()).select_from(Problem)) == 1
+
+
+def test_bulk_insert_converts_caller_values_and_enforces_foreign_keys(engine):
+    from datetime import timezone
+    from decimal import Decimal
+
+    from sqlalchemy import exc
+
+    with session_scope(engine) as s:
+        run = repo.get_or_create_run(s, "r", "calc")
+        pid = repo.upsert_problems(s, "calc", [BenchProblem("a", "validation", "t", "1")])["a"]
+        w = repo.add_workflow(s, run.id, CODE, "seed")
+        when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+        repo.bulk_insert_evaluations(s, [{"run_id": run.id, "workflow_id": w.id, "problem_id": pid,
+                                          "reward": Decimal("0.5"), "cost": 1, "created_at": when}])
+    with read_session_scope(engine) as s:
+        e = s.scalars(select(Evaluation)).one()
+        assert (e.reward, e.cost, type(e.reward)) == (0.5, 1.0, float)
+        assert e.created_at.replace(tzinfo=None) == when.replace(tzinfo=None)
+    with pytest.raises(exc.IntegrityError), session_scope(engine) as s:
+        repo.bulk_insert_evaluations(s, [{"run_id": run.id, "workflow_id": 999, "problem_id": pid, "reward": 1.0}])
+    with pytest.raises(ValueError, match="need"), session_scope(engine) as s:
+        repo.bulk_insert_evaluations(s, [{"run_id": run.id, "workflow_id": w.id, "reward": 1.0}])
