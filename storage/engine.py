@@ -158,7 +158,13 @@ def describe_db_error(engine: Engine, error: BaseException) -> WorkflowRLError:
 
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
-    """One write transaction: commit on success, roll back on error (BEGIN IMMEDIATE on SQLite)."""
+    """One write transaction: commit on success, roll back on error (BEGIN IMMEDIATE on SQLite).
+
+    On SQLite it holds the database's write lock from start to end, so keep it short: do the slow
+    work (LLM calls, sandbox runs) outside, then write its results in one scope. Never ``await``
+    inside it: a second scope opened by another coroutine of the same thread would wait for a
+    lock that the suspended first one can only release when the event loop gets back to it.
+    """
     with Session(engine, expire_on_commit=False) as session, session.begin():
         yield session
 
