@@ -14,10 +14,14 @@ REGISTRY: dict[str, Operator] = {}
 """All known operators by name (tool operators from ``operators.tools``, LLM ones from ``operators.llm_ops``)."""
 
 
-def register(
-    name: str, signature: str, description: str, kind: Literal["tool", "llm"] = "tool"
-) -> Callable:
+def register(name: str, signature: str, description: str, kind: Literal["tool", "llm"] = "tool") -> Callable:
     """Decorator registering an async host function ``fn(ctx, *args, **kwargs)`` as an operator."""
+
+    # The prompt text is rendered from these fields, so a mismatch would teach models a wrong name.
+    if not signature.startswith(f"{name}("):
+        raise ValueError(f"operator {name!r}: signature {signature!r} must start with '{name}('")
+    if not description.strip():
+        raise ValueError(f"operator {name!r} needs a one-paragraph description")
 
     def wrap(fn: Callable) -> Callable:
         if name in REGISTRY and REGISTRY[name].fn is not fn:

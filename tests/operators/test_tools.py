@@ -377,3 +377,18 @@ def test_hostile_inputs_fail_fast_with_operator_errors(name, args, message):
     else:
         with pytest.raises(OperatorError, match=message):
             call(name, *args)
+
+
+def test_register_refuses_mismatched_signature_and_empty_description():
+    from operators.registry import register
+
+    with pytest.raises(ValueError, match="must start with 'calc_x\\('"):
+        register("calc_x", "calculate(expression: str) -> str", "Evaluates.")
+    with pytest.raises(ValueError, match="needs a one-paragraph description"):
+        register("calc_x", "calc_x() -> str", "  ")
+
+    async def calculate_again(ctx, expression):
+        return expression
+
+    with pytest.raises(ValueError, match="'calculate' is registered twice"):
+        register("calculate", "calculate(expression: str) -> str", "Another calculator.")(calculate_again)
