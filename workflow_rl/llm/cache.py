@@ -82,6 +82,8 @@ class ResponseCache:
         with self._lock:
             # WAL lets several processes (parallel searches) read while one writes.
             self._conn.execute("PRAGMA journal_mode=WAL")
+            # A cache may lose its last writes on power loss (they are re-fetched), never its integrity.
+            self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT, response TEXT NOT NULL)"
             )

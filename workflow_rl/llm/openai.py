@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -109,8 +110,11 @@ class OpenAICompatibleClient:
         self.cache = cache
         self.prices = prices or PriceTable()
         self._transport = transport
-        self._semaphore = asyncio.Semaphore(max_concurrency)
         self.max_concurrency = max_concurrency
+        # One pooled HTTP client and one semaphore per event loop: both are bound to the loop that
+        # created them, and callers (tests, CLI commands) may run several loops one after another.
+        self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[httpx.AsyncClient, asyncio.Semaphore]]
+        self._per_loop = weakref.WeakKeyDictionary()
 
     @classmethod
     def from_spec(cls, spec: str, **kwargs: Any) -> OpenAICompatibleClient:
@@ -128,8 +132,9 @@ class OpenAICompatibleClient:
             if hit is not None:
                 return hit
         path, body = self._build_body(request)
-        async with self._semaphore:
-            data = await self._post_with_retries(path, body)
+        http, semaphore = self._loop_state()
+        async with semaphore:
+            data = await self._post_with_retries(http, path, body)
         response = self._parse_response(data, request)
         if self.cache is not None:
             self.cache.put(key, response)
@@ -205,6 +210,23 @@ class OpenAICompatibleClient:
 
     # ------------------------------------------------------------------ transport
 
+    def _loop_state(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+        loop = asyncio.get_running_loop()
+        state = self._per_loop.get(loop)
+        if state is None:
+            # Creating an AsyncClient is slow (SSL context), so it is pooled, not made per call.
+            limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
+            state = (httpx.AsyncClient(timeout=self.timeout_s, transport=self._transport, limits=limits),
+                     asyncio.Semaphore(self.max_concurrency))
+            self._per_loop[loop] = state
+        return state
+
+    async def aclose(self) -> None:
+        """Close the pooled HTTP connections of the running event loop."""
+        state = self._per_loop.pop(asyncio.get_running_loop(), None)
+        if state is not None:
+            await state[0].aclose()
+
     def _headers(self) -> dict[str, str]:
         key = os.environ.get(self.api_key_env)
         return {"Authorization": f"Bearer {key}"} if key else {}
@@ -220,33 +242,32 @@ class OpenAICompatibleClient:
         # Full jitter (AWS architecture blog): spreads retries of many concurrent callers.
         return random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2**attempt))
 
-    async def _post_with_retries(self, path: str, body: dict[str, Any]) -> Any:
+    async def _post_with_retries(self, http: httpx.AsyncClient, path: str, body: dict[str, Any]) -> Any:
         last = "no attempt made"
-        async with httpx.AsyncClient(timeout=self.timeout_s, transport=self._transport) as http:
-            for attempt in range(self.max_attempts):
-                retry_after = None
-                try:
-                    resp = await http.post(self.url + path, json=body, headers=self._headers())
-                except httpx.TimeoutException:
-                    last = f"timed out after {self.timeout_s}s"
-                except httpx.TransportError as exc:
-                    last = f"connection failed ({type(exc).__name__}: {self._scrub(str(exc))})"
-                else:
-                    if resp.status_code == 200:
-                        try:
-                            return resp.json()
-                        except ValueError:
-                            raise LLMEndpointError(
-                                f"{self.url}{path}: response is not JSON: {self._scrub(resp.text[:200])!r}"
-                            ) from None
-                    detail = self._scrub(resp.text[:300])
-                    if resp.status_code not in RETRY_STATUS:
-                        raise LLMEndpointError(f"{self.url}{path}: HTTP {resp.status_code}: {detail}")
-                    last = f"HTTP {resp.status_code}: {detail}"
-                    retry_after = _retry_after_s(resp)
-                if attempt + 1 < self.max_attempts:
-                    delay = self._backoff_s(attempt, retry_after)
-                    log.warning("LLM call to %s%s failed (%s); retry %d/%d in %.2fs",
-                                self.url, path, last, attempt + 1, self.max_attempts - 1, delay)
-                    await asyncio.sleep(delay)
+        for attempt in range(self.max_attempts):
+            retry_after = None
+            try:
+                resp = await http.post(self.url + path, json=body, headers=self._headers())
+            except httpx.TimeoutException:
+                last = f"timed out after {self.timeout_s}s"
+            except httpx.TransportError as exc:
+                last = f"connection failed ({type(exc).__name__}: {self._scrub(str(exc))})"
+            else:
+                if resp.status_code == 200:
+                    try:
+                        return resp.json()
+                    except ValueError:
+                        raise LLMEndpointError(
+                            f"{self.url}{path}: response is not JSON: {self._scrub(resp.text[:200])!r}"
+                        ) from None
+                detail = self._scrub(resp.text[:300])
+                if resp.status_code not in RETRY_STATUS:
+                    raise LLMEndpointError(f"{self.url}{path}: HTTP {resp.status_code}: {detail}")
+                last = f"HTTP {resp.status_code}: {detail}"
+                retry_after = _retry_after_s(resp)
+            if attempt + 1 < self.max_attempts:
+                delay = self._backoff_s(attempt, retry_after)
+                log.warning("LLM call to %s%s failed (%s); retry %d/%d in %.2fs",
+                            self.url, path, last, attempt + 1, self.max_attempts - 1, delay)
+                await asyncio.sleep(delay)
         raise LLMEndpointError(f"{self.url}{path}: gave up after {self.max_attempts} attempts; last error: {last}")
