@@ -200,7 +200,8 @@ class Sandbox:
     def _dispatch(self, ex: _Exec) -> None:
         """Start (or restart) an execution on the least-loaded live worker."""
         live = [w for w in self._workers if not w.retiring]
-        worker = min(live, key=lambda w: len(w.live)) if live else None
+        # Prefer workers not busy in a step (empty fifo), then the fewest executions held.
+        worker = min(live, key=lambda w: (len(w.fifo), len(w.live))) if live else None
         if worker is None:
             worker = self._spawn()
             self._workers.append(worker)
@@ -236,6 +237,10 @@ class Sandbox:
             return
         ex.restarts += 1
         ex.epoch += 1
+        # The time lost with the dead worker was not this execution's fault: give it a fresh clock.
+        if ex.timer is not None:
+            ex.timer.cancel()
+        ex.timer = self._loop.call_later(self.limits.wall_s, self._on_deadline, ex)
         self._dispatch(ex)
 
     def finish(self, ex: _Exec, output: str | None, kind: str | None, message: str | None) -> None:
