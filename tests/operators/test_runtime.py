@@ -258,3 +258,19 @@ def test_forged_worker_frames_kill_the_worker(forgery, tmp_path, monkeypatch):
     assert result.error_kind in ("crash", "output_limit")
     assert "protocol violation" in result.error_message
     assert killed == 1
+
+
+def test_workers_are_recycled_after_max_execs():
+    async def main():
+        async with Sandbox(OPS, workers=2, limits=Limits(max_execs_per_worker=5)) as sb:
+            first_pids = {w.proc.pid for w in sb._workers}
+            results = []
+            for i in range(6):  # batches: the retiring worker drains, then a fresh one takes over
+                results += await sb.run_many([(ADD3, 10 * i + j) for j in range(5)])
+            pids = {w.proc.pid for w in sb._workers}
+            return results, first_pids, pids, sb.killed_workers
+
+    results, first_pids, pids, killed = run(main())
+    assert [r.output for r in results] == [str(n + 6) for n in range(60) if n % 10 < 5]
+    assert not first_pids & pids  # every original worker was retired and replaced
+    assert killed == 0  # retiring is not a kill
