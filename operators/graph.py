@@ -6,10 +6,13 @@
 * one node per ``ops.<name>(...)`` call site (a call inside a loop is still one node);
 * one node per branch/loop header (``if``/``while``/``for``), because routing is structure: two
   workflows that call the same operators under different conditions behave differently;
+* one node per assignment or ``return`` that transforms values with plain Python
+  (``x = answer.strip()``), labelled with the expression's shape, so that two workflows that
+  differ only in such code do not hash equal (the search de-duplicates by this hash); plain
+  aliases (``x = y``) and bare operator calls add no node;
 * an edge ``a -> b`` when a value produced at ``a`` can reach ``b`` through variables (data
   dependency), or when ``b`` runs under the control of branch ``a`` (control dependency). The
-  analysis is conservative: both arms of an ``if`` are merged, loops are iterated to a fixed point,
-  and plain Python between calls (slicing, string building) is transparent.
+  analysis is conservative: both arms of an ``if`` are merged, loops are iterated to a fixed point.
 
 Node labels (attribute ``label``) carry the operator name plus the *shape* of every argument: the
 argument's AST with variable names erased. String literals are part of the shape on purpose:
@@ -214,14 +217,17 @@ class _Builder:
     def stmt(self, stmt: ast.stmt) -> None:
         """Update ``defs`` and the graph for one statement."""
         if isinstance(stmt, ast.Assign):
-            deps = self.expr(stmt.value) | self.control
+            deps = self.computed(stmt, "=", stmt.value, self.expr(stmt.value) | self.control)
             for target in stmt.targets:
                 self.bind(target, deps)
         elif isinstance(stmt, (ast.AugAssign, ast.AnnAssign)):
-            deps = self.expr(stmt.value) | self.control
-            self.bind(stmt.target, deps | self.expr(stmt.target), replace=True)
+            deps = self.expr(stmt.value) | self.control | self.expr(stmt.target)
+            op = type(stmt.op).__name__ if isinstance(stmt, ast.AugAssign) else ""
+            deps = self.computed(stmt, f"{op}=", stmt.value, deps, always=True)
+            self.bind(stmt.target, deps, replace=True)
         elif isinstance(stmt, ast.Return):
-            for dep in self.expr(stmt.value) | self.control:
+            deps = self.computed(stmt, "return", stmt.value, self.expr(stmt.value) | self.control)
+            for dep in deps:
                 self.graph.add_edge(dep, OUTPUT)
         elif isinstance(stmt, ast.If):
             self.branch(stmt, "if", stmt.test, [stmt.body, stmt.orelse])
@@ -249,6 +255,20 @@ class _Builder:
             for child in ast.iter_child_nodes(stmt):
                 if isinstance(child, ast.expr):
                     self.expr(child)
+
+    def computed(
+        self, stmt: ast.stmt, kind: str, value: ast.expr | None, deps: frozenset[str], always: bool = False
+    ) -> frozenset[str]:
+        """A node for plain Python that transforms values (``x = a.strip()[:3]``), so it hashes.
+
+        A bare name (an alias) or a bare operator call needs no node: its deps pass through.
+        """
+        inner = value.value if isinstance(value, ast.Await) else value
+        if not always and (inner is None or isinstance(inner, ast.Name) or (
+            isinstance(inner, ast.Call) and _ops_name(inner) is not None
+        )):
+            return deps
+        return frozenset({self.node(stmt, f"{kind}[{self.shape(value)}]", deps)})
 
     def branch(self, stmt: ast.stmt, kind: str, test: ast.expr, arms: list[list[ast.stmt]]) -> None:
         """``if``: a header node fed by the condition; both arms run under its control; defs merged."""
