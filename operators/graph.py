@@ -181,7 +181,8 @@ class _Builder:
             deps = self.control
             for child in [*node.args, *(kw.value for kw in node.keywords)]:
                 deps |= self.expr(child)
-            self.bind(node.func.value, deps, replace=False)
+            site = self.node(node, f".{node.func.attr}[{self.shape(node)}]", deps)
+            self.bind(node.func.value, frozenset({site}), replace=False)
             return self.defs.get(node.func.value.id, frozenset())
         if isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
             saved = dict(self.defs)
