@@ -22,15 +22,12 @@ import re
 from collections.abc import Collection
 
 from operators.base import ENTRY_POINT
+from operators.validate_fold import MAX_INT_CONST, NotConstant, TooBig, fold
 
 MAX_SOURCE_CHARS = 50_000
 """Longest accepted program source."""
 MAX_STR_CONST = 20_000
 """Longest string literal (prompts are literals, so this is generous)."""
-MAX_INT_CONST = 10**18
-"""Largest absolute integer literal or folded constant."""
-MAX_SEQ_CONST = 20_000
-"""Longest sequence a constant expression may build (``'ab' * n``)."""
 MAX_DEPTH = 60
 """Deepest AST nesting (deep nesting crashes the compiler)."""
 
@@ -346,10 +343,10 @@ class _Checker:
     def check_folded(self, node: ast.BinOp) -> None:
         """Reject constant arithmetic that would build a huge value (``'a' * 10**9``, ``9**9**9``)."""
         try:
-            _fold(node)
-        except _TooBig as exc:
+            fold(node)
+        except TooBig as exc:
             self.err(node, f"constant expression too large: {exc}")
-        except _NotConstant:
+        except NotConstant:
             pass
 
 
@@ -357,54 +354,3 @@ class _Checker:
 _FORBIDDEN_NAMES = frozenset(
     n for n in builtins.__dict__ if n not in SAFE_BUILTINS and n not in SAFE_EXCEPTIONS
 ) | {ENTRY_POINT}
-
-
-class _TooBig(Exception):
-    pass
-
-
-class _NotConstant(Exception):
-    pass
-
-
-def _fold(node: ast.AST):
-    """Evaluate a constant subexpression with size guards; raise _NotConstant if it is not constant."""
-    if isinstance(node, ast.Constant):
-        return node.value
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        value = _fold(node.operand)
-        if not isinstance(value, (int, float)):
-            raise _NotConstant
-        return -value if isinstance(node.op, ast.USub) else value
-    if isinstance(node, (ast.List, ast.Tuple)):
-        return [_fold(e) for e in node.elts]
-    if not isinstance(node, ast.BinOp):
-        raise _NotConstant
-    left, right = _fold(node.left), _fold(node.right)
-    op = node.op
-    if isinstance(op, ast.Pow):
-        if isinstance(left, (int, float)) and isinstance(right, (int, float)):
-            if abs(right) > 64 or (abs(left) > 1 and abs(right) * max(abs(left), 2).bit_length() > 64):
-                raise _TooBig(f"{left!r} ** {right!r}")
-            return left**right
-        raise _NotConstant
-    if isinstance(op, ast.Mult):
-        seq, count = (left, right) if isinstance(left, (str, bytes, list)) else (right, left)
-        if isinstance(seq, (str, bytes, list)) and isinstance(count, int):
-            if len(seq) * max(count, 0) > MAX_SEQ_CONST:
-                raise _TooBig(f"sequence of length {len(seq) * count}")
-            return seq * count
-    if isinstance(op, ast.LShift) and isinstance(right, int) and right > 64:
-        raise _TooBig(f"<< {right}")
-    try:
-        value = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
-                 ast.LShift: lambda a, b: a << b}[type(op)](left, right)
-    except KeyError:
-        raise _NotConstant from None
-    except (TypeError, ValueError, OverflowError):
-        raise _NotConstant from None
-    if isinstance(value, int) and abs(value) > MAX_INT_CONST * MAX_INT_CONST:
-        raise _TooBig("integer constant")
-    if isinstance(value, (str, bytes, list)) and len(value) > MAX_SEQ_CONST:
-        raise _TooBig(f"sequence of length {len(value)}")
-    return value
