@@ -99,6 +99,7 @@ def test_console_script_errors(tmp_path: Path, args: list[str]):
     corrupt = tmp_path / "c.db"
     corrupt.write_bytes(b"not sqlite " * 300)
     db = tmp_path / "ok.db"
+    main(["--db", str(db), "db", "upgrade"])
     args = [a.format(corrupt=corrupt, db=db) for a in args]
     proc = subprocess.run([_script(), *args], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
@@ -108,6 +109,9 @@ def test_console_script_errors(tmp_path: Path, args: list[str]):
 
 def test_console_script_sql_on_real_file(tmp_path: Path):
     db = str(tmp_path / "real.db")
+    missing = subprocess.run([_script(), "--db", db, "runs"], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "no database at" in missing.stderr and not Path(db).exists()
+    assert subprocess.run([_script(), "--db", db, "db", "upgrade"], capture_output=True, timeout=120).returncode == 0
     proc = subprocess.run([_script(), "--db", db, "sql", "--format", "csv", "SELECT COUNT(*) AS n FROM leaderboard"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -16,10 +17,11 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Table
-from sqlalchemy import select, text
+from sqlalchemy import Engine, make_url, select, text
+from sqlalchemy.exc import ArgumentError
 
 from storage import open_db, read_session_scope, repo
-from storage.engine import create_db_engine
+from storage.engine import create_db_engine, normalize_url
 from storage.migrate import upgrade as migrate_upgrade
 from storage.models import Run, SearchNode
 from storage.sql import execute_sql
@@ -50,6 +52,19 @@ def _table(columns: list[str], rows: list[tuple[Any, ...]], title: str | None = 
     return table
 
 
+def _open_existing(db: str) -> Engine:
+    """Open a database that must already exist (a typo in --db must not create a stray empty file)."""
+    try:
+        url = make_url(normalize_url(db))
+    except ArgumentError:
+        return open_db(db)  # raises the one-line "invalid database URL" error
+    path = url.database
+    if url.get_backend_name() == "sqlite" and path and path != ":memory:" and not Path(path).exists():
+        raise WorkflowRLError(f"no database at {path}; pass --db (or set WORKFLOW_RL_DB) to an existing one, "
+                              "or create it with: workflow-rl db upgrade")
+    return open_db(db)
+
+
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context) -> None:
     """Apply pending schema migrations (opening a database does this too)."""
@@ -74,7 +89,7 @@ def sql(
     """Run one SQL statement and print its rows (read-only unless --write; views: see README)."""
     if fmt not in ("table", "csv", "json"):
         raise WorkflowRLError(f"--format {fmt!r} is not one of table, csv, json")
-    engine = open_db(ctx.obj["db"])
+    engine = _open_existing(ctx.obj["db"])
     try:
         result = execute_sql(engine, query, write=write)
     finally:
@@ -103,7 +118,7 @@ FROM runs r ORDER BY r.id
 
 def runs(ctx: typer.Context) -> None:
     """List runs with their workflow and evaluation counts and best validation reward."""
-    engine = open_db(ctx.obj["db"])
+    engine = _open_existing(ctx.obj["db"])
     try:
         with read_session_scope(engine) as session:
             result = session.execute(text(_RUNS_SQL))
@@ -121,7 +136,7 @@ def show(
     workflow_id: Annotated[int, typer.Argument(help="Workflow id (see the leaderboard view).")],
 ) -> None:
     """Show a workflow: code (highlighted), scores per split, lineage and how it was generated."""
-    engine = open_db(ctx.obj["db"])
+    engine = _open_existing(ctx.obj["db"])
     try:
         with read_session_scope(engine) as session:
             workflow = repo.get_workflow(session, workflow_id)
