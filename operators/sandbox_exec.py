@@ -4,8 +4,8 @@ Run as ``python -I sandbox_exec.py <config-json>`` in an empty temp directory; r
 and the script's stdin as one JSON object from fd 0. The script is model-written and NOT
 validated, so this process is the whole defence: rlimits (CPU, address space, FSIZE=0, NPROC=0,
 CORE=0) and an audit hook that refuses writes to files, every ``os`` mutation, process creation
-and signals, sockets, ctypes, sqlite, mmap and rlimit changes, and imports of modules that reach
-around the hook (``ctypes``, ``_posixsubprocess``, ...). Reading files and importing ordinary
+and signals, sockets, every ctypes action but importing it, sqlite, mmap and rlimit changes,
+and imports of modules that reach around the hook (``_posixsubprocess``, ``sqlite3``, ...). Reading files and importing ordinary
 modules is allowed: generated solutions use ``math``, ``re``, ``itertools``...
 
 Exit status: 0 ok, 1 the script raised (traceback on stderr), 3 MemoryError, killed by SIGXCPU
@@ -18,30 +18,39 @@ import os
 import resource
 import sys
 import traceback
+import types
 
 _BLOCKED_EVENTS = frozenset(
     """os.system os.exec os.fork os.forkpty os.posix_spawn os.spawn os.kill os.killpg os.remove os.rename
     os.rmdir os.mkdir os.symlink os.link os.chmod os.chown os.truncate os.utime os.chflags os.lchflags
-    os.setxattr os.removexattr os.startfile os.add_dll_directory os.putenv os.unsetenv os.chdir os.chroot
+    os.setxattr os.removexattr os.startfile os.add_dll_directory os.chroot
     os.mkfifo os.mknod os.setuid os.setgid os.setpgid os.setsid os.lockf os.memfd_create os.eventfd
     subprocess.Popen signal.pthread_kill resource.setrlimit resource.prlimit shutil.chown shutil.rmtree
     shutil.move shutil.copyfile shutil.copymode shutil.copystat shutil.copytree shutil.make_archive
-    shutil.unpack_archive mmap.__new__ sys.setrecursionlimit sys.addaudithook sys.remote_exec
+    shutil.unpack_archive mmap.__new__ sys.addaudithook sys.remote_exec
     fcntl.ioctl fcntl.fcntl fcntl.flock fcntl.lockf pty.spawn webbrowser.open tempfile.mkstemp
-    tempfile.mkdtemp sys._getframe sys._current_frames sys.setprofile sys.settrace""".split()
+    tempfile.mkdtemp""".split()
 )
-_BLOCKED_PREFIXES = ("socket.", "ctypes.", "sqlite3.", "_winapi.", "winreg.", "msvcrt.", "syslog.", "urllib.",
+_BLOCKED_PREFIXES = ("socket.", "sqlite3.", "_winapi.", "winreg.", "msvcrt.", "syslog.", "urllib.",
                      "http.", "ftplib.", "smtplib.", "poplib.", "imaplib.", "nntplib.", "telnetlib.")
+# Modules whose C code acts without audit events (fork_exec, dlopen, sqlite files, shm_open) or
+# that only serve networking/processes. Frames, threads, signals and rlimit *reads* stay allowed:
+# stdlib modules need them (typing uses sys._getframe, queue imports threading) and the hard
+# rlimits, blocked events and the host's wall clock hold regardless.
 _BLOCKED_MODULES = frozenset(
-    "ctypes _ctypes _posixsubprocess subprocess multiprocessing _multiprocessing socket _socket ssl _ssl "
-    "select _posixshmem mmap pty fcntl termios sqlite3 _sqlite3 signal _signal threading _thread "
-    "resource asyncio selectors concurrent".split()
+    "_posixsubprocess multiprocessing _multiprocessing socket _socket ssl _ssl "
+    "_posixshmem sqlite3 _sqlite3 _xxsubinterpreters".split()
 )
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
 def _hook(event, args):
     if event in _BLOCKED_EVENTS or event.startswith(_BLOCKED_PREFIXES):
+        raise PermissionError(f"sandbox: {event} is not allowed")
+    if event.startswith("ctypes.") and not (event == "ctypes.dlopen" and args[0] is None):
+        # ctypes may be imported (sympy needs c_long/sizeof; the import dlopens the interpreter
+        # itself), but no library can be loaded, no symbol looked up, no foreign function
+        # called and no raw memory read or written.
         raise PermissionError(f"sandbox: {event} is not allowed")
     if event == "open":
         mode, flags = args[1], args[2]
@@ -50,7 +59,13 @@ def _hook(event, args):
     elif event == "import":
         root = str(args[0]).split(".")[0]
         if root in _BLOCKED_MODULES or str(args[0]) in _BLOCKED_MODULES:
-            raise PermissionError(f"sandbox: import of {args[0]} is not allowed")
+            # ImportError (not PermissionError): libraries that treat such modules as optional
+            # (numpy imports ctypes inside try/except ImportError) keep working.
+            raise ImportError(f"sandbox: import of {args[0]} is not allowed")
+
+
+def _refuse_fork_exec(*args, **kwargs):
+    raise PermissionError("sandbox: creating processes is not allowed")
 
 
 def main():
@@ -76,6 +91,11 @@ def main():
     for name in list(sys.modules):
         if name.split(".")[0] in _BLOCKED_MODULES:
             del sys.modules[name]
+    # `subprocess` stays importable (sympy imports it) but its C helper is a stub that refuses:
+    # _posixsubprocess.fork_exec raises no audit event of its own.
+    stub = types.ModuleType("_posixsubprocess")
+    stub.fork_exec = _refuse_fork_exec
+    sys.modules["_posixsubprocess"] = stub
     sys.stdin = io.StringIO(job.get("stdin", ""))
     code = compile(job["source"], "<solution>", "exec")
     sys.addaudithook(_hook)

@@ -211,6 +211,22 @@ def test_run_code_results():
     assert syntax.error_kind == "crash" and "SyntaxError" in syntax.error_message
 
 
+def test_run_code_imports_what_generated_solutions_use():
+    source = (
+        "from typing import List\nimport collections, dataclasses, fractions, functools, heapq, itertools\n"
+        "import json, math, queue, random, re, statistics, string, subprocess, numpy\n"
+        "def f(xs: List[int]) -> int:\n    return int(numpy.sum(xs)) + math.gcd(4, 6)\nprint(f([1, 2]))"
+    )
+
+    async def main():
+        async with Sandbox(OPS, workers=1) as sb:
+            return await sb.run_code(source, timeout_s=20)
+
+    result = run(main())
+    assert result.ok, result.stderr
+    assert result.stdout == "5\n"
+
+
 def test_sandbox_survives_a_new_event_loop_and_close_fails_pending():
     sb = Sandbox(OPS, workers=1, limits=FAST)
     assert run(sb.run(ADD3, 0)).output == "6"
