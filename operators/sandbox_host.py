@@ -92,12 +92,21 @@ class WorkerHandle:
     # ------------------------------------------------------------------ sending
 
     def _send(self, frame: list, ex: _Exec | None) -> None:
+        """Queue one frame; a value JSON cannot carry fails ``ex`` (never the event loop)."""
         frame[1] = self.seq
+        try:
+            data = _frame(frame)
+        except (TypeError, ValueError, RecursionError) as exc:
+            if ex is not None:
+                self.sandbox.finish(ex, None, "crash", f"cannot send to the worker: {type(exc).__name__}: {exc}")
+                if frame[0] == "r":
+                    self.cancel_exec(ex)
+            return
         if not self.fifo:
             self.head_since = time.monotonic()
         self.fifo.append((self.seq, ex, ex.epoch if ex is not None else -1))
         self.seq += 1
-        self.wbuf += _frame(frame)
+        self.wbuf += data
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)  # coalesce all frames of this loop iteration
@@ -163,7 +172,12 @@ class WorkerHandle:
                 break
             payload = bytes(buf[pos + 4 : pos + 4 + size])
             pos += 4 + size
-            if not self._on_frame(payload) or self.dead:
+            try:
+                handled = self._on_frame(payload)
+            except Exception as exc:  # noqa: BLE001 - a host bug must not wedge the worker's executions
+                self.kill(f"host error handling a frame: {type(exc).__name__}: {exc}", culprit_kind="crash")
+                return
+            if not handled or self.dead:
                 return
         del buf[:pos]
 

@@ -106,6 +106,23 @@ def test_operator_errors_can_be_caught_and_bad_arguments_are_operator_errors():
     assert b.error_kind == "operator_error" and "TypeError" in b.error_message
 
 
+def test_values_json_cannot_carry_fail_the_execution_not_the_host():
+    async def tuple_keys(ctx):
+        return {(1, 2): 3}
+
+    ops = {**OPS, "tuple_keys": Operator("tuple_keys", tuple_keys, "tuple_keys()", "Bad result.")}
+    odd_result = _solve("return await ops.tuple_keys()")
+
+    async def main():
+        async with Sandbox(ops, workers=1, limits=FAST) as sb:
+            return await sb.run(ADD3, {(1, 2): 3}), await sb.run(odd_result, 0), await sb.run(ADD3, 0)
+
+    bad_problem, bad_result, fine = run(main())
+    assert bad_problem.error_kind == "crash" and "cannot send" in bad_problem.error_message
+    assert bad_result.error_kind == "crash" and "cannot send" in bad_result.error_message
+    assert fine.output == "6"
+
+
 def test_wall_clock_and_operator_call_limits():
     slow = _solve("return await ops.slow(problem, 30)")
     many = _solve("x = 0\nwhile True:\n    x = await ops.add(x, 1)")
