@@ -42,10 +42,6 @@ def all_problems(bench):
     return {p.key: p for s in ("train", "validation", "test") for p in bench.problems(s)}
 
 
-# Known integration bug (reported to the lead): operators/sandbox_exec.py blocks the audit event
-# sys._getframe, which `import typing` (TypeVar) needs, so every solution with `from typing import
-# List` crashes in run_code (21 of 164). strict=True: this turns into a failure once it is fixed.
-@pytest.mark.xfail(reason="sandbox_exec blocks sys._getframe, so `import typing` fails in run_code", strict=True)
 def test_all_canonical_pass_and_all_mutants_fail(capsys):
     bench = HumanEvalBenchmark()
     problems = all_problems(bench)
