@@ -16,7 +16,7 @@ from typing import Any
 from operators.base import LLMRequest, OpContext, OperatorError
 from operators.llm_parse import (
     extract_code,
-    extract_doctest_asserts,
+    extract_public_tests,
     extract_tag,
     infer_entry_point,
     option_letters,
@@ -339,7 +339,7 @@ async def test(ctx: OpContext, problem: str, solution: str, entry_point: str = "
     _need_runner(ctx)
     problem, solution = _text("problem", problem), _text("solution", solution)
     entry_point = _entry_point(ctx, problem, entry_point)
-    tests = ctx.extras.get("public_tests") or extract_doctest_asserts(problem, entry_point)
+    tests = ctx.extras.get("public_tests") or extract_public_tests(problem, entry_point)
     if not tests:
         return solution  # nothing to test against: the solution stands as it is
     for attempt in range(MAX_REPAIR_ATTEMPTS + 1):

@@ -93,6 +93,20 @@ def extract_doctest_asserts(problem: str, entry_point: str) -> str:
     return "\n".join(lines)
 
 
+def extract_public_tests(problem: str, entry_point: str) -> str:
+    """Public tests shown in a problem: doctest examples as asserts plus literal ``assert`` lines calling it."""
+    lines = extract_doctest_asserts(problem, entry_point).splitlines()
+    for raw in problem.splitlines():
+        line = raw.strip()
+        if line.startswith("assert ") and re.search(rf"\b{re.escape(entry_point)}\s*\(", line) and line not in lines:
+            try:
+                ast.parse(line)
+            except SyntaxError:
+                continue
+            lines.append(line)
+    return "\n".join(lines)
+
+
 def infer_entry_point(problem: str) -> str | None:
     """The function a code problem asks for: its last ``def name(``, else the first ``assert name(``."""
     defs = re.findall(r"^\s*def\s+([A-Za-z_]\w*)\s*\(", problem, flags=re.MULTILINE)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from operators.base import CodeResult, OpContext, OperatorError
-from operators.llm_parse import extract_code, extract_doctest_asserts, extract_tag
+from operators.llm_parse import extract_code, extract_doctest_asserts, extract_public_tests, extract_tag
 from operators.registry import get_operators
 from workflow_rl.llm import OpenAICompatibleClient, PriceTable, ResponseCache
 from workflow_rl.llm.testing import ScriptedOpenAIServer, ScriptedReply
@@ -186,3 +186,12 @@ def test_parse_helpers():
         extract_code("```python\ndef f(): pass\n```", "g")
     asserts = extract_doctest_asserts(PROBLEM, "inc")
     assert asserts.splitlines()[0] == "assert (inc(1)) == (2), 'inc(1)'" and len(asserts.splitlines()) == 2
+
+
+def test_test_operator_finds_assert_lines_in_problem_text(server):
+    ctx = make_ctx(server)
+    problem = 'Add two numbers.\n\ndef add_nums(a, b):\n    """Your code should pass this test:\n    assert add_nums(1, 2) == 3\n    """\n'
+    assert extract_public_tests(problem, "add_nums") == "assert add_nums(1, 2) == 3"
+    server.enqueue("```python\ndef add_nums(a, b):\n    return a + b\n```")
+    fixed = run_op("test", ctx, problem, "def add_nums(a, b):\n    return a - b")  # entry point inferred
+    assert "a + b" in fixed and server.request_count == 1
