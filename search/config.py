@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from search.selection import SELECTION_METHODS
+from search.selection import BACKUPS, SELECTION_METHODS
 
 RANDOM = "random"
 """Baseline selection: expand a uniformly random node (for ``benchmarks/bench_search.py``)."""
@@ -19,7 +19,7 @@ PROPOSERS = ("mutation", "llm", "policy")
 """Proposer names accepted by ``--proposer``."""
 
 RESUME_FIXED = ("benchmark", "proposer", "selection", "seed", "children", "batch_size", "repeats",
-                "exploration", "pw_c", "pw_alpha", "aflow_top_k", "aflow_alpha", "aflow_lambda")
+                "exploration", "backup", "aflow_top_k", "aflow_alpha", "aflow_lambda")
 """Fields that decide the tree: a resumed run keeps its stored values (stopping rules may change)."""
 
 
@@ -47,8 +47,7 @@ class SearchConfig:
     repeats: int = _f(1, "Executions per (workflow, problem); >1 for stochastic (LLM) executors.")
     seed: int = _f(0, "Seed: each simulation's RNG derives from (seed, simulation index).")
     exploration: float = _f(0.3, "c in UCT/PUCT: weight of the exploration bonus (rewards are in [0, 1]).")
-    pw_c: float = _f(1.0, "Progressive widening: a node may be expanded floor(pw_c * visits**pw_alpha) times.")
-    pw_alpha: float = _f(0.5, "Progressive widening exponent (0 = expand each node once).")
+    backup: str = _f("max", "Back-propagation: max (best reward found below a node; default, see search.selection) or mean.")
     aflow_top_k: int = _f(3, "AFlow selection: candidates are the top-k nodes by score plus the seeds.")
     aflow_alpha: float = _f(0.2, "AFlow selection: softmax temperature on scores in percent.")
     aflow_lambda: float = _f(0.3, "AFlow selection: weight of the uniform part of the mixture.")
@@ -77,9 +76,10 @@ class SearchConfig:
             raise bad("selection", self.selection, f"choose one of {SELECTION_METHODS + (RANDOM,)}")
         if self.proposer not in PROPOSERS:
             raise bad("proposer", self.proposer, f"choose one of {PROPOSERS}")
-        if self.exploration < 0 or self.pw_c <= 0 or self.pw_alpha < 0:
-            raise bad("exploration/pw_c/pw_alpha", (self.exploration, self.pw_c, self.pw_alpha),
-                      "exploration >= 0, pw_c > 0, pw_alpha >= 0")
+        if self.exploration < 0:
+            raise bad("exploration", self.exploration, "use a non-negative exploration weight")
+        if self.backup not in BACKUPS:
+            raise bad("backup", self.backup, f"choose one of {BACKUPS}")
         if not 0.0 <= self.aflow_lambda <= 1.0:
             raise bad("aflow_lambda", self.aflow_lambda, "use a mixing weight in [0, 1]")
 

@@ -21,19 +21,18 @@ from __future__ import annotations
 import ast
 import copy
 import random
-import re
-from collections import Counter
 
 from search.base import Candidate, ProposalContext
+from search.routing import cue_words, route_branch
 from search.signatures import ANY, OpSignature, load_signatures, types_match
 
 MUTATION_WEIGHTS: dict[str, float] = {
-    "insert": 1.0,
-    "delete": 1.0,
-    "replace": 2.0,
+    "insert": 0.5,
+    "delete": 0.5,
+    "replace": 1.0,
     "change_arg": 1.0,
-    "ensemble": 0.5,
-    "route": 3.0,
+    "ensemble": 0.25,
+    "route": 4.0,
 }
 """Relative probability of each edit kind (inapplicable kinds are skipped)."""
 
@@ -45,7 +44,6 @@ INSTRUCTIONS = (
 )
 """Instruction strings the ``change_arg`` edit draws from (for LLM operators' prompt arguments)."""
 
-_WORD = re.compile(r"[A-Za-z]{3,}")
 
 
 def validation_error(code: str, operator_names: tuple[str, ...]) -> str | None:
@@ -119,39 +117,18 @@ def _replace(root: ast.AST, target: ast.AST, new: ast.AST) -> bool:
     return False
 
 
-def cue_words(failures: list[str], passes: list[str], limit: int = 8) -> list[str]:
-    """Words found in many failing problems and few solved ones, best first (ties alphabetical)."""
-    fail = Counter(w for text in failures for w in sorted(set(_WORD.findall(text))))
-    ok = Counter(w for text in passes for w in sorted(set(_WORD.findall(text))))
-    fail_n, ok_n = max(len(failures), 1), max(len(passes), 1)
-    scored = [(fail[w] / fail_n - ok[w] / ok_n, w) for w in fail]
-    scored = [s for s in scored if s[0] > 0]
-    return [w for _, w in sorted(scored, key=lambda s: (-s[0], s[1]))[:limit]]
-
-
-def pipelines(sigs: dict[str, OpSignature], max_len: int = 3) -> list[list[list[str]]]:
-    """Type-checked operator chains starting from the problem text, grouped by length (1..max_len)."""
-    by_len: list[list[list[str]]] = []
-    frontier: list[tuple[list[str], str]] = [([], "str")]
-    for _ in range(max_len):
-        nxt = [
-            (chain + [name], sig.returns)
-            for chain, type_ in frontier
-            for name, sig in sigs.items()
-            if sig.unary_from(type_) and not (chain and chain[-1] == name)
-        ]
-        by_len.append([c for c, _ in nxt])
-        frontier = nxt
-    return by_len
-
-
 class MutationProposer:
     """Proposer that edits the parent's AST (see the module docstring); needs no model."""
 
     name = "mutation"
 
-    def __init__(self, weights: dict[str, float] | None = None, max_attempts_per_candidate: int = 25):
-        """``weights`` overrides :data:`MUTATION_WEIGHTS`; invalid edits are retried up to the limit."""
+    def __init__(self, weights: dict[str, float] | None = None, max_attempts_per_candidate: int = 25,
+                 route_checks: int = 30):
+        """``weights`` overrides :data:`MUTATION_WEIGHTS`; invalid edits are retried up to the limit.
+
+        ``route_checks``: pipelines a routing edit may try on its failing example (0 = no checks).
+        """
+        self.route_checks = route_checks
         self.weights = dict(MUTATION_WEIGHTS if weights is None else weights)
         self.max_attempts = max_attempts_per_candidate
 
@@ -164,7 +141,7 @@ class MutationProposer:
         for _ in range(n * self.max_attempts):
             if len(out) >= n:
                 break
-            result = self.mutate_once(context, sigs, rng)
+            result = await self.mutate_once(context, sigs, rng)
             if result is None:
                 continue
             code, kind, description = result
@@ -175,7 +152,7 @@ class MutationProposer:
                                  meta={"mutation": kind}))
         return out
 
-    def mutate_once(
+    async def mutate_once(
         self, context: ProposalContext, sigs: dict[str, OpSignature], rng: random.Random
     ) -> tuple[str, str, str] | None:
         """One random edit of the parent: ``(code, kind, description)`` or None if it did not apply."""
@@ -186,6 +163,8 @@ class MutationProposer:
         except (SyntaxError, StopIteration):
             return None
         description = getattr(self, f"_{kind}")(program, context, sigs, rng)
+        if kind == "route":
+            description = await description
         if description is None:
             return None
         return program.code(), kind, description
@@ -277,90 +256,17 @@ class MutationProposer:
         _replace(p.solve, site, voted)
         return f"ensemble: majority vote over 3 calls of ops.{op}"
 
-    def _route(self, p: _Program, ctx: ProposalContext, sigs: dict[str, OpSignature], rng: random.Random):
-        cues = cue_words([f.problem for f in ctx.failures], list(getattr(ctx, "passes", ())))
-        chains_by_len = [c for c in pipelines(sigs) if c]
-        multi = [n for n, s in sigs.items() if s.required >= 2]
-        if not cues or not (chains_by_len or multi):
+    async def _route(self, p: _Program, ctx: ProposalContext, sigs: dict[str, OpSignature], rng: random.Random):
+        def problem() -> ast.Name:
+            return ast.Name(id=p.problem_name, ctx=ast.Load())
+
+        made = await route_branch(p.call, problem, sigs, list(ctx.failures), list(ctx.passes), rng,
+                                  checks=self.route_checks)
+        if made is None:
             return None
-        cue = rng.choice(cues[:5])
-        problem = ast.Name(id=p.problem_name, ctx=ast.Load())
-        if multi and (not chains_by_len or rng.random() < 0.35):
-            op = rng.choice(multi)
-            expr = multi_arg_call(p, sigs, op, rng)
-            if expr is None:
-                return None
-            shape = f"{op}(...)"
-        else:
-            chain = rng.choice(rng.choice(chains_by_len))
-            expr = problem
-            for op in chain:
-                expr = p.call(op, [expr])
-            shape = " -> ".join(chain)
-        test = ast.Compare(left=ast.Constant(cue), ops=[ast.In()], comparators=[copy.deepcopy(problem)])
-        branch = ast.If(test=test, body=[ast.Return(value=expr)], orelse=[])
+        branch, description = made
         body = p.solve.body
         docstring = body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None),
                                                                           ast.Constant)
-        body.insert(1 if docstring else 0, branch)
-        return f"route problems containing {cue!r} to {shape}"
-
-
-def _indexed_sources(sigs: dict[str, OpSignature]) -> list[tuple[str, bool]]:
-    """Extractors that yield several values of one text: ``(op, by_subscript)``.
-
-    ``by_subscript`` ops return a list (``ops.X(problem)[i]``); the others take an ``int`` index as
-    their second parameter (``ops.X(problem, i)``).
-    """
-    out = []
-    for name, sig in sigs.items():
-        if not sig.unary_from("str"):
-            continue
-        if sig.returns == "list":
-            out.append((name, True))
-        elif len(sig.params) >= 2 and sig.params[1][1] == "int":
-            out.append((name, False))
-    return out
-
-
-def multi_arg_call(p: _Program, sigs: dict[str, OpSignature], op: str, rng: random.Random) -> ast.expr | None:
-    """``await ops.<op>(...)`` with every required argument extracted from the problem text.
-
-    Arguments of one type share one extractor with distinct indices (``units[0], units[1]``;
-    ``extract_quoted(problem, 1), extract_quoted(problem, 0)``), the pattern of multi-input
-    operators; a lone argument takes a unary extractor returning its type.
-    """
-    sig = sigs[op]
-    required = [(n, t) for n, t, has_default in sig.params if not has_default]
-    by_type: dict[str, list[int]] = {}
-    for i, (_, t) in enumerate(required):
-        by_type.setdefault(t, []).append(i)
-    args: list[ast.expr | None] = [None] * len(required)
-    sources = _indexed_sources(sigs)
-
-    def problem() -> ast.Name:
-        return ast.Name(id=p.problem_name, ctx=ast.Load())
-
-    for type_, positions in sorted(by_type.items()):
-        if len(positions) == 1:
-            options = [n for n, s in sigs.items() if s.unary_from("str") and s.returns == type_ and n != op]
-            options += [n for n, by_sub in sources if by_sub] if type_ in ("str", ANY) else []
-            if not options:
-                return None
-            src = rng.choice(options)
-            expr: ast.expr = p.call(src, [problem()])
-            if sigs[src].returns == "list" and type_ != "list":
-                expr = ast.Subscript(value=expr, slice=ast.Constant(rng.choice((0, -1))), ctx=ast.Load())
-            args[positions[0]] = expr
-            continue
-        if not sources:
-            return None
-        src, by_subscript = rng.choice(sources)
-        indices = list(range(len(positions)))
-        rng.shuffle(indices)
-        for pos, index in zip(positions, indices, strict=True):
-            if by_subscript:
-                args[pos] = ast.Subscript(value=p.call(src, [problem()]), slice=ast.Constant(index), ctx=ast.Load())
-            else:
-                args[pos] = p.call(src, [problem(), ast.Constant(index)])
-    return p.call(op, args)  # type: ignore[arg-type]
+        body.insert(1 if docstring else 0, branch)  # new routes take precedence over older ones
+        return description

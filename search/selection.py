@@ -76,14 +76,6 @@ def sample_index(probabilities: Sequence[float], rng: random.Random) -> int:
     return len(probabilities) - 1
 
 
-def allowed_expansions(visits: int, pw_c: float, pw_alpha: float) -> int:
-    """Progressive widening: a node with ``visits`` may be expanded ``floor(pw_c * visits**pw_alpha)`` times.
-
-    At least once, so every new leaf can be expanded; a good node is re-expanded as its visits grow.
-    """
-    return max(1, int(math.floor(pw_c * visits**pw_alpha)))
-
-
 def child_scores(tree: Tree, node: int, method: str, c: float) -> list[float]:
     """Selection scores of ``node``'s children under ``method`` (``uct`` or ``puct``)."""
     children = tree.children[node]
@@ -104,21 +96,37 @@ def select_child(tree: Tree, node: int, method: str, c: float) -> int:
     return tree.children[node][best]
 
 
-def select_leaf(tree: Tree, method: str, c: float, pw_c: float = 1.0, pw_alpha: float = 0.5) -> int:
+def expand_score(tree: Tree, node: int, method: str, c: float) -> float:
+    """Score of the *expand-again* action at ``node``, competing with its children.
+
+    Expansion is an action: its value is the node's own score (how good a starting point it is)
+    and its visit count is how often the node was expanded, so a strong node keeps being
+    re-expanded until one of its children looks better, while never-expanded nodes score +inf.
+    Under PUCT the action gets the mean prior of the siblings-to-be (uniform over children + 1).
+    """
+    own = tree.own_score[node] or 0.0
+    if method == PUCT:
+        prior = 1.0 / (len(tree.children[node]) + 1)
+        if tree.expansions[node] == 0:
+            return math.inf
+        return puct_value(own, prior, tree.expansions[node], tree.visits[node], c)
+    return uct_value(own, tree.expansions[node], tree.visits[node], c)
+
+
+def select_leaf(tree: Tree, method: str, c: float) -> int:
     """Descend from the virtual root to the node to expand next (``uct``/``puct`` methods).
 
-    At each node, stop and expand it while progressive widening allows another expansion;
-    otherwise move to the best child. The virtual root is never returned.
+    At each node the best of its children competes with :func:`expand_score`; the descent stops
+    at the node whose expand action wins. Ties prefer expanding. The virtual root is never returned.
     """
-    node = ROOT_INDEX
-    while True:
-        if node != ROOT_INDEX and tree.expansions[node] < allowed_expansions(
-            tree.visits[node], pw_c, pw_alpha
-        ):
+    node = select_child(tree, ROOT_INDEX, method, c)
+    while tree.children[node]:
+        scores = child_scores(tree, node, method, c)
+        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+        if expand_score(tree, node, method, c) >= scores[best]:
             return node
-        if not tree.children[node]:
-            return node
-        node = select_child(tree, node, method, c)
+        node = tree.children[node][best]
+    return node
 
 
 def select_aflow(
@@ -136,9 +144,23 @@ def select_aflow(
     return candidates[sample_index(probs, rng)]
 
 
-def backpropagate(tree: Tree, node: int, value: float, visits: int = 1) -> None:
-    """Add ``visits`` and ``visits * value`` to ``node`` and every ancestor (not the virtual root)."""
+BACKUPS = ("mean", "max")
+"""Back-propagation modes: ``mean`` (classic MCTS average) or ``max`` (best value found below)."""
+
+
+def backpropagate(tree: Tree, node: int, value: float, visits: int = 1, mode: str = "mean") -> None:
+    """Add ``visits`` with ``value`` to ``node`` and every ancestor (not the virtual root).
+
+    ``mean``: ``value_sum += visits * value`` (Q = running mean). ``max``: Q becomes
+    ``max(Q, value)`` and ``value_sum`` is kept equal to ``Q * visits`` so ``Q = value_sum / visits``
+    holds in both modes (the stored columns mean the same thing).
+    """
     while node != ROOT_INDEX:
-        tree.visits[node] += visits
-        tree.value_sum[node] += value * visits
+        if mode == "max":
+            best = max(tree.q(node), value)
+            tree.visits[node] += visits
+            tree.value_sum[node] = best * tree.visits[node]
+        else:
+            tree.visits[node] += visits
+            tree.value_sum[node] += value * visits
         node = tree.parent[node]

@@ -5,7 +5,8 @@ import random
 
 from operators.validate import validate_workflow
 from search.base import FailedExample, ProposalContext
-from search.mutations import MutationProposer, _Program, cue_words, multi_arg_call, pipelines
+from search.mutations import MutationProposer, _Program
+from search.routing import cue_words, multi_arg_call, pipelines
 from search.signatures import load_signatures, parse_signature
 
 OPS = ("calculate", "convert_units", "count_char", "extract_equation", "extract_expression", "extract_list",
@@ -54,7 +55,7 @@ def test_pipelines_are_type_checked():
 def test_multi_arg_call_fills_arguments_from_one_extractor():
     sigs = load_signatures(OPS)
     program = _Program(SEED)
-    seen = {__import__("ast").unparse(multi_arg_call(program, sigs, "convert_units", random.Random(s)))
+    seen = {__import__("ast").unparse(multi_arg_call(program.call, lambda: __import__('ast').Name(id='problem'), sigs, "convert_units", random.Random(s)))
             for s in range(40)}
     oracle = ("await ops.convert_units(await ops.extract_number(problem), "
               "(await ops.extract_units(problem))[0], (await ops.extract_units(problem))[1])")

@@ -6,8 +6,8 @@ import random
 import pytest
 
 from search.selection import (
-    allowed_expansions,
     backpropagate,
+    expand_score,
     normalize_priors,
     puct_value,
     sample_index,
@@ -69,19 +69,28 @@ def test_select_child_puct_uses_priors():
     assert select_child(t, a, "puct", 1.0) == a2
 
 
-def test_select_leaf_progressive_widening():
+def test_select_leaf_expand_action_competes_with_children():
     t, a, b, a1, a2 = _tree()
-    assert allowed_expansions(1, 1.0, 0.5) == 1
-    assert allowed_expansions(4, 1.0, 0.5) == 2
-    # B was never expanded: the UCT descent stops at B and expands it
+    # B was never expanded (its expand action scores +inf) and wins at the root: expand B
+    assert expand_score(t, b, "uct", 1.0) == math.inf
     assert select_leaf(t, "uct", 1.0) == b
-    # A (3 visits, 1 expansion, allowed floor(sqrt(3)) = 1) is not re-expanded: descend to a child
-    t.value_sum[b] = 0.0
-    t.expansions[b] = 1
-    t.visits[b] = 1
+    t.value_sum[b] = 0.0  # Q(B) = 0 < Q(A) = 0.5: with c = 0 the root picks A
+    # at A: children A1 0.9, A2 0.1 vs expanding A again (own score 0.5): descend to A1
     assert select_leaf(t, "uct", 0.0) == a1
-    t.visits[a] = 4  # floor(sqrt(4)) = 2 > 1 expansion: A itself is expanded again
+    t.value_sum[a1] = 0.2  # now expanding A (0.5) beats its best child (0.2)
     assert select_leaf(t, "uct", 0.0) == a
+    # c = 1: expand(A) = 0.5 + sqrt(ln 3 / 1) = 1.548147; A1 = 0.2 + sqrt(ln 3 / 1) = 1.248147
+    assert expand_score(t, a, "uct", 1.0) == pytest.approx(1.548147, abs=1e-6)
+    assert select_leaf(t, "uct", 1.0) == a
+
+
+def test_backpropagate_max_keeps_best_value():
+    t, a, b, a1, a2 = _tree()
+    backpropagate(t, a1, 0.95, mode="max")
+    assert (t.visits[a1], t.value_sum[a1]) == (2, pytest.approx(1.9))  # Q = max(0.9, 0.95)
+    assert (t.visits[a], t.value_sum[a]) == (4, pytest.approx(3.8))  # Q = max(0.5, 0.95)
+    backpropagate(t, a1, 0.1, mode="max")
+    assert t.q(a1) == pytest.approx(0.95) and t.q(a) == pytest.approx(0.95) and t.visits[a] == 5
 
 
 def test_backpropagate_updates_path_only():

@@ -1,0 +1,257 @@
+"""Model-free routing edits: ``if "<cue>" in problem: return <pipeline>``.
+
+Used by the mutation proposer. The cue is a word of one failing problem that is common among the
+failures and rare among solved problems (:func:`cue_words`). The pipeline is a type-checked
+composition of operators drawn from a softmax over a score that uses only the operator registry:
+how many word stems the failing problems share with an operator's name and description
+(:func:`description_relevance`: "median" -> ``ops.median``, "capital letters" -> ``ops.upper``),
+"feeds" links where one operator's description names the next ("ready for ops.solve_equation"),
+and a preference for two-step extract -> compute pipelines that end in text.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import random
+import re
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from search.base import FailedExample
+from search.signatures import ANY, OpSignature
+
+WORD = re.compile(r"[A-Za-z]{3,}")
+"""Words that can serve as routing cues."""
+
+LENGTH_BONUS = {1: -1.0, 2: 0.0, 3: -1.5}
+"""Score added to a pipeline by its number of operators (extract -> compute is typical)."""
+
+FEEDS_BONUS = 1.0
+"""Score added for each step whose description names the next operator."""
+
+TEMPERATURE = 0.5
+"""Softmax temperature over pipeline scores (lower = greedier)."""
+
+Call = Callable[[str, list[ast.expr]], ast.expr]
+"""Builds ``await ops.<name>(*args)``."""
+
+
+def cue_words(failures: list[str], passes: list[str], limit: int = 8) -> list[str]:
+    """Words found in many failing problems and few solved ones, best first (ties alphabetical)."""
+    fail = Counter(w for text in failures for w in sorted(set(WORD.findall(text))))
+    ok = Counter(w for text in passes for w in sorted(set(WORD.findall(text))))
+    fail_n, ok_n = max(len(failures), 1), max(len(passes), 1)
+    scored = [(fail[w] / fail_n - ok[w] / ok_n, w) for w in fail]
+    scored = [s for s in scored if s[0] > 0]
+    return [w for _, w in sorted(scored, key=lambda s: (-s[0], s[1]))[:limit]]
+
+
+def pipelines(sigs: dict[str, OpSignature], max_len: int = 3) -> list[list[list[str]]]:
+    """Type-checked operator chains starting from the problem text, grouped by length (1..max_len)."""
+    by_len: list[list[list[str]]] = []
+    frontier: list[tuple[list[str], str]] = [([], "str")]
+    for _ in range(max_len):
+        nxt = [
+            (chain + [name], sig.returns)
+            for chain, type_ in frontier
+            for name, sig in sigs.items()
+            if sig.unary_from(type_) and not (chain and chain[-1] == name)
+        ]
+        by_len.append([c for c, _ in nxt])
+        frontier = nxt
+    return by_len
+
+
+def _stems(text: str) -> set[str]:
+    """Lower-case word stems (first 5 letters of words of 4+ letters): 'solves' ~ 'solve'."""
+    return {w[:5] for w in re.findall(r"[a-z]+", text.lower()) if len(w) >= 4}
+
+
+def description_relevance(text: str, sigs: dict[str, OpSignature]) -> dict[str, int]:
+    """Per operator: stems shared by ``text`` and the operator's name + registry description.
+
+    Stems found in more than a quarter of the descriptions ('returns', 'number') carry no signal
+    and are ignored.
+    """
+    from operators.registry import get_operators
+
+    ops = get_operators(list(sigs))
+    docs = {n: _stems(n.replace("_", " ") + " " + ops[n].description) for n in sigs}
+    counts = Counter(stem for d in docs.values() for stem in d)
+    common = {stem for stem, c in counts.items() if c > max(1, len(docs) // 4)}
+    words = _stems(text) - common
+    return {n: len(words & docs[n]) for n in sigs}
+
+
+def chain_score(chain: list[str], sigs: dict[str, OpSignature], relevance: dict[str, int]) -> float:
+    """Score of a unary pipeline: relevance of its operators + feeds links + length/answer-type terms."""
+    from operators.registry import get_operators
+
+    ops = get_operators(chain)
+    score = sum(relevance.get(n, 0) for n in chain) + LENGTH_BONUS.get(len(chain), -3.0)
+    score += FEEDS_BONUS * sum(f"ops.{b}" in ops[a].description for a, b in zip(chain, chain[1:], strict=False))
+    return score + (0.0 if sigs[chain[-1]].returns == "str" else -1.0)
+
+
+def indexed_sources(sigs: dict[str, OpSignature]) -> list[tuple[str, bool]]:
+    """Extractors that yield several values of one text: ``(op, by_subscript)``.
+
+    ``by_subscript`` ops return a list (``ops.X(problem)[i]``); the others take an ``int`` index as
+    their second parameter (``ops.X(problem, i)``).
+    """
+    out = []
+    for name, sig in sigs.items():
+        if not sig.unary_from("str"):
+            continue
+        if sig.returns == "list":
+            out.append((name, True))
+        elif len(sig.params) >= 2 and sig.params[1][1] == "int":
+            out.append((name, False))
+    return out
+
+
+def multi_arg_call(
+    call: Call, problem: Callable[[], ast.expr], sigs: dict[str, OpSignature], op: str, rng: random.Random,
+    relevance: dict[str, int] | None = None,
+) -> ast.expr | None:
+    """``await ops.<op>(...)`` with every required argument extracted from the problem text.
+
+    Arguments of one type share one extractor with distinct indices (``units[0], units[1]``;
+    ``extract_quoted(problem, 1), extract_quoted(problem, 0)``), the pattern of multi-input
+    operators; a lone argument takes a unary extractor returning its type. Extractors are drawn
+    with weights ``exp(relevance / TEMPERATURE)`` (uniform without ``relevance``).
+    """
+    rel = relevance or {}
+    sig = sigs[op]
+    required = [(n, t) for n, t, has_default in sig.params if not has_default]
+    by_type: dict[str, list[int]] = {}
+    for i, (_, t) in enumerate(required):
+        by_type.setdefault(t, []).append(i)
+    args: list[ast.expr | None] = [None] * len(required)
+    sources = indexed_sources(sigs)
+
+    def pick(names: list[str]) -> int:
+        return rng.choices(range(len(names)), weights=[math.exp(rel.get(n, 0) / TEMPERATURE) for n in names])[0]
+
+    for type_, positions in sorted(by_type.items()):
+        if len(positions) == 1:
+            options = [n for n, s in sigs.items() if s.unary_from("str") and s.returns == type_ and n != op]
+            options += [n for n, by_sub in sources if by_sub] if type_ in ("str", ANY) else []
+            if not options:
+                return None
+            src = options[pick(options)]
+            expr: ast.expr = call(src, [problem()])
+            if sigs[src].returns == "list" and type_ != "list":
+                expr = ast.Subscript(value=expr, slice=ast.Constant(rng.choice((0, -1))), ctx=ast.Load())
+            args[positions[0]] = expr
+            continue
+        if not sources:
+            return None
+        src, by_subscript = sources[pick([n for n, _ in sources])]
+        indices = list(range(len(positions)))
+        rng.shuffle(indices)
+        for pos, index in zip(positions, indices, strict=True):
+            if by_subscript:
+                args[pos] = ast.Subscript(value=call(src, [problem()]), slice=ast.Constant(index), ctx=ast.Load())
+            else:
+                args[pos] = call(src, [problem(), ast.Constant(index)])
+    return call(op, args)  # type: ignore[arg-type]
+
+
+async def run_pipeline(expr: ast.expr, problem_name: str, text: str) -> Any:
+    """Evaluate a generated pipeline expression on ``text`` with the host's *tool* operators.
+
+    Only the shapes :func:`route_branch` builds are understood (operator calls, the problem name,
+    constants, subscripts); an LLM operator or anything else raises ``LookupError``.
+    """
+    from operators.base import OpContext
+    from operators.registry import get_operators
+
+    if isinstance(expr, ast.Await):
+        return await run_pipeline(expr.value, problem_name, text)
+    if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute):
+        op = get_operators([expr.func.attr])[expr.func.attr]
+        if op.kind != "tool":
+            raise LookupError(f"{op.name} is not a tool operator")
+        args = [await run_pipeline(a, problem_name, text) for a in expr.args]
+        return await op.fn(OpContext(), *args)
+    if isinstance(expr, ast.Name) and expr.id == problem_name:
+        return text
+    if isinstance(expr, ast.Constant):
+        return expr.value
+    if isinstance(expr, ast.Subscript):
+        return (await run_pipeline(expr.value, problem_name, text))[await run_pipeline(expr.slice, problem_name, text)]
+    raise LookupError(f"cannot run {ast.unparse(expr)}")
+
+
+def same_answer(output: Any, expected: str) -> bool:
+    """Exact text match after strip, or equal exact numbers ('4' == '4.0' == '8/2')."""
+    from operators.tools_numbers import numbers_equal
+
+    text = str(output).strip()
+    return text == str(expected).strip() or numbers_equal(text, str(expected).strip())
+
+
+async def solves(expr: ast.expr, problem_name: str, failure: FailedExample) -> bool:
+    """True when the pipeline produces the failing example's expected answer (tool operators only)."""
+    try:
+        return same_answer(await run_pipeline(expr, problem_name, failure.problem), failure.expected)
+    except Exception:  # noqa: BLE001 - any operator failure just means "does not solve it"
+        return False
+
+
+async def route_branch(
+    call: Call, problem: Callable[[], ast.Name], sigs: dict[str, OpSignature], failures: list[FailedExample],
+    passes: list[str], rng: random.Random, checks: int = 0,
+) -> tuple[ast.If, str] | None:
+    """A routing branch for the kind of one failing problem, and its description (None if none fits).
+
+    With ``checks > 0``, up to that many pipelines are drawn and run on the failing problem (tool
+    operators only, on the host); the first that yields its expected answer is used. This is the
+    model-free counterpart of an LLM optimizer reading the failed examples.
+    """
+    chains = [chain for by_len in pipelines(sigs) for chain in by_len]
+    multi = [n for n, s in sigs.items() if s.required >= 2]
+    if not failures or not (chains or multi):
+        return None
+    target = rng.choice(failures)
+    ranked = cue_words([f.problem for f in failures], passes, limit=50)
+    cues = [w for w in ranked if w in set(WORD.findall(target.problem))]
+    if not cues:
+        return None
+    cue = rng.choice(cues[:3])
+    relevance = description_relevance(target.problem, sigs)
+    # One softmax over every pipeline: unary chains, and each multi-input operator scored by its
+    # own relevance plus its best extractor's.
+    options: list[tuple[str, list[str] | str]] = [("chain", c) for c in chains]
+    scores = [chain_score(c, sigs, relevance) for c in chains]
+    best_source = max((relevance.get(n, 0) for n, _ in indexed_sources(sigs)), default=0)
+    for op in multi:
+        options.append(("multi", op))
+        scores.append(relevance.get(op, 0) + best_source - 1.0)
+    top = max(scores)
+    weights = [math.exp((s - top) / TEMPERATURE) for s in scores]
+    chosen: tuple[ast.expr, str] | None = None
+    for _ in range(max(checks, 1)):
+        kind, choice = options[rng.choices(range(len(options)), weights=weights)[0]]
+        if kind == "multi":
+            expr = multi_arg_call(call, problem, sigs, choice, rng, relevance)  # type: ignore[arg-type]
+            if expr is None:
+                continue
+            shape = f"{choice}(...)"
+        else:
+            expr = problem()
+            for name in choice:
+                expr = call(name, [expr])
+            shape = " -> ".join(choice)
+        if chosen is None:
+            chosen = (expr, shape)
+        if checks and await solves(expr, problem().id, target):
+            chosen = (expr, shape + " (checked on a failing example)")
+            break
+    if chosen is None:
+        return None
+    test = ast.Compare(left=ast.Constant(cue), ops=[ast.In()], comparators=[problem()])
+    return ast.If(test=test, body=[ast.Return(value=chosen[0])], orelse=[]), f"route problems containing {cue!r} to {chosen[1]}"

@@ -1,0 +1,325 @@
+"""The search driver (mctx's ``search.py``): simulate = select -> expand -> evaluate -> backward.
+
+One *simulation* ``k`` draws everything random from ``Random(f"{seed}:{k}")`` (the validation batch,
+the node choice for AFlow/random selection, the proposer's seed), writes each child workflow as soon
+as it exists, lets the evaluator store every execution, and finally commits the new nodes, the
+back-propagated visits/values and the run's counters in ONE transaction. Simulation 0 stores and
+evaluates the benchmark's seed workflows.
+
+Resume: a run killed in the middle of simulation ``k`` restarts at ``k``; the proposer returns the
+same children (same seed), their workflow rows already exist (unique per run and code hash) and
+their stored evaluations are reused, so nothing is lost or run twice and the final tree equals an
+uninterrupted run. Budget accounting is therefore deterministic: a child that is evaluated counts
+``batch x repeats`` evaluations whether they were executed now or found stored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from operators.validate import WorkflowValidationError, code_hash, validate_workflow
+from search.base import Candidate, EvalBatch, Evaluator, FailedExample, ProposalContext, Proposer
+from search.config import RANDOM, SearchConfig, SearchConfigError
+from search.selection import AFLOW, backpropagate, select_aflow, select_leaf
+from search.tree import ROOT_INDEX, Tree, load_tree, save_nodes
+from storage.engine import session_scope
+from storage.models import Evaluation, Problem, Run, Workflow
+from storage.repo import add_generation, add_workflow, find_run, generations_for, get_or_create_run
+
+
+def workflow_graph_hash(code: str) -> str | None:
+    """Canonical graph hash of a valid program (``operators.graph``), used to spot duplicates."""
+    from operators.graph import graph_hash
+
+    return graph_hash(code)
+
+
+@dataclass(frozen=True)
+class BenchmarkInfo:
+    """What the driver needs from a benchmark (``workflow_rl`` passes its Benchmark object's fields)."""
+
+    name: str
+    description: str
+    operator_names: tuple[str, ...]
+    seed_workflows: dict[str, str]
+
+
+@dataclass(frozen=True)
+class SearchProgress:
+    """Counters after a committed simulation (for progress displays)."""
+
+    simulations: int  # expansions done (simulation 0, the seeds, not counted)
+    evaluations: int  # budget accounting (see the module docstring)
+    executed: int  # executions actually run by this process
+    nodes: int
+    best_score: float
+    best_workflow_id: int | None
+    cost: float | None
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Final state of a search."""
+
+    run_id: int
+    tree: Tree
+    progress: SearchProgress
+    seed_best_score: float
+    stop_reason: str
+
+
+def _initial_state() -> dict[str, Any]:
+    return {"next_simulation": 0, "evaluations": 0, "cost": 0.0, "stale": 0, "topk_mean": None,
+            "stop_reason": None}
+
+
+def _summary(parent_code: str, child_code: str, limit: int = 160) -> str:
+    """Lines the child added, compactly: the history entry shown to later proposals."""
+    added = [
+        line[1:].strip() for line in difflib.unified_diff(parent_code.splitlines(), child_code.splitlines(),
+                                                           lineterm="", n=0)
+        if line.startswith("+") and not line.startswith("+++")
+    ]
+    return (" | ".join(added) or "no textual change")[:limit]
+
+
+class Search:
+    """Runs (or resumes) one named search run against a database."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: SearchConfig,
+        benchmark: BenchmarkInfo,
+        evaluator: Evaluator,
+        proposer: Proposer,
+    ):
+        """Wire a database, a config, a benchmark description, an evaluator and a proposer."""
+        self.engine = engine
+        self.config = config
+        self.benchmark = benchmark
+        self.evaluator = evaluator
+        self.proposer = proposer
+        self.executed = 0
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self, run_name: str, on_progress: Callable[[SearchProgress], None] | None = None) -> SearchResult:
+        """Run simulations until a stopping rule fires; resumes ``run_name`` if it exists."""
+        run_id, state = self._open_run(run_name)
+        problems = self.evaluator.validation_problems()
+        if not problems:
+            raise SearchConfigError(f"benchmark {self.benchmark.name!r} has no validation problems stored")
+        self.problem_ids = [p.problem_id for p in problems]
+        with session_scope(self.engine) as session:
+            tree = load_tree(session, run_id)
+        stop = None
+        while True:
+            stop = self._stop_reason(state)
+            if stop is not None:
+                break
+            k = state["next_simulation"]
+            if k == 0:
+                await self._seed(run_id, tree, state)
+            else:
+                await self._simulate(run_id, k, tree, state)
+            if on_progress is not None:
+                on_progress(self._progress(tree, state))
+        with session_scope(self.engine) as session:
+            run = session.get(Run, run_id)
+            run.status = "done"
+            run.state = {**state, "stop_reason": stop}
+        seeds = [tree.own_score[i] or 0.0 for i in tree.children[ROOT_INDEX]]
+        return SearchResult(run_id, tree, self._progress(tree, state), max(seeds, default=0.0), stop)
+
+    def _open_run(self, run_name: str) -> tuple[int, dict[str, Any]]:
+        with session_scope(self.engine) as session:
+            existing = find_run(session, run_name)
+            if existing is not None:
+                if existing.benchmark != self.benchmark.name:
+                    raise SearchConfigError(
+                        f"run {run_name!r} searches {existing.benchmark!r}, not {self.benchmark.name!r}: "
+                        "pick another --run name or the same --benchmark"
+                    )
+                self.config = self.config.resumed_from(existing.config or {})
+            run = get_or_create_run(session, run_name, self.benchmark.name, kind="search",
+                                    config=self.config.to_dict())
+            state = {**_initial_state(), **(run.state or {})}
+            run.status = "running"
+            run.config = {**self.config.to_dict()}
+            return run.id, state
+
+    def _stop_reason(self, state: dict[str, Any]) -> str | None:
+        c = self.config
+        if state["next_simulation"] == 0:
+            return None
+        if c.budget and state["evaluations"] >= c.budget:
+            return "budget"
+        if c.max_simulations and state["next_simulation"] - 1 >= c.max_simulations:
+            return "max_simulations"
+        if c.patience and state["stale"] >= c.patience:
+            return "converged"
+        return None
+
+    def _progress(self, tree: Tree, state: dict[str, Any]) -> SearchProgress:
+        best = tree.best()
+        return SearchProgress(
+            simulations=max(state["next_simulation"] - 1, 0), evaluations=state["evaluations"],
+            executed=self.executed, nodes=len(tree) - 1,
+            best_score=0.0 if best is None else tree.own_score[best] or 0.0,
+            best_workflow_id=None if best is None else tree.workflow_id[best], cost=state["cost"],
+        )
+
+    # ------------------------------------------------------------------ simulation
+
+    def _batch(self, rng: random.Random) -> list[int]:
+        size = min(self.config.batch_size, len(self.problem_ids))
+        return sorted(rng.sample(self.problem_ids, size))
+
+    async def _seed(self, run_id: int, tree: Tree, state: dict[str, Any]) -> None:
+        """Simulation 0: store the seed workflows and evaluate them on batch 0."""
+        rng = random.Random(f"{self.config.seed}:0")
+        batch = self._batch(rng)
+        touched: set[int] = set()
+        for name in sorted(self.benchmark.seed_workflows):
+            candidate = Candidate(code=self.benchmark.seed_workflows[name], source="seed", description=name)
+            reward, child = await self._child(run_id, tree, None, candidate, batch, 0, state)
+            if child is not None:
+                index = tree.add_node(ROOT_INDEX, child[0], child[1], reward, 0, graph_hash=child[2])
+                touched.add(index)
+        self._commit(run_id, tree, touched, state)
+
+    async def _simulate(self, run_id: int, k: int, tree: Tree, state: dict[str, Any]) -> None:
+        """Simulation ``k >= 1``: select a node, expand it with G children, evaluate, back-propagate."""
+        c = self.config
+        rng = random.Random(f"{c.seed}:{k}")
+        batch = self._batch(rng)
+        if c.selection == AFLOW:
+            node = select_aflow(tree, rng, c.aflow_top_k, c.aflow_alpha, c.aflow_lambda)
+        elif c.selection == RANDOM:
+            node = rng.randrange(1, len(tree))
+        else:
+            node = select_leaf(tree, c.selection, c.exploration)
+        context = self._context(tree, node, k, rng)
+        candidates = await self.proposer.propose(context, c.children, rng.randrange(2**31))
+        rewards: list[float] = []
+        touched = {node}
+        for candidate in candidates[: c.children]:
+            reward, child = await self._child(run_id, tree, node, candidate, batch, k, state)
+            rewards.append(reward)
+            if child is not None:
+                index = tree.add_node(node, child[0], child[1], reward, k, candidate.prior, graph_hash=child[2])
+                touched.add(index)
+        tree.expansions[node] += 1
+        if not rewards:
+            value = 0.0
+        elif c.backup == "max":
+            value = max(rewards)  # the best child is what this expansion achieved
+        else:
+            value = sum(rewards) / len(rewards)
+        path = node
+        while path != ROOT_INDEX:
+            touched.add(path)
+            path = tree.parent[path]
+        backpropagate(tree, node, value, mode=c.backup)
+        self._commit(run_id, tree, touched, state)
+
+    async def _child(
+        self, run_id: int, tree: Tree, parent: int | None, candidate: Candidate, batch: list[int], k: int,
+        state: dict[str, Any],
+    ) -> tuple[float, tuple[int, str, str | None] | None]:
+        """Store one candidate; evaluate it unless invalid or a duplicate.
+
+        Returns its reward and, for a new node, ``(workflow_id, code_hash, graph_hash)``.
+        """
+        digest = code_hash(candidate.code)
+        error = None
+        try:
+            validate_workflow(candidate.code, self.benchmark.operator_names)
+        except WorkflowValidationError as exc:
+            error = str(exc)
+        ghash = workflow_graph_hash(candidate.code) if error is None else None
+        for i in range(1, len(tree)):  # duplicates of a node already in the tree reuse its score
+            if tree.code_hash[i] == digest or (ghash is not None and tree.graph_hash[i] == ghash):
+                return tree.own_score[i] or 0.0, None
+        parent_wid = None if parent is None else tree.workflow_id[parent]
+        with session_scope(self.engine) as session:
+            workflow = add_workflow(
+                session, run_id, candidate.code, candidate.source, code_hash=digest, graph_hash=ghash,
+                parent_id=parent_wid, round=k, valid=error is None, error=error,
+                checkpoint_id=candidate.generation.policy_version if candidate.generation else None,
+            )
+            if candidate.generation is not None and not generations_for(session, workflow.id):
+                g = candidate.generation
+                add_generation(
+                    session, run_id=run_id, workflow_id=workflow.id, problem_id=g.problem_id,
+                    parent_workflow_id=parent_wid, group_key=f"run{run_id}:sim{k}:node{parent_wid}",
+                    prompt_text=g.prompt_text, completion_text=g.completion_text,
+                    prompt_token_ids=None if g.prompt_token_ids is None else list(g.prompt_token_ids),
+                    completion_token_ids=None if g.completion_token_ids is None else list(g.completion_token_ids),
+                    behavior_logprobs=None if g.behavior_logprobs is None else list(g.behavior_logprobs),
+                    temperature=g.temperature, top_p=g.top_p, top_k=g.top_k, sampler=g.sampler,
+                    policy_version=g.policy_version, truncated=g.truncated,
+                )
+            workflow_id = workflow.id
+        if error is not None:
+            return 0.0, None  # invalid: stored with its error, never evaluated
+        if any(tree.workflow_id[i] == workflow_id for i in range(1, len(tree))):
+            return tree.own_score[tree.index_of_workflow(workflow_id)] or 0.0, None
+        result: EvalBatch = await self.evaluator.evaluate(
+            run_id, workflow_id, candidate.code, batch, self.config.repeats
+        )
+        self.executed += result.executed
+        state["evaluations"] += len(batch) * self.config.repeats
+        costs = [r.cost for r in result.records]
+        if state["cost"] is not None:
+            state["cost"] = None if any(x is None for x in costs) else state["cost"] + sum(costs)
+        return result.mean_reward, (workflow_id, digest, ghash)
+
+    def _context(self, tree: Tree, node: int, k: int, rng: random.Random) -> ProposalContext:
+        """The parent's code, score, sampled failures, solved problems and earlier children."""
+        with session_scope(self.engine) as session:
+            parent = session.get(Workflow, tree.workflow_id[node])
+            rows = session.execute(
+                select(Evaluation, Problem)
+                .join(Problem, Problem.id == Evaluation.problem_id)
+                .where(Evaluation.workflow_id == parent.id, Problem.split == "validation")
+                .order_by(Evaluation.problem_id, Evaluation.repeat)
+            ).all()
+            failures = [
+                FailedExample(p.id, p.text, str(p.reference), e.answer if e.answer is not None else e.output,
+                              e.error_message)
+                for e, p in rows if e.reward < 1.0
+            ]
+            passes = tuple(p.text for e, p in rows if e.reward >= 1.0)
+            history = []
+            for ch in tree.children[node]:
+                child = session.get(Workflow, tree.workflow_id[ch])
+                history.append((_summary(parent.code, child.code), tree.own_score[ch] or 0.0))
+            code = parent.code
+        if len(failures) > self.config.max_failures:
+            failures = [failures[i] for i in sorted(rng.sample(range(len(failures)), self.config.max_failures))]
+        return ProposalContext(
+            benchmark=self.benchmark.name, task_description=self.benchmark.description,
+            operator_names=self.benchmark.operator_names, parent_workflow_id=tree.workflow_id[node],
+            parent_code=code, parent_score=tree.own_score[node] or 0.0, failures=tuple(failures),
+            history=tuple(history), round=k, passes=passes,
+        )
+
+    def _commit(self, run_id: int, tree: Tree, touched: set[int], state: dict[str, Any]) -> None:
+        """Persist new nodes, updated visits/values and the counters in one transaction."""
+        scores = sorted((s for s in tree.own_score[1:] if s is not None), reverse=True)[: self.config.top_k]
+        topk = round(sum(scores) / len(scores), 12) if scores else None
+        state["stale"] = state["stale"] + 1 if topk == state["topk_mean"] and state["next_simulation"] else 0
+        state["topk_mean"] = topk
+        state["next_simulation"] += 1
+        with session_scope(self.engine) as session:
+            save_nodes(session, run_id, tree, touched)
+            run = session.get(Run, run_id)
+            run.state = dict(state)
