@@ -46,6 +46,33 @@ BENIGN = "async def solve(problem, ops):\n    x = await ops.add(problem, 1)\n   
 FRAME = '\\x00\\x00\\x00\\x1b["r",1,1,true,"forged-reply"]'
 
 
+def _tree(root: Path) -> list[tuple[str, int, int]]:
+    # Directory mtimes change when the sandbox temp area comes and goes; file contents must not.
+    return sorted(
+        (str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else (str(p), -1, 0)
+        for p in root.rglob("*")
+    )
+
+
+@pytest.fixture
+def isolated_fs(tmp_path, monkeypatch):
+    """cwd, HOME and the temp dir (the sandbox temp area's parent) inside ``tmp_path``.
+
+    After the test (sandbox closed) the whole tree must be exactly as before: the sandbox temp
+    area is gone and nothing else appeared or changed.
+    """
+    for sub in ("cwd", "home", "tmp"):
+        (tmp_path / sub).mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    before = _tree(tmp_path)
+    yield tmp_path
+    assert _tree(tmp_path) == before
+    assert not any(t.exists() for t in TARGETS)
+
+
 def _solve(body: str) -> str:
     return "async def solve(problem, ops):\n" + "\n".join("    " + line for line in body.strip("\n").splitlines()) + "\n"
 
@@ -92,7 +119,7 @@ WORKFLOWS = {
 }
 
 
-def test_hostile_workflows_end_as_typed_failures_while_host_serves():
+def test_hostile_workflows_end_as_typed_failures_while_host_serves(isolated_fs):
     async def main():
         async with Sandbox(OPS, workers=2, limits=LIMITS) as sb:
             jobs = [(code, 1) for code, _ in WORKFLOWS.values()]
@@ -114,7 +141,7 @@ def test_hostile_workflows_end_as_typed_failures_while_host_serves():
         assert result.latency_s < LIMITS.wall_s + LIMITS.cpu_s + LIMITS.step_grace_s + 2, name
     assert results[-2].output == FRAME.encode().decode("unicode_escape") * 3
     assert benign and all(r.output == str(i + 3) for i, r in enumerate(benign))
-    assert not os.path.exists(tmp)  # the sandbox temp area is removed on close
+    assert not os.path.exists(tmp) and tmp.startswith(str(isolated_fs))  # temp area removed on close
     assert not any(t.exists() for t in TARGETS)
 
 
@@ -141,7 +168,7 @@ BYPASS = {
 }
 
 
-def test_worker_layer_holds_without_the_validator():
+def test_worker_layer_holds_without_the_validator(isolated_fs):
     async def main():
         async with _bypassing(Sandbox(OPS, workers=1, limits=LIMITS)) as sb:
             results = await sb.run_many([(code, "p") for code in BYPASS.values()])
@@ -195,7 +222,7 @@ SCRIPTS = {
 }
 
 
-def test_hostile_scripts_in_run_code():
+def test_hostile_scripts_in_run_code(isolated_fs):
     async def main():
         async with Sandbox(OPS, workers=2, limits=LIMITS) as sb:
             results = await asyncio.gather(*(sb.run_code(src, timeout_s=1.5) for src, _ in SCRIPTS.values()))
@@ -211,6 +238,12 @@ def test_hostile_scripts_in_run_code():
     assert sum("not allowed" in r.error_message for r in blocked) >= len(blocked) - 2  # rest: RecursionError...
     assert benign.output == "3"
     assert not any(t.exists() for t in TARGETS) and not Path(f"{TARGETS[2]}.db").exists()
+
+
+def test_tree_snapshot_sees_writes(tmp_path):
+    before = _tree(tmp_path)
+    (tmp_path / "new").write_text("x")
+    assert _tree(tmp_path) != before
 
 
 def _rss_kib() -> int:
@@ -237,9 +270,18 @@ def test_host_memory_flat_across_1000_hostile_runs():
             failures = 0
             for k in range(10):
                 failures += sum(not r.ok for r in await batch(100, 300 + 100 * k))
-            return before, _rss_kib(), failures, await sb.run(BENIGN, 0)
+            after_workflows = _rss_kib()
+            scripts = [src for src, kind in SCRIPTS.values() if kind == "crash"]
+            await asyncio.gather(*(sb.run_code(scripts[i % len(scripts)]) for i in range(40)))
+            code_before = _rss_kib()
+            code_failures = 0
+            for _ in range(4):
+                results = await asyncio.gather(*(sb.run_code(scripts[i % len(scripts)]) for i in range(40)))
+                code_failures += sum(not r.ok for r in results)
+            return before, after_workflows, code_before, _rss_kib(), failures, code_failures, await sb.run(BENIGN, 0)
 
-    before, after, failures, benign = asyncio.run(main())
-    assert failures >= 900
+    before, after, code_before, code_after, failures, code_failures, benign = asyncio.run(main())
+    assert failures >= 900 and code_failures == 160
     assert benign.output == "3"
     assert after - before < 16 * 1024, f"host RSS grew by {after - before} KiB over 1,000 hostile runs"
+    assert code_after - code_before < 8 * 1024, f"host RSS grew by {code_after - code_before} KiB over 160 run_code"
