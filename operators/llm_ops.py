@@ -11,6 +11,7 @@ cache, repeated calls (self-consistency) still differ while a re-run replays exa
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from operators.base import LLMRequest, OpContext, OperatorError
@@ -162,7 +163,12 @@ async def ask(ctx: OpContext, prompt: str) -> str:
         max_tokens=int(ctx.extras.get("llm_max_tokens", DEFAULT_MAX_TOKENS)),
         seed=seed,
     )
-    response = await ctx.llm.complete(request)
+    if asyncio.current_task() is None:
+        # The sandbox host runs an operator's first step synchronously, outside any task, and
+        # HTTP clients (httpx/anyio) need one: give the call its own task.
+        response = await asyncio.ensure_future(ctx.llm.complete(request))
+    else:
+        response = await ctx.llm.complete(request)
     ctx.usage.add(response)
     if not response.choices:
         raise OperatorError("the model returned no choices", raw="")
