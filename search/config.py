@@ -39,14 +39,14 @@ class SearchConfig:
     proposer: str = _f("mutation", "Who writes children: mutation (no model), llm (chat endpoint), policy.")
     selection: str = _f("uct", "Node selection: uct, puct (proposer priors), aflow (soft-mixed), random.")
     budget: int = _f(
-        1500, "Evaluation budget: workflow x problem x repeat executions; no simulation starts past it."
+        6000, "Evaluation budget: workflow x problem x repeat executions; no simulation starts past it."
     )
     max_simulations: int = _f(0, "Stop after this many simulations (expansions); 0 = no limit.")
     children: int = _f(4, "G: child workflows proposed per expansion (siblings share one problem batch).")
-    batch_size: int = _f(30, "Validation problems per expansion (all of them when the split is smaller).")
+    batch_size: int = _f(60, "Validation problems per expansion (all of them when the split is smaller).")
     repeats: int = _f(1, "Executions per (workflow, problem); >1 for stochastic (LLM) executors.")
     seed: int = _f(0, "Seed: each simulation's RNG derives from (seed, simulation index).")
-    exploration: float = _f(0.3, "c in UCT/PUCT: weight of the exploration bonus (rewards are in [0, 1]).")
+    exploration: float = _f(0.1, "c in UCT/PUCT: weight of the exploration bonus (rewards are in [0, 1]).")
     backup: str = _f("max", "Back-propagation: max (best reward found below a node; default, see search.selection) or mean.")
     aflow_top_k: int = _f(3, "AFlow selection: candidates are the top-k nodes by score plus the seeds.")
     aflow_alpha: float = _f(0.2, "AFlow selection: softmax temperature on scores in percent.")

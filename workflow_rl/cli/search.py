@@ -1,0 +1,187 @@
+"""``workflow-rl search`` (resumable MCTS over workflow programs) and ``workflow-rl eval`` (score a
+stored workflow on a split, e.g. the held-out test split that selection never sees).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.syntax import Syntax
+from rich.table import Table
+
+from search.config import SearchConfig, SearchConfigError
+from search.search import BenchmarkInfo, Search, SearchProgress, SearchResult
+from storage.engine import open_db, session_scope
+from storage.models import Run, Workflow
+from workflow_rl.errors import WorkflowRLError
+
+_H = SearchConfig.help
+
+
+def make_proposer(name: str, optimizer: str | None, executor: str | None):
+    """The proposer called ``name`` (``llm`` uses ``--optimizer``, else ``--executor``)."""
+    if name == "mutation":
+        from search.mutations import MutationProposer
+
+        return MutationProposer()
+    if name == "llm":
+        spec = optimizer or executor
+        if not spec:
+            raise WorkflowRLError("--proposer llm needs a chat endpoint: pass --optimizer URL#MODEL")
+        from search.llm_proposer import LLMProposer
+        from workflow_rl.llm import make_executor
+
+        return LLMProposer(make_executor(spec))
+    raise WorkflowRLError(
+        f"--proposer {name}: the trained-policy proposer is wired by the loop (issue 6); "
+        "use --proposer mutation (no model) or --proposer llm --optimizer URL#MODEL"
+    )
+
+
+def _executor(spec: str | None):
+    if not spec:
+        return None
+    from workflow_rl.llm import make_executor
+
+    return make_executor(spec)
+
+
+async def run_search(db: str, run: str, config: SearchConfig, *, executor: str | None = None,
+                     optimizer: str | None = None, workers: int | None = None,
+                     on_progress=None) -> SearchResult:
+    """Open the database, wire benchmark + sandbox + proposer, and run (or resume) ``run``."""
+    from workflow_rl.benchmarks import get_benchmark
+    from workflow_rl.evaluation import BenchmarkEvaluator
+
+    engine = open_db(db)
+    benchmark = get_benchmark(config.benchmark)
+    info = BenchmarkInfo(benchmark.name, benchmark.description, tuple(benchmark.operator_names),
+                         benchmark.seed_workflows())
+    proposer = make_proposer(config.proposer, optimizer, executor)
+    async with BenchmarkEvaluator(engine, benchmark, llm=_executor(executor), workers=workers) as evaluator:
+        try:
+            return await Search(engine, config, info, evaluator, proposer).run(run, on_progress)
+        except SearchConfigError as exc:
+            raise WorkflowRLError(str(exc)) from None
+
+
+def _summary(console: Console, db: str, result: SearchResult, top: int) -> None:
+    p = result.progress
+    table = Table(title=f"search run #{result.run_id}")
+    for col in ("simulations", "evaluations", "executed now", "nodes", "seed best", "best", "cost", "stopped by"):
+        table.add_column(col)
+    cost = "unknown" if p.cost is None else f"${p.cost:.4f}"
+    table.add_row(str(p.simulations), str(p.evaluations), str(p.executed), str(p.nodes),
+                  f"{result.seed_best_score:.3f}", f"{p.best_score:.3f}", cost, result.stop_reason)
+    console.print(table)
+    tree = result.tree
+    ranked = sorted(range(1, len(tree)), key=lambda i: (-(tree.own_score[i] or 0.0), i))[:top]
+    best = Table(title=f"top {top} workflows (validation)")
+    for col in ("workflow", "score", "visits", "Q", "depth", "created in simulation"):
+        best.add_column(col)
+    for i in ranked:
+        best.add_row(str(tree.workflow_id[i]), f"{tree.own_score[i]:.3f}", str(tree.visits[i]),
+                     f"{tree.q(i):.3f}", str(tree.depth[i]), str(tree.round[i]))
+    console.print(best)
+    if p.best_workflow_id is not None:
+        with session_scope(open_db(db)) as session:
+            code = session.get(Workflow, p.best_workflow_id).code
+        console.print(f"best workflow #{p.best_workflow_id} (validation {p.best_score:.3f}):")
+        console.print(Syntax(code, "python", line_numbers=False))
+        console.print(f"score it on the test split: workflow-rl eval {p.best_workflow_id} --split test")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``search`` and ``eval`` to the app."""
+
+    @app.command("search")
+    def search_cmd(
+        ctx: typer.Context,
+        run: Annotated[str, typer.Option("--run", help="Run name; an existing run is resumed where it stopped.")],
+        benchmark: Annotated[str, typer.Option(help=_H("benchmark"))] = "calc",
+        proposer: Annotated[str, typer.Option(help=_H("proposer"))] = "mutation",
+        budget: Annotated[int, typer.Option(help=_H("budget"))] = SearchConfig.budget,
+        max_simulations: Annotated[int, typer.Option(help=_H("max_simulations"))] = 0,
+        seed: Annotated[int, typer.Option(help=_H("seed"))] = 0,
+        batch_size: Annotated[int, typer.Option(help=_H("batch_size"))] = SearchConfig.batch_size,
+        repeats: Annotated[int, typer.Option(help=_H("repeats"))] = 1,
+        children: Annotated[int, typer.Option(help=_H("children"))] = SearchConfig.children,
+        selection: Annotated[str, typer.Option(help=_H("selection"))] = "uct",
+        backup: Annotated[str, typer.Option(help=_H("backup"))] = SearchConfig.backup,
+        exploration: Annotated[float, typer.Option(help=_H("exploration"))] = SearchConfig.exploration,
+        patience: Annotated[int, typer.Option(help=_H("patience"))] = 0,
+        executor: Annotated[str | None, typer.Option(
+            help="URL#MODEL of the endpoint LLM operators call (not needed for calc).")] = None,
+        optimizer: Annotated[str | None, typer.Option(
+            help="URL#MODEL of the chat model the llm proposer asks (defaults to --executor).")] = None,
+        workers: Annotated[int | None, typer.Option(help="Sandbox worker processes (default: CPU count).")] = None,
+        top: Annotated[int, typer.Option(help="Workflows listed in the summary.")] = 5,
+    ) -> None:
+        """Search workflow programs with MCTS on a benchmark's validation split; resumable with --run."""
+        try:
+            config = SearchConfig(
+                benchmark=benchmark, proposer=proposer, selection=selection, budget=budget,
+                max_simulations=max_simulations, children=children, batch_size=batch_size, repeats=repeats,
+                seed=seed, exploration=exploration, backup=backup, patience=patience,
+            )
+        except SearchConfigError as exc:
+            raise WorkflowRLError(str(exc)) from None
+        db = ctx.obj["db"]
+        console = Console()
+        with Progress(TextColumn("[bold]search[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} evaluations"),
+                      TimeElapsedColumn(), console=console, transient=False) as bar:
+            task = bar.add_task("starting", total=config.budget or None)
+
+            def on_progress(p: SearchProgress) -> None:
+                cost = "?" if p.cost is None else f"${p.cost:.4f}"
+                bar.update(task, completed=p.evaluations, description=(
+                    f"sim {p.simulations} | nodes {p.nodes} | best {p.best_score:.3f} | cost {cost}"))
+
+            result = asyncio.run(run_search(db, run, config, executor=executor, optimizer=optimizer,
+                                            workers=workers, on_progress=on_progress))
+        _summary(console, db, result, top)
+
+    @app.command("eval")
+    def eval_cmd(
+        ctx: typer.Context,
+        workflow_id: Annotated[int, typer.Argument(help="Id of a stored workflow (see `workflow-rl runs`/`sql`).")],
+        split: Annotated[str, typer.Option(help="Split to score: test (held out from selection), validation, train.")] = "test",
+        repeats: Annotated[int, typer.Option(help="Executions per problem.")] = 1,
+        executor: Annotated[str | None, typer.Option(help="URL#MODEL for LLM operators.")] = None,
+        workers: Annotated[int | None, typer.Option(help="Sandbox worker processes.")] = None,
+    ) -> None:
+        """Score a stored workflow on a split and store the evaluations (reused when already stored)."""
+        if split not in ("train", "validation", "test"):
+            raise WorkflowRLError(f"--split {split!r}: use train, validation or test")
+        if repeats < 1:
+            raise WorkflowRLError(f"--repeats {repeats}: use 1 or more")
+        batch = asyncio.run(evaluate_stored(ctx.obj["db"], workflow_id, split, repeats, executor, workers))
+        rewards = [r.reward for r in batch.records]
+        console = Console()
+        console.print(f"workflow #{workflow_id} on {split}: mean reward {batch.mean_reward:.3f} "
+                      f"({sum(1 for r in rewards if r > 0)}/{len(rewards)} solved, {batch.executed} executed now)")
+
+
+async def evaluate_stored(db: str, workflow_id: int, split: str, repeats: int = 1, executor: str | None = None,
+                          workers: int | None = None):
+    """Evaluate stored workflow ``workflow_id`` on ``split`` of its run's benchmark (stores the rows)."""
+    from workflow_rl.benchmarks import get_benchmark
+    from workflow_rl.evaluation import BenchmarkEvaluator
+
+    engine = open_db(db)
+    with session_scope(engine) as session:
+        workflow = session.get(Workflow, workflow_id)
+        if workflow is None:
+            raise WorkflowRLError(f"no workflow #{workflow_id} in {db}; list them with workflow-rl sql "
+                                  "\"SELECT id, run_id, source FROM workflows\"")
+        run = session.get(Run, workflow.run_id)
+        code, run_id, bench_name, valid, error = workflow.code, run.id, run.benchmark, workflow.valid, workflow.error
+    if not valid:
+        raise WorkflowRLError(f"workflow #{workflow_id} is invalid ({error}); pick a valid one")
+    benchmark = get_benchmark(bench_name)
+    async with BenchmarkEvaluator(engine, benchmark, llm=_executor(executor), workers=workers) as evaluator:
+        return await evaluator.evaluate_split(run_id, workflow_id, code, split, repeats)
