@@ -169,7 +169,11 @@ class Sandbox:
         ex = _Exec(self._next_id, code, problem, ctx, future)
         ex.timer = self._loop.call_later(self.limits.wall_s, self._on_deadline, ex)
         self._dispatch(ex)
-        output, kind, message = await future
+        try:
+            output, kind, message = await future
+        except asyncio.CancelledError:
+            self._abandon(ex)  # the caller gave up: free the worker's coroutine and our bookkeeping
+            raise
         return ExecutionResult(output, kind, message, time.perf_counter() - t0, ctx.usage)
 
     async def run_many(self, items: Iterable[tuple]) -> list[ExecutionResult]:
@@ -258,6 +262,16 @@ class Sandbox:
             if worker.retiring and not worker.live and worker in self._workers:
                 self._retire(worker)
         ex.future.set_result((output, kind, message))
+
+    def _abandon(self, ex: _Exec) -> None:
+        if ex.timer is not None:
+            ex.timer.cancel()
+        for task in ex.tasks:
+            task.cancel()
+        ex.tasks.clear()
+        worker = ex.worker
+        if worker is not None and worker.live.pop(ex.id, None) is not None and not worker.dead:
+            worker.cancel_exec(ex)
 
     def _on_deadline(self, ex: _Exec) -> None:
         if ex.future.done():

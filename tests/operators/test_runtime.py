@@ -293,6 +293,23 @@ def test_forged_worker_frames_kill_the_worker(forgery, tmp_path, monkeypatch):
     assert killed == 1
 
 
+def test_cancelled_runs_free_their_worker_state():
+    async def main():
+        async with Sandbox(OPS, workers=1, limits=FAST) as sb:
+            task = asyncio.ensure_future(sb.run(_solve("return await ops.slow(1, 30)"), 0))
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            after = await sb.run(ADD3, 0)
+            await asyncio.sleep(0.1)  # the worker's answer to the cancel arrives
+            return after, [len(w.live) for w in sb._workers], [len(w.fifo) for w in sb._workers]
+
+    after, live, fifo = run(main())
+    assert after.output == "6"
+    assert live == [0] and fifo == [0]
+
+
 def test_workers_are_recycled_after_max_execs():
     async def main():
         async with Sandbox(OPS, workers=2, limits=Limits(max_execs_per_worker=5)) as sb:
