@@ -28,8 +28,12 @@ WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbo
 _ERROR_KINDS = frozenset({"timeout", "memory", "output_limit", "crash", "operator_error"})
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":"), default=str).encode  # one encoder, not one per frame
+_DECODE = json.JSONDecoder().decode
+
+
 def _frame(obj: Any) -> bytes:
-    data = json.dumps(obj, separators=(",", ":"), default=str).encode("utf-8", "surrogatepass")
+    data = _ENCODE(obj).encode("utf-8", "surrogatepass")
     return len(data).to_bytes(4, "big") + data
 
 
@@ -183,9 +187,9 @@ class WorkerHandle:
 
     def _on_frame(self, payload: bytes) -> bool:
         try:
-            msg = json.loads(payload)
+            msg = _DECODE(payload.decode("utf-8", "surrogatepass"))
             kind, seq, exec_id = msg[0], msg[1], msg[2]
-        except (ValueError, TypeError, IndexError, KeyError, RecursionError):
+        except (ValueError, TypeError, IndexError, KeyError, RecursionError, UnicodeDecodeError):
             self.kill("protocol violation: malformed frame", culprit_kind="crash")
             return False
         if not self.fifo or type(seq) is not int or seq != self.fifo[0][0]:

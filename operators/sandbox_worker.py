@@ -191,9 +191,12 @@ def _describe(exc):
         return type(exc).__name__
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+
+
 def _encode(frame):
     try:
-        data = json.dumps(frame, separators=(",", ":"), default=str).encode("utf-8", "surrogatepass")
+        data = _ENCODER.encode(frame).encode("utf-8", "surrogatepass")
     except (ValueError, TypeError, MemoryError, RecursionError) as exc:
         # The workflow passed something JSON cannot carry (cyclic list, ...): report, keep serving.
         data = json.dumps(["err", frame[1], frame[2], "crash", f"unserialisable value: {type(exc).__name__}"]).encode()
