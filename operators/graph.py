@@ -272,12 +272,20 @@ class _Builder:
         return frozenset({self.node(stmt, f"{kind}[{self.shape(value)}]", deps)})
 
     def branch(self, stmt: ast.stmt, kind: str, test: ast.expr, arms: list[list[ast.stmt]]) -> None:
-        """``if``: a header node fed by the condition; both arms run under its control; defs merged."""
+        """``if``: a header node fed by the condition; defs of both arms are merged.
+
+        The ``then`` arm runs under the header; the ``else`` arm under an ``else`` node hanging off
+        the header, so that swapping the arms changes the graph (and the hash).
+        """
         header = self.node(stmt, f"{kind}[{self.shape(test)}]", self.expr(test) | self.control)
-        saved_control, self.control = self.control, self.control | {header}
+        saved_control = self.control
         before = dict(self.defs)
         ends = []
-        for arm in arms:
+        for index, arm in enumerate(arms):
+            guard = header
+            if index > 0 and arm:
+                guard = self.node(arm[0], f"else[{self.shape(test)}]", frozenset({header}))
+            self.control = saved_control | {guard}
             self.defs = dict(before)
             self.block(arm)
             ends.append(self.defs)

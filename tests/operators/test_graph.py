@@ -39,15 +39,16 @@ def _labels(graph):
 
 def test_graph_nodes_and_edges():
     g = workflow_graph(BASE)
-    assert _labels(g) == ["calculate", "extract_expression", "if", INPUT, OUTPUT, "solve_equation"]
+    assert _labels(g) == ["calculate", "else", "extract_expression", "if", INPUT, OUTPUT, "solve_equation"]
     by_op = {data["label"].split("(")[0].split("[")[0]: n for n, data in g.nodes(data=True)}
-    ext, branch = by_op["extract_expression"], by_op["if"]
+    ext, branch, other = by_op["extract_expression"], by_op["if"], by_op["else"]
     expected = {
         (INPUT, ext),
         (ext, branch),  # the condition reads expr
+        (branch, other),  # the else arm hangs off the header
         (ext, by_op["solve_equation"]), (branch, by_op["solve_equation"]),
-        (ext, by_op["calculate"]), (branch, by_op["calculate"]),
-        (by_op["solve_equation"], OUTPUT), (by_op["calculate"], OUTPUT), (branch, OUTPUT),
+        (ext, by_op["calculate"]), (other, by_op["calculate"]),
+        (by_op["solve_equation"], OUTPUT), (by_op["calculate"], OUTPUT), (branch, OUTPUT), (other, OUTPUT),
     }
     assert set(g.edges()) == expected
 
@@ -98,8 +99,11 @@ def test_hash_invariant_to_names_and_formatting():
         BASE.replace("expr = await ops.extract_expression(problem)",
                      "expr = await ops.extract_expression(problem)\n    expr = expr.lower()"),
         BASE.replace("ops.extract_expression(problem)", "ops.extract_expression(problem[:100])"),
+        BASE.replace("ops.solve_equation(expr)", "ops.TMP(expr)").replace("ops.calculate(expr)", "ops.solve_equation(expr)")
+        .replace("ops.TMP(expr)", "ops.calculate(expr)"),  # swapped if/else arms
     ],
-    ids=["operator", "edge", "condition", "output", "prompt", "return-transform", "assign-transform", "arg-slice"],
+    ids=["operator", "edge", "condition", "output", "prompt", "return-transform", "assign-transform", "arg-slice",
+         "swapped-arms"],
 )
 def test_hash_changes_with_structure(variant):
     assert graph_hash(variant) != graph_hash(BASE)
