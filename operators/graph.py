@@ -244,12 +244,19 @@ class _Builder:
             self.defs = dict(after_body)
             self.block(stmt.orelse)
             ends.append(self.defs)
+            saved_control = self.control
             for handler in stmt.handlers:
+                # A handler node (labelled by the caught types) guards its body: catching
+                # ValueError or KeyError are different workflows.
+                caught = self.shape(handler.type) if handler.type is not None else ""
+                guard = self.node(handler, f"except[{caught}]", saved_control)
+                self.control = saved_control | {guard}
                 self.defs = dict(after_body)
                 if handler.name:
-                    self.defs[handler.name] = self.control
+                    self.defs[handler.name] = frozenset({guard})
                 self.block(handler.body)
                 ends.append(self.defs)
+            self.control = saved_control
             self.defs = self.merge(*ends)
             self.block(stmt.finalbody)
         else:

@@ -116,6 +116,22 @@ def test_prompt_literal_is_part_of_the_label():
     assert graph_hash(a) == graph_hash(a.replace("problem", "question").replace("(question, ops)", "(question, ops)"))
 
 
+def test_exception_handlers_are_structure():
+    a = _TRY.format(caught="ValueError", fallback="'none'")
+    assert graph_hash(a) == graph_hash(a.replace("answer", "result"))
+    assert graph_hash(a) != graph_hash(_TRY.format(caught="KeyError", fallback="'none'"))
+    assert graph_hash(a) != graph_hash(_TRY.format(caught="ValueError", fallback="'zero'"))
+
+
+_TRY = """async def solve(problem, ops):
+    try:
+        answer = await ops.calculate(problem)
+    except {caught}:
+        answer = {fallback}
+    return answer
+"""
+
+
 def test_calc_workflows_hash_distinctly():
     bench = get_benchmark("calc")
     programs = [*bench.seed_workflows().values(), *bench.oracle_workflows().values(), bench.routed_workflow()]
