@@ -4,8 +4,9 @@
 
 * one ``input`` node (the ``problem`` argument) and one ``output`` node (every ``return``);
 * one node per ``ops.<name>(...)`` call site (a call inside a loop is still one node);
-* one node per branch/loop header (``if``/``while``/``for``), because routing is structure: two
-  workflows that call the same operators under different conditions behave differently;
+* one node per branch/loop header (``if``/``while``/``for``), per ``else`` arm and per ``except``
+  handler, because routing is structure: two workflows that call the same operators under
+  different conditions (or in swapped arms, or for other exceptions) behave differently;
 * one node per assignment or ``return`` that transforms values with plain Python
   (``x = answer.strip()``), labelled with the expression's shape, so that two workflows that
   differ only in such code do not hash equal (the search de-duplicates by this hash); plain
