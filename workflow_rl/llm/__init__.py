@@ -8,13 +8,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from workflow_rl.errors import WorkflowRLError
 from workflow_rl.llm.cache import ResponseCache
 from workflow_rl.llm.openai import ExecutorSpec, OpenAICompatibleClient, parse_executor_spec
 from workflow_rl.llm.pricing import ModelPrice, PriceTable
 
 __all__ = [
+    "EXECUTOR_ENV",
     "ExecutorSpec",
     "ModelPrice",
     "OpenAICompatibleClient",
@@ -25,29 +28,55 @@ __all__ = [
 ]
 
 
+EXECUTOR_ENV = {
+    "WORKFLOW_RL_LLM_CACHE": "response cache file (default ~/.cache/workflow-rl/llm.sqlite)",
+    "WORKFLOW_RL_LLM_NO_CACHE": "set to 1 to disable the response cache",
+    "WORKFLOW_RL_LLM_PRICES": "TOML price file (see workflow_rl.llm.pricing)",
+    "WORKFLOW_RL_LLM_KEY_ENV": "name of the variable holding the API key (default OPENAI_API_KEY)",
+    "WORKFLOW_RL_LLM_CONCURRENCY": "most requests in flight per endpoint (default 8)",
+    "WORKFLOW_RL_LLM_ATTEMPTS": "attempts per request before giving up (default 5)",
+    "WORKFLOW_RL_LLM_TIMEOUT": "seconds per HTTP request (default 120)",
+}
+"""Environment variables that configure executors made by :func:`make_executor` (CLI commands)."""
+
+
+def _env_number(name: str, default: float, kind: type) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        raise WorkflowRLError(f"{name}={raw!r} is not a number; {EXECUTOR_ENV[name]}") from None
+
+
 def make_executor(
     spec: str,
     *,
     cache_path: str | Path | None = None,
-    no_cache: bool = False,
+    no_cache: bool | None = None,
     prices_path: str | Path | None = None,
-    api_key_env: str = "OPENAI_API_KEY",
-    max_concurrency: int = 8,
-    max_attempts: int = 5,
-    timeout_s: float = 120.0,
+    api_key_env: str | None = None,
+    max_concurrency: int | None = None,
+    max_attempts: int | None = None,
+    timeout_s: float | None = None,
 ) -> OpenAICompatibleClient:
     """The executor client for a ``URL#MODEL`` spec, with the persistent cache unless ``no_cache``.
 
-    This is what CLI commands call with their ``--executor`` option.
+    This is what CLI commands call with their ``--executor`` option. Arguments left as None come
+    from the environment (:data:`EXECUTOR_ENV`), then from the defaults.
     """
+    if no_cache is None:
+        no_cache = os.environ.get("WORKFLOW_RL_LLM_NO_CACHE", "").lower() in ("1", "true", "yes")
     cache = None if no_cache else ResponseCache(cache_path)
+    prices_path = prices_path or os.environ.get("WORKFLOW_RL_LLM_PRICES") or None
     prices = PriceTable.from_toml(prices_path) if prices_path else PriceTable()
     return OpenAICompatibleClient.from_spec(
         spec,
-        api_key_env=api_key_env,
-        max_concurrency=max_concurrency,
-        max_attempts=max_attempts,
-        timeout_s=timeout_s,
+        api_key_env=api_key_env or os.environ.get("WORKFLOW_RL_LLM_KEY_ENV") or "OPENAI_API_KEY",
+        max_concurrency=max_concurrency or int(_env_number("WORKFLOW_RL_LLM_CONCURRENCY", 8, int)),
+        max_attempts=max_attempts or int(_env_number("WORKFLOW_RL_LLM_ATTEMPTS", 5, int)),
+        timeout_s=timeout_s or _env_number("WORKFLOW_RL_LLM_TIMEOUT", 120.0, float),
         cache=cache,
         prices=prices,
     )

@@ -169,3 +169,18 @@ def test_api_key_sent_but_never_stored_logged_or_in_errors(server, tmp_path, mon
     assert SECRET not in str(err.value) and "***" in str(err.value)
     assert SECRET not in caplog.text and "HTTP 500" in caplog.text
     assert SECRET.encode() not in cache_file.read_bytes()
+
+
+def test_make_executor_reads_environment(tmp_path, monkeypatch):
+    prices = tmp_path / "prices.toml"
+    prices.write_text('[models.m]\nprompt_per_million = 1\ncompletion_per_million = 1\n')
+    monkeypatch.setenv("WORKFLOW_RL_LLM_PRICES", str(prices))
+    monkeypatch.setenv("WORKFLOW_RL_LLM_NO_CACHE", "1")
+    monkeypatch.setenv("WORKFLOW_RL_LLM_CONCURRENCY", "3")
+    monkeypatch.setenv("WORKFLOW_RL_LLM_KEY_ENV", "OTHER_KEY")
+    client = make_executor("http://127.0.0.1:1/v1#m")
+    assert client.cache is None and client.max_concurrency == 3 and client.api_key_env == "OTHER_KEY"
+    assert client.prices.cost("m", 10**6, 0) == 1.0
+    monkeypatch.setenv("WORKFLOW_RL_LLM_TIMEOUT", "soon")
+    with pytest.raises(WorkflowRLError, match="WORKFLOW_RL_LLM_TIMEOUT='soon' is not a number"):
+        make_executor("http://127.0.0.1:1/v1#m")
