@@ -97,10 +97,10 @@ def test_default_search_improves_on_seeds_and_eval_reports_test_score(sqlite_url
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_uninterrupted(db_url):
-    kw = {"batch_size": 20, "children": 4, "budget": 2000, "seed": 5}
+    kw = {"batch_size": 15, "children": 3, "budget": 1000, "seed": 5}
     reference = _search(db_url, "reference", **kw)
     args = [sys.executable, "-c", "from workflow_rl.cli import main; main()", "--db", db_url, "search",
-            "--run", "killed", "--budget", "2000", "--batch-size", "20", "--children", "4", "--seed", "5",
+            "--run", "killed", "--budget", "1000", "--batch-size", "15", "--children", "3", "--seed", "5",
             "--workers", "1"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     engine = open_db(db_url)
@@ -111,7 +111,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(db_url):
             with session_scope(engine) as session:
                 run = session.scalars(select(Run).where(Run.name == "killed")).one_or_none()
                 done = run is not None and (run.state or {}).get("next_simulation", 0)
-            if done and done >= 4:
+            if done and done >= 3:
                 os.killpg(proc.pid, signal.SIGKILL)
                 killed_at = done
                 break
