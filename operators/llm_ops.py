@@ -12,6 +12,7 @@ cache, repeated calls (self-consistency) still differ while a re-run replays exa
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from operators.base import LLMRequest, OpContext, OperatorError
@@ -176,8 +177,12 @@ async def ask(ctx: OpContext, prompt: str) -> str:
 
 
 def _text(name: str, value: Any) -> str:
+    """A prompt argument as text; structured values (review's dict, lists) are shown as JSON."""
     if isinstance(value, (str, int, float)):
         return str(value)
+    if isinstance(value, (dict, list, tuple)):
+        # Generated workflows often pass review(...)'s dict straight to revise: show it, don't fail.
+        return json.dumps(value, ensure_ascii=False, default=str)
     raise OperatorError(f"argument {name!r} must be a string, got {type(value).__name__}")
 
 

@@ -112,6 +112,12 @@ def test_review_revise_format(server):
         run_op("review", ctx, "p", "x = 2")
     assert run_op("revise", ctx, "p", "x = 2", "off by one") == "x = 3"
     assert run_op("format", ctx, "p", "so x = 3") == "3"
+    server.enqueue("<solution>x = 3</solution>")
+    verdict = {"passed": False, "feedback": "off by one"}
+    assert run_op("revise", ctx, "p", "x = 2", verdict) == "x = 3"  # review's dict passed straight on
+    assert '"feedback": "off by one"' in server.requests[-1]["messages"][0]["content"]
+    with pytest.raises(OperatorError, match="argument 'solution' must be a string, got NoneType"):
+        run_op("revise", ctx, "p", None, "f")
 
 
 def test_repeated_identical_calls_get_distinct_seeds_and_are_cached(server, tmp_path):
