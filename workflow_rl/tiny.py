@@ -1,0 +1,221 @@
+"""The built-in ``builtin:tiny`` policy: a small Qwen2 model with a locally trained BPE tokenizer.
+
+Everything runs on a CPU with no downloads. The tokenizer is a byte-level BPE trained on the
+operator descriptions (from the registry), benchmark text and seed workflows, so that workflow
+code is a few dozen tokens. The weights are seeded-random, then warm-started with a few LM steps
+on "policy prompt + seed workflow" documents so the untrained policy already writes well-formed
+(weak, seed-like) programs, as a pre-trained LM would. The same seed and corpus give
+bit-identical files; the result is cached under ``<cache_dir>/tiny-<hash>`` and written
+atomically (temporary directory + rename), so a half-built model is never loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from workflow_rl.errors import WorkflowRLError
+
+BUILTIN_TINY = "builtin:tiny"
+"""The policy name that selects this model."""
+
+EOS_TOKEN = "<|endoftext|>"
+"""End-of-sequence token; also used as the pad token (masks come from lengths, DESIGN rule 3)."""
+
+# Code shapes workflows are made of, so the tokenizer has merges for them even before any
+# benchmark or seed text exists. Not a training set: the model itself starts random.
+_BASE_PATTERNS = '''async def solve(problem, ops):
+    expr = await ops.extract_expression(problem)
+    value = await ops.calculate(expr)
+    return value
+async def solve(problem, ops):
+    answer = await ops.answer_generate(problem)
+    return await ops.format_answer(problem, answer)
+async def solve(problem, ops):
+    candidates = []
+    for _ in range(3):
+        candidates.append(await ops.generate(problem))
+    best = await ops.majority_vote(candidates)
+    if best:
+        return best
+    return candidates[0]
+async def solve(problem, ops):
+    code = await ops.programmer(problem)
+    result = await ops.run_python(code)
+    return result.strip()
+'''
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    """Shape of the built-in tiny model (defaults train in seconds on a CPU)."""
+
+    vocab_size: int = 2048  # BPE target size (the trainer may stop earlier on a small corpus)
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 2048
+    seed: int = 0
+    warm_start_steps: int = 150  # LM steps on the warm-start documents (0 = random weights)
+    warm_start_lr: float = 2e-3
+
+
+def default_cache_dir() -> Path:
+    """``$WORKFLOW_RL_CACHE`` or ``~/.cache/workflow-rl``: where built tiny models are kept."""
+    return Path(os.environ.get("WORKFLOW_RL_CACHE", Path.home() / ".cache" / "workflow-rl"))
+
+
+def tiny_corpus(benchmark: str | None = "calc", n_problems: int = 2) -> tuple[list[str], list[str]]:
+    """``(tokenizer_texts, warm_start_documents)`` for the tiny model.
+
+    Tokenizer texts: code shapes, operator descriptions (from the registry), the benchmark's
+    description, problems and seed workflows. Warm-start documents: the policy prompt of a few
+    train problems followed by each *seed* workflow (never an oracle), so the untrained policy
+    writes well-formed seed-like programs as a pre-trained LM would. Parts that are not
+    importable are skipped; the corpus is part of the cache key.
+    """
+    from operators.registry import describe_operators
+    from workflow_rl.prompts import policy_prompt_for
+
+    texts = [_BASE_PATTERNS, describe_operators()]
+    documents: list[str] = []
+    bench = None
+    if benchmark:
+        try:
+            from workflow_rl.benchmarks import get_benchmark
+
+            bench = get_benchmark(benchmark)
+        except (ImportError, KeyError, LookupError, ValueError, WorkflowRLError):
+            bench = None
+    if bench is not None:
+        seeds = list(bench.seed_workflows().values())
+        problems = bench.problems("train")
+        texts += [bench.description, *seeds, *(p.text for p in problems)]
+        if hasattr(bench, "oracle_workflows"):  # code shapes for merges only, never LM training data
+            texts += list(bench.oracle_workflows().values())
+        for problem in problems[:n_problems]:
+            prompt = policy_prompt_for(bench.description, bench.operator_names, problem.text)
+            texts.append(prompt)
+            documents += [prompt + code for code in seeds]
+    return [t for t in texts if t], documents
+
+
+def _train_tokenizer(corpus: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN)
+
+
+def _warm_start(model, tokenizer, documents: list[str], config: TinyConfig) -> None:
+    """A few full-batch LM steps on ``document + EOS`` (deterministic, CPU)."""
+    import torch
+
+    from workflow_rl.prompts import COMPLETION_MARKER
+
+    if not documents or config.warm_start_steps <= 0:
+        return
+    eos = tokenizer.eos_token_id
+    rows = [tokenizer(d, add_special_tokens=False)["input_ids"] + [eos] for d in documents]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [eos] * (width - len(r)) for r in rows])
+    attn = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    # Loss on the completion only (after the marker); pads out, the real EOS stays in.
+    labels = ids.masked_fill(attn == 0, -100)
+    for b, doc in enumerate(documents):
+        prompt = doc[: doc.index(COMPLETION_MARKER) + len(COMPLETION_MARKER)] if COMPLETION_MARKER in doc else ""
+        labels[b, : len(tokenizer(prompt, add_special_tokens=False)["input_ids"])] = -100
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.warm_start_lr)
+    model.train()
+    for _ in range(config.warm_start_steps):
+        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+
+
+def _build(target: Path, config: TinyConfig, corpus: list[str], documents: list[str]) -> None:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = _train_tokenizer(corpus, config.vocab_size)
+    model_config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        max_position_embeddings=config.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    # A private RNG and one thread keep the build bit-for-bit deterministic and leave the
+    # caller's global RNG untouched.
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            model = Qwen2ForCausalLM(model_config)
+            _warm_start(model, tokenizer, documents, config)
+    finally:
+        torch.set_num_threads(threads)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "tiny_config.json").write_text(json.dumps(asdict(config), indent=1))
+        for f in tmp.iterdir():  # fsync before the rename makes the directory visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "tiny_config.json").exists():  # lost a race to a complete build: fine
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_tiny(
+    cache_dir: str | Path | None = None,
+    config: TinyConfig | None = None,
+    corpus: list[str] | None = None,
+) -> Path:
+    """Return the directory of the built-in tiny model, building it once if it is not cached.
+
+    The directory holds ``config.json``, safetensors weights and the tokenizer files, loadable
+    with ``from_pretrained(path, local_files_only=True)``.
+    """
+    config = config or TinyConfig()
+    corpus, documents = tiny_corpus() if corpus is None else (corpus, [])
+    digest = hashlib.sha256(json.dumps([asdict(config), corpus, documents]).encode()).hexdigest()[:16]
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"tiny-{digest}"
+    if not (target / "tiny_config.json").exists():
+        _build(target, config, corpus, documents)
+    return target
