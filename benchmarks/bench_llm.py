@@ -21,12 +21,14 @@ from workflow_rl.llm.testing import ScriptedOpenAIServer, ScriptedReply
 
 
 async def batch(client: OpenAICompatibleClient, n: int) -> float:
+    """Wall seconds to complete ``n`` distinct chat requests concurrently."""
     t0 = time.perf_counter()
     await asyncio.gather(*(client.complete(LLMRequest(messages=(("user", f"q{i}"),))) for i in range(n)))
     return time.perf_counter() - t0
 
 
 def main() -> None:
+    """Run the measurements and print the table and RESULT lines."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=64, help="requests per batch")
     parser.add_argument("--delay-ms", type=float, default=20.0, help="server-side latency per request")

@@ -176,6 +176,7 @@ def generic_format(question_field: str, answer_field: str, scorer: str, task_typ
         raise WorkflowRLError(f"unknown task type {task_type!r}; choose one of {', '.join(OPERATOR_SETS)}")
 
     def convert(row: dict[str, Any], line: int) -> Record:
+        """One line of the generic format."""
         question = _field(row, question_field)
         answer = _field(row, answer_field, kind=(str, int, float, list))
         meta = {k: row[k] for k in ("entry_point", "public_tests") if isinstance(row.get(k), str)}
@@ -320,6 +321,7 @@ def _fractions(value: Any) -> tuple[float, float, float]:
 def _factory(name: str) -> Callable[..., JsonlBenchmark]:
     def make(path: str | None = None, *, files: dict[str, str] | None = None,
              fractions: Any = DEFAULT_FRACTIONS, **generic: Any) -> JsonlBenchmark:
+        """Build the benchmark; overwritten per format below."""
         if not path and not files:
             raise WorkflowRLError(f"benchmark {name!r} reads your JSONL file: give path=FILE.jsonl "
                                   "(or files for train/validation/test)")

@@ -89,20 +89,27 @@ class ScriptedOpenAIServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            """Routes every POST to the owning server's scripted replies."""
+
             protocol_version = "HTTP/1.1"  # keep-alive, as real servers: clients pool connections
 
             def setup(self) -> None:
+                """Disable Nagle on the connection."""
                 super().setup()
                 # Headers and body go out as two writes; without TCP_NODELAY delayed ACKs add ~40 ms.
                 self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-            def log_message(self, *args: Any) -> None:  # keep test output clean
+            def log_message(self, *args: Any) -> None:
+                """Silence per-request logging (keeps test output clean)."""
                 pass
 
             def do_POST(self) -> None:  # noqa: N802 (http.server API)
+                """Answer one completion request."""
                 server._handle(self)
 
         class Server(ThreadingHTTPServer):
+            """Threaded server with a deep listen backlog."""
+
             request_queue_size = 256  # the default backlog of 5 resets bursts of concurrent connects
 
         self._httpd = Server(("127.0.0.1", 0), Handler)
