@@ -1,0 +1,101 @@
+"""``workflow-rl loop`` and ``workflow-rl report`` (and the ``eval --policy`` path of ``eval``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from workflow_rl.errors import WorkflowRLError
+from workflow_rl.loop_config import LoopConfig
+
+H = LoopConfig.help
+
+
+def policy_eval_command(db: str, policy: str, split: str, benchmark: str, best_of: int,
+                        workers: int | None = None) -> None:
+    """``eval --policy``: the policy writes one workflow per problem of ``split``; print accuracy and cost."""
+    from workflow_rl.policy_eval import evaluate_policy
+
+    if split not in ("train", "validation", "test"):
+        raise WorkflowRLError(f"--split {split!r}: use train, validation or test")
+    console = Console()
+    with console.status(f"policy {policy} writing and running one workflow per {split} problem"):
+        result = evaluate_policy(db, policy, split=split, benchmark=benchmark, best_of=best_of, workers=workers)
+    cost = "unknown" if result.cost is None else f"${result.cost:.4f}"
+    console.print(f"policy {policy} on {split}: accuracy {result.accuracy:.3f} over {result.problems} problems, "
+                  f"valid workflows {result.valid_fraction:.2f}, cost {cost} (stored in run {result.run!r})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``loop`` and ``report`` to the app."""
+
+    @app.command("loop")
+    def loop_cmd(
+        ctx: typer.Context,
+        rounds: Annotated[int, typer.Option(help=H("rounds"))] = LoopConfig.rounds,
+        run: Annotated[str, typer.Option(help=H("run"))] = "loop",
+        benchmark: Annotated[str, typer.Option(help=H("benchmark"))] = "calc",
+        policy: Annotated[str, typer.Option(help=H("policy"))] = "builtin:tiny",
+        seed: Annotated[int, typer.Option(help=H("seed"))] = 0,
+        search_budget: Annotated[int, typer.Option(help=H("search_budget"))] = LoopConfig.search_budget,
+        children: Annotated[int, typer.Option(help=H("children"))] = LoopConfig.children,
+        selection: Annotated[str, typer.Option(help=H("selection"))] = LoopConfig.selection,
+        mutation_fraction: Annotated[float, typer.Option(help=H("mutation_fraction"))] = LoopConfig.mutation_fraction,
+        train_problems: Annotated[int, typer.Option(help=H("train_problems"))] = LoopConfig.train_problems,
+        group_size: Annotated[int, typer.Option(help=H("group_size"))] = LoopConfig.group_size,
+        lr: Annotated[float, typer.Option(help=H("lr"))] = LoopConfig.lr,
+        epochs: Annotated[int, typer.Option(help=H("epochs"))] = LoopConfig.epochs,
+        out_dir: Annotated[str | None, typer.Option(help=H("out_dir"))] = None,
+        workers: Annotated[int | None, typer.Option(help=H("workers"))] = None,
+    ) -> None:
+        """Search -> train -> policy-steered search -> train ...; re-run the same command to continue."""
+        config = LoopConfig(
+            run=run, benchmark=benchmark, rounds=rounds, policy=policy, seed=seed, search_budget=search_budget,
+            children=children, selection=selection, mutation_fraction=mutation_fraction,
+            train_problems=train_problems, group_size=group_size, lr=lr, epochs=epochs, out_dir=out_dir,
+            workers=workers,
+        )
+        from workflow_rl.loop import run_loop
+
+        console = Console()
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                   TimeElapsedColumn())
+        with Progress(*columns, console=console) as progress:
+            phase = progress.add_task("starting", total=None, info="")
+
+            def message(text: str) -> None:
+                progress.update(phase, description=text, total=None, completed=0, info="")
+                progress.console.log(text)
+
+            def on_search(r: int, p) -> None:
+                progress.update(phase, total=config.search_budget, completed=min(p.evaluations, config.search_budget),
+                                info=f"best {p.best_score:.3f}, {p.nodes} nodes")
+
+            def on_step(r: int, step: int, total: int, metrics: dict[str, float]) -> None:
+                progress.update(phase, total=total, completed=step,
+                                info=f"reward {metrics.get('reward/mean', 0.0):.3f} "
+                                     f"mismatch {metrics.get('mismatch/old_behavior_abs_mean', 0.0):.2e}")
+
+            result = run_loop(config, ctx.obj["db"], message, on_search, on_step)
+        for info in result.rounds:
+            console.print(f"round {info.round}: best validation {info.best_score:.3f} after {info.evaluations} "
+                          f"evaluations; checkpoint {info.checkpoint_id} at {info.checkpoint_path}")
+        console.print(f"policy: checkpoint {result.final_checkpoint.checkpoint_id}; evaluate it with "
+                      f"`workflow-rl eval --policy {result.final_checkpoint.checkpoint_id} --split test`")
+
+    @app.command("report")
+    def report_cmd(
+        ctx: typer.Context,
+        run: Annotated[str, typer.Option(help="Loop (or search) run to report on.")],
+        out: Annotated[str | None, typer.Option(help="Output directory (default ./runs/<run>/report).")] = None,
+    ) -> None:
+        """Write search/training PNG plots and a markdown summary of a run, from the database alone."""
+        from workflow_rl.report import write_report
+
+        report = write_report(ctx.obj["db"], run, out)
+        console = Console()
+        console.print(report.summary)
+        console.print(f"wrote {report.search_png}, {report.training_png}, {report.summary_md}")

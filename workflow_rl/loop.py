@@ -1,0 +1,281 @@
+"""The closed loop: search -> train -> policy-steered search -> train -> ...
+
+Round ``r`` (0-based) has three phases, each recorded in the loop run's ``runs.state`` as soon as
+it is finished, so re-running the same command continues where it stopped:
+
+1. **search** (run ``<loop>/r<r>``): round 0 uses mutations; round ``r >= 1`` samples children
+   from round ``r-1``'s checkpoint (:class:`~workflow_rl.policy_proposer.MixedProposer`: policy
+   children with exact generations, plus a fraction of mutations). Search resumes by itself.
+2. **data**: on ``train_problems`` train problems drawn for this round, the same policy samples
+   ``group_size`` workflows per problem from the per-problem prompt (one GRPO group per problem,
+   exact token ids and behavior logprobs), and the best and a few random search workflows are run
+   on the same problems (search data: trained with ratio 1, DESIGN rule 8). Validation and test
+   problems never enter training. Idempotent: workflows are unique per code hash, generations per
+   (workflow, problem, group) and evaluations are reused.
+3. **train**: :func:`workflow_rl.trainer.train` on the round run, starting from the previous
+   checkpoint; the new checkpoint is the next round's policy version. An interrupted training is
+   redone from its start (its partial steps and checkpoints are removed first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, delete, select
+
+from operators.validate import WorkflowValidationError, code_hash, validate_workflow
+from search.config import SearchConfig, SearchConfigError
+from search.mutations import MutationProposer
+from search.search import BenchmarkInfo, Search, SearchProgress, workflow_graph_hash
+from search.tree import validation_scores
+from storage.engine import open_db, session_scope
+from storage.models import Generation, PolicyCheckpoint, Problem, Run, SearchNode, TrainStep, Workflow
+from storage.repo import add_generation, add_workflow, find_run, get_or_create_run
+from workflow_rl.benchmarks import get_benchmark
+from workflow_rl.dataset import PromptSpec
+from workflow_rl.errors import WorkflowRLError
+from workflow_rl.evaluation import BenchmarkEvaluator
+from workflow_rl.loop_config import LoopConfig
+from workflow_rl.policy import Policy
+from workflow_rl.policy_proposer import SAMPLER, MixedProposer, PolicyProposer
+
+RESUME_FREE = ("rounds", "workers", "cache_dir")
+"""Config fields a resumed loop may change; every other field keeps the stored value."""
+
+Message = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RoundInfo:
+    """What one finished round left in the database."""
+
+    round: int
+    search_run: str
+    best_score: float
+    evaluations: int
+    checkpoint_id: int
+    checkpoint_path: str
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    """All finished rounds; the last checkpoint is the loop's policy."""
+
+    run: str
+    rounds: tuple[RoundInfo, ...]
+
+    @property
+    def final_checkpoint(self) -> RoundInfo:
+        """The last round (its checkpoint is the trained policy)."""
+        return self.rounds[-1]
+
+
+def round_run_name(loop_run: str, round_: int) -> str:
+    """Name of round ``round_``'s search run."""
+    return f"{loop_run}/r{round_}"
+
+
+def _open_loop(engine: Engine, config: LoopConfig, benchmark: str) -> tuple[int, LoopConfig, dict[str, Any]]:
+    with session_scope(engine) as s:
+        existing = find_run(s, config.run)
+        if existing is not None:
+            if existing.kind != "loop":
+                raise WorkflowRLError(f"run {config.run!r} is a {existing.kind} run, not a loop; pick another --run")
+            stored = {k: v for k, v in (existing.config or {}).items() if k not in RESUME_FREE}
+            config = LoopConfig(**{**config.to_dict(), **stored})
+        run = get_or_create_run(s, config.run, benchmark, kind="loop", config=config.to_dict())
+        run.status = "running"
+        state = dict(run.state or {})
+        state.setdefault("rounds", {})
+        return run.id, config, state
+
+
+def _save_state(engine: Engine, run_id: int, state: dict[str, Any], status: str | None = None) -> None:
+    with session_scope(engine) as s:
+        run = s.get(Run, run_id)
+        run.state = {**state, "rounds": {k: dict(v) for k, v in state["rounds"].items()}}
+        if status:
+            run.status = status
+
+
+def run_loop(
+    config: LoopConfig,
+    db: str | Engine,
+    message: Message | None = None,
+    on_search: Callable[[int, SearchProgress], None] | None = None,
+    on_step: Callable[[int, int, int, dict[str, float]], None] | None = None,
+) -> LoopResult:
+    """Run (or continue) the loop ``config.run``; returns every finished round.
+
+    ``message(text)`` reports phase changes, ``on_search(round, progress)`` each simulation and
+    ``on_step(round, step, total, metrics)`` each optimizer step (for progress displays).
+    """
+    engine = open_db(db) if isinstance(db, str) else db
+    bench = get_benchmark(config.benchmark)
+    loop_id, config, state = _open_loop(engine, config, bench.name)
+    say = message or (lambda _text: None)
+    try:
+        asyncio.run(_rounds(engine, config, bench, loop_id, state, say, on_search, on_step))
+    except BaseException:
+        _save_state(engine, loop_id, state, "failed")
+        raise
+    _save_state(engine, loop_id, state, "done")
+    return LoopResult(config.run, tuple(_round_info(r, v) for r, v in sorted(
+        ((int(k), v) for k, v in state["rounds"].items() if v.get("phase") == "done"))))
+
+
+def _round_info(r: int, v: dict[str, Any]) -> RoundInfo:
+    return RoundInfo(r, v["search_run"], v["best_score"], v["evaluations"], v["checkpoint_id"], v["checkpoint_path"])
+
+
+async def _rounds(engine, config: LoopConfig, bench, loop_id, state, say, on_search, on_step) -> None:
+    out_dir = Path(config.out_dir or Path("runs") / config.run)
+    info = BenchmarkInfo(bench.name, bench.description, tuple(bench.operator_names), bench.seed_workflows())
+    async with BenchmarkEvaluator(engine, bench, None, config.workers) as evaluator:
+        for r in range(config.rounds):
+            rs = state["rounds"].setdefault(str(r), {"phase": "search", "search_run": round_run_name(config.run, r)})
+            if rs["phase"] == "done":
+                continue
+            prev = state["rounds"].get(str(r - 1)) if r else None
+            version = prev["checkpoint_id"] if prev else None
+            start = prev["checkpoint_path"] if prev else config.policy
+            say(f"round {r}: loading policy {'base ' + start if version is None else f'checkpoint {version}'}")
+            policy = Policy.load(start, cache_dir=config.cache_dir)
+            if rs["phase"] == "search":
+                say(f"round {r}: search ({'mutation' if r == 0 else 'policy + mutation'})")
+                result = await _search(engine, config, info, evaluator, policy, version, r, on_search)
+                rs.update(phase="data", best_score=result.progress.best_score,
+                          evaluations=result.progress.evaluations, search_run_id=result.run_id)
+                _save_state(engine, loop_id, state)
+            if rs["phase"] == "data":
+                say(f"round {r}: sampling the policy and running search workflows on train problems")
+                rs["samples"] = await collect_train_data(
+                    engine, evaluator, bench, policy, version, rs["search_run_id"], r, config)
+                rs["phase"] = "train"
+                _save_state(engine, loop_id, state)
+            del policy  # the learner loads its own copy
+            say(f"round {r}: training from {'base' if version is None else f'checkpoint {version}'}")
+            ckpt_id, ckpt_path, steps = _train(engine, config, rs, r, start, out_dir, on_step)
+            rs.update(phase="done", checkpoint_id=ckpt_id, checkpoint_path=ckpt_path, train_steps=steps)
+            _save_state(engine, loop_id, state)
+            say(f"round {r}: done, best validation {rs['best_score']:.3f}, checkpoint {ckpt_id}")
+
+
+async def _search(engine, config: LoopConfig, info: BenchmarkInfo, evaluator, policy, version, r, on_search):
+    if r == 0:
+        proposer: Any = MutationProposer()
+    else:
+        proposer = MixedProposer(
+            PolicyProposer(policy, version, config.temperature, config.max_new_tokens),
+            MutationProposer(), config.mutation_fraction,
+        )
+    try:
+        search_config = SearchConfig(
+            benchmark=info.name, proposer="mutation" if r == 0 else "policy", selection=config.selection,
+            budget=config.search_budget, children=config.children, batch_size=config.search_batch,
+            seed=config.seed,
+        )
+    except SearchConfigError as exc:
+        raise WorkflowRLError(str(exc)) from exc
+    search = Search(engine, search_config, info, evaluator, proposer)
+    callback = None if on_search is None else (lambda progress: on_search(r, progress))
+    return await search.run(round_run_name(config.run, r), callback)
+
+
+def _problem_texts(engine: Engine, ids: list[int]) -> dict[int, str]:
+    with session_scope(engine) as s:
+        return dict(s.execute(select(Problem.id, Problem.text).where(Problem.id.in_(ids))).all())
+
+
+def _store_workflow(session, run_id: int, code: str, operator_names, round_: int, version: int | None) -> Workflow:
+    error = None
+    try:
+        validate_workflow(code, operator_names)
+    except WorkflowValidationError as exc:
+        error = str(exc)
+    return add_workflow(
+        session, run_id, code, "policy", code_hash=code_hash(code), round=round_, checkpoint_id=version,
+        valid=error is None, error=error, graph_hash=workflow_graph_hash(code) if error is None else None,
+    )
+
+
+async def collect_train_data(
+    engine: Engine, evaluator: BenchmarkEvaluator, bench, policy: Policy, version: int | None,
+    run_id: int, round_: int, config: LoopConfig,
+) -> dict[str, int]:
+    """Policy groups and search workflows on this round's train problems, all stored in ``run_id``.
+
+    Returns counts: ``policy_samples``, ``policy_valid``, ``search_workflows``, ``evaluations``.
+    """
+    rng = random.Random(f"{config.seed}:{round_}:train")
+    train_ids = evaluator.problem_ids("train")
+    pids = sorted(rng.sample(train_ids, min(config.train_problems, len(train_ids))))
+    texts = _problem_texts(engine, pids)
+    spec = PromptSpec(bench.description, tuple(bench.operator_names))
+    prompts = [spec.render(texts[pid]) for pid in pids]
+    samples = await asyncio.to_thread(
+        policy.sample, prompts, config.group_size, config.temperature, 1.0, config.max_new_tokens,
+        rng.randrange(2**31))
+    todo: dict[int, tuple[str, set[int]]] = {}  # workflow id -> (code, problems to run it on)
+    valid = 0
+    with session_scope(engine) as s:
+        for sample in samples:
+            pid = pids[sample.prompt_index]
+            wf = _store_workflow(s, run_id, sample.text, bench.operator_names, round_, version)
+            group = f"{round_run_name(config.run, round_)}:p{pid}"
+            exists = s.scalar(select(Generation.id).where(
+                Generation.workflow_id == wf.id, Generation.problem_id == pid, Generation.group_key == group))
+            if exists is None:
+                add_generation(
+                    s, run_id=run_id, workflow_id=wf.id, problem_id=pid, parent_workflow_id=None, group_key=group,
+                    prompt_text=prompts[sample.prompt_index], prompt_token_ids=list(sample.prompt_token_ids),
+                    completion_text=sample.text, completion_token_ids=list(sample.completion_token_ids),
+                    behavior_logprobs=list(sample.behavior_logprobs), temperature=sample.temperature,
+                    top_p=sample.top_p, top_k=0, sampler=SAMPLER, policy_version=version,
+                    truncated=sample.truncated,
+                )
+            if wf.valid:  # invalid programs are stored with their error, never run (as in search)
+                valid += 1
+                todo.setdefault(wf.id, (wf.code, set()))[1].add(pid)
+        # Search workflows: the best by validation score plus random others, shortest first on ties.
+        scores = validation_scores(s, run_id)
+        nodes = s.execute(
+            select(Workflow.id, Workflow.code).join(SearchNode, SearchNode.workflow_id == Workflow.id)
+            .where(SearchNode.run_id == run_id, Workflow.valid.is_(True)).order_by(SearchNode.id)
+        ).all()
+    ranked = sorted(nodes, key=lambda n: (-scores.get(n[0], 0.0), len(n[1]), n[0]))
+    chosen = ranked[: config.top_workflows]
+    rest = ranked[config.top_workflows:]
+    chosen += rng.sample(rest, min(config.extra_workflows, len(rest)))
+    for wid, code in chosen:
+        todo.setdefault(wid, (code, set()))[1].update(pids)
+    evaluations = 0
+    for wid, (code, problems) in sorted(todo.items()):
+        batch = await evaluator.evaluate(run_id, wid, code, sorted(problems), 1)
+        evaluations += len(batch.records)
+    return {"policy_samples": len(samples), "policy_valid": valid, "search_workflows": len(chosen),
+            "evaluations": evaluations}
+
+
+def _train(engine, config: LoopConfig, rs: dict[str, Any], r: int, start: str, out_dir: Path, on_step):
+    from workflow_rl.trainer import train
+    from workflow_rl.trainer_config import TrainConfig
+
+    run_id = rs["search_run_id"]
+    with session_scope(engine) as s:  # an interrupted training restarts from its beginning
+        s.execute(delete(TrainStep).where(TrainStep.run_id == run_id, TrainStep.round == r))
+        s.execute(delete(PolicyCheckpoint).where(PolicyCheckpoint.run_id == run_id, PolicyCheckpoint.round == r))
+    train_config = TrainConfig(
+        run=rs["search_run"], policy=start, out_dir=str(out_dir / f"r{r}"), cache_dir=config.cache_dir, round=r,
+        lr=config.lr, epochs=config.epochs, batch_size=config.batch_size,
+        micro_batch_size=config.micro_batch_size, seed=config.seed + r,
+        search_temperature=config.temperature,
+    )
+    callback = None if on_step is None else (lambda step, total, metrics: on_step(r, step, total, metrics))
+    result = train(train_config, engine, on_step=callback)
+    return result.checkpoint_id, str(result.checkpoint_path), result.steps

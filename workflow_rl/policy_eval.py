@@ -1,0 +1,198 @@
+"""``eval --policy``: the policy writes one workflow per problem; each runs on its own problem.
+
+Greedy decoding by default; ``best_of = k > 1`` samples ``k`` workflows per problem at the given
+temperature and keeps the valid one the policy itself finds most likely (highest mean token
+logprob): choosing by reward would peek at the answers. Every workflow, its generation and every
+execution are stored in an ``eval`` run, and the accuracy and cost are stored in its state, so
+``workflow-rl sql`` can compare policies later. Also: :func:`evaluate_code` runs one task-level
+workflow on a whole split (the baseline the per-query policy is compared with).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+
+from operators.validate import WorkflowValidationError, code_hash, validate_workflow
+from storage.engine import open_db, session_scope
+from storage.models import PolicyCheckpoint, Problem, Run
+from storage.repo import add_generation, add_workflow, get_or_create_run
+from workflow_rl.benchmarks import Benchmark, get_benchmark
+from workflow_rl.dataset import PromptSpec
+from workflow_rl.errors import WorkflowRLError
+from workflow_rl.evaluation import BenchmarkEvaluator
+from workflow_rl.policy import Policy, PolicySample
+from workflow_rl.policy_proposer import SAMPLER
+
+
+@dataclass(frozen=True)
+class PolicyEvalResult:
+    """Accuracy and cost of a policy (or of one workflow) on a split."""
+
+    run: str
+    split: str
+    problems: int
+    accuracy: float
+    cost: float | None  # USD; None when some operator call had an unknown price
+    valid_fraction: float  # share of problems whose written workflow passed the validator
+    checkpoint_id: int | None
+
+
+def resolve_checkpoint(engine: Engine, checkpoint: str) -> tuple[str, int | None]:
+    """``(path, checkpoint id)`` of a checkpoint id, a checkpoint path or a base policy name."""
+    with session_scope(engine) as s:
+        if checkpoint.isdigit():
+            row = s.get(PolicyCheckpoint, int(checkpoint))
+            if row is None:
+                raise WorkflowRLError(f"no policy checkpoint with id {checkpoint}; list them with "
+                                      "`workflow-rl sql \"SELECT id, path FROM policy_checkpoints\"`")
+            return row.path, row.id
+        path = Path(checkpoint)
+        if path.exists():
+            found = s.scalar(select(PolicyCheckpoint.id).where(PolicyCheckpoint.path == str(path.resolve()))
+                             .order_by(PolicyCheckpoint.id.desc()))
+            return str(path.resolve()), found
+    return checkpoint, None  # a base model (builtin:tiny, a model directory, an HF id)
+
+
+def _pick(samples: list[PolicySample], operator_names) -> PolicySample:
+    def valid(sample: PolicySample) -> bool:
+        try:
+            validate_workflow(sample.text, operator_names)
+        except WorkflowValidationError:
+            return False
+        return True
+
+    def mean_logprob(sample: PolicySample) -> float:
+        return sum(sample.behavior_logprobs) / max(len(sample.behavior_logprobs), 1)
+
+    return max(samples, key=lambda x: (valid(x), mean_logprob(x)))
+
+
+def _is_valid(code: str, operator_names) -> bool:
+    try:
+        validate_workflow(code, operator_names)
+    except WorkflowValidationError:
+        return False
+    return True
+
+
+async def _evaluate_policy(
+    engine: Engine, bench, policy: Policy, checkpoint_id: int | None, split: str, run_name: str,
+    best_of: int, temperature: float, max_new_tokens: int, seed: int, workers: int | None,
+) -> PolicyEvalResult:
+    async with BenchmarkEvaluator(engine, bench, None, workers) as evaluator:
+        pids = evaluator.problem_ids(split)
+        if not pids:
+            raise WorkflowRLError(f"benchmark {bench.name!r} has no {split!r} problems")
+        with session_scope(engine) as s:
+            texts = dict(s.execute(select(Problem.id, Problem.text).where(Problem.id.in_(pids))).all())
+            run_id = get_or_create_run(s, run_name, bench.name, kind="eval").id
+        spec = PromptSpec(bench.description, tuple(bench.operator_names))
+        prompts = [spec.render(texts[pid]) for pid in pids]
+        greedy = best_of == 1
+        samples = await asyncio.to_thread(
+            policy.sample, prompts, best_of, 0.0 if greedy else temperature, 1.0, max_new_tokens, seed)
+        chosen = [_pick(samples[i * best_of:(i + 1) * best_of], bench.operator_names) for i in range(len(pids))]
+        by_code: dict[int, tuple[str, list[int]]] = {}
+        valid = 0
+        with session_scope(engine) as s:
+            for pid, sample, prompt in zip(pids, chosen, prompts, strict=True):
+                ok = _is_valid(sample.text, bench.operator_names)
+                valid += ok
+                wf = add_workflow(s, run_id, sample.text, "policy", code_hash=code_hash(sample.text),
+                                  checkpoint_id=checkpoint_id, valid=ok)
+                group = f"{run_name}:p{pid}"
+                if not _has_generation(s, wf.id, pid, group):
+                    add_generation(
+                        s, run_id=run_id, workflow_id=wf.id, problem_id=pid, parent_workflow_id=None, group_key=group,
+                        prompt_text=prompt, prompt_token_ids=list(sample.prompt_token_ids),
+                        completion_text=sample.text, completion_token_ids=list(sample.completion_token_ids),
+                        behavior_logprobs=list(sample.behavior_logprobs), temperature=sample.temperature,
+                        top_p=sample.top_p, top_k=0, sampler=SAMPLER, policy_version=checkpoint_id,
+                        truncated=sample.truncated,
+                    )
+                by_code.setdefault(wf.id, (wf.code, []))[1].append(pid)
+        rewards: list[float] = []
+        costs: list[float | None] = []
+        for wid, (code, problems) in sorted(by_code.items()):
+            batch = await evaluator.evaluate(run_id, wid, code, problems, 1)
+            rewards += [r.reward for r in batch.records]
+            costs += [r.cost for r in batch.records]
+    result = PolicyEvalResult(
+        run=run_name, split=split, problems=len(pids), accuracy=sum(rewards) / len(rewards),
+        cost=None if any(c is None for c in costs) else float(sum(costs)), valid_fraction=valid / len(pids),
+        checkpoint_id=checkpoint_id,
+    )
+    _finish(engine, run_id, {**asdict(result), "best_of": best_of, "temperature": 0.0 if greedy else temperature})
+    return result
+
+
+def _has_generation(session, workflow_id: int, problem_id: int, group: str) -> bool:
+    from storage.models import Generation
+
+    return session.scalar(select(Generation.id).where(
+        Generation.workflow_id == workflow_id, Generation.problem_id == problem_id, Generation.group_key == group,
+    )) is not None
+
+
+def _finish(engine: Engine, run_id: int, summary: dict) -> None:
+    with session_scope(engine) as s:
+        run = s.get(Run, run_id)
+        run.state = summary
+        run.status = "done"
+
+
+def evaluate_policy(
+    db: str | Engine,
+    checkpoint: str,
+    split: str = "test",
+    benchmark: str | Benchmark = "calc",
+    best_of: int = 1,
+    temperature: float = 1.0,
+    max_new_tokens: int = 128,
+    run: str | None = None,
+    seed: int = 0,
+    cache_dir: str | None = None,
+    workers: int | None = None,
+) -> PolicyEvalResult:
+    """Let the policy ``checkpoint`` (id, path or base name) write and run one workflow per problem.
+
+    ``benchmark`` is a registered name or a benchmark object (e.g. a smaller ``CalcBenchmark``).
+    """
+    if best_of < 1:
+        raise WorkflowRLError(f"best_of={best_of} must be >= 1 (1 = greedy)")
+    engine = open_db(db) if isinstance(db, str) else db
+    path, checkpoint_id = resolve_checkpoint(engine, checkpoint)
+    bench = get_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
+    policy = Policy.load(path, cache_dir=cache_dir)
+    name = run or f"eval/policy-{checkpoint_id if checkpoint_id is not None else Path(path).name}/{split}/k{best_of}"
+    return asyncio.run(_evaluate_policy(engine, bench, policy, checkpoint_id, split, name, best_of,
+                                        temperature, max_new_tokens, seed, workers))
+
+
+def evaluate_code(
+    db: str | Engine, code: str, split: str = "test", benchmark: str = "calc", run: str = "eval/workflow",
+    workers: int | None = None,
+) -> PolicyEvalResult:
+    """Run one task-level workflow on every problem of ``split`` (stored in the ``eval`` run ``run``)."""
+    engine = open_db(db) if isinstance(db, str) else db
+    bench = get_benchmark(benchmark)
+
+    async def go() -> PolicyEvalResult:
+        async with BenchmarkEvaluator(engine, bench, None, workers) as evaluator:
+            with session_scope(engine) as s:
+                run_id = get_or_create_run(s, run, bench.name, kind="eval").id
+                ok = _is_valid(code, bench.operator_names)
+                wid = add_workflow(s, run_id, code, "seed", code_hash=code_hash(code), valid=ok).id
+            batch = await evaluator.evaluate_split(run_id, wid, code, split)
+        costs = [r.cost for r in batch.records]
+        result = PolicyEvalResult(run, split, len(batch.records), batch.mean_reward,
+                                  None if any(c is None for c in costs) else float(sum(costs)), float(ok), None)
+        _finish(engine, run_id, asdict(result))
+        return result
+
+    return asyncio.run(go())
