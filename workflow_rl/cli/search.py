@@ -148,13 +148,25 @@ def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_cmd(
         ctx: typer.Context,
-        workflow_id: Annotated[int, typer.Argument(help="Id of a stored workflow (see `workflow-rl runs`/`sql`).")],
+        workflow_id: Annotated[
+            int | None, typer.Argument(help="Id of a stored workflow (see `workflow-rl runs`/`sql`).")
+        ] = None,
         split: Annotated[str, typer.Option(help="Split to score: test (held out from selection), validation, train.")] = "test",
+        policy: Annotated[str | None, typer.Option(
+            help="Instead of a workflow: a policy checkpoint (id or path) that writes one workflow per problem.")] = None,
+        benchmark: Annotated[str, typer.Option(help="Benchmark of --policy.")] = "calc",
+        best_of: Annotated[int, typer.Option(help="--policy: 1 = greedy, k > 1 = most likely valid of k samples.")] = 1,
         repeats: Annotated[int, typer.Option(help="Executions per problem.")] = 1,
         executor: Annotated[str | None, typer.Option(help="URL#MODEL for LLM operators.")] = None,
         workers: Annotated[int | None, typer.Option(help="Sandbox worker processes.")] = None,
     ) -> None:
-        """Score a stored workflow on a split and store the evaluations (reused when already stored)."""
+        """Score a stored workflow (or, with --policy, a policy's per-problem workflows) on a split; stores the rows."""
+        if policy is not None:
+            from workflow_rl.cli.loop import policy_eval_command
+
+            return policy_eval_command(ctx.obj["db"], policy, split, benchmark, best_of, workers)
+        if workflow_id is None:
+            raise WorkflowRLError("give a WORKFLOW_ID or --policy CHECKPOINT")
         if split not in ("train", "validation", "test"):
             raise WorkflowRLError(f"--split {split!r}: use train, validation or test")
         if repeats < 1:
