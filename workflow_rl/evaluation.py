@@ -13,14 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from operators.base import ExecutionResult, LLMClient, OpContext
 from operators.registry import get_operators
 from operators.runtime import Limits, Sandbox
 from search.base import EvalBatch, EvalRecord, ProblemRef
 from storage.engine import session_scope
-from storage.models import Problem
 from storage.repo import bulk_insert_evaluations, stored_evaluations
 from workflow_rl.benchmarks import Benchmark, BenchProblem, persist_problems
 from workflow_rl.errors import WorkflowRLError
@@ -140,8 +139,3 @@ class BenchmarkEvaluator:
             raise WorkflowRLError(f"benchmark {self.benchmark.name!r} has no {split!r} problems")
         return await self.evaluate(run_id, workflow_id, code, ids, repeats)
 
-
-def split_of(engine: Engine, problem_ids: Sequence[int]) -> dict[int, str]:
-    """Split name of each stored problem id (for reports)."""
-    with session_scope(engine) as session:
-        return dict(session.execute(select(Problem.id, Problem.split).where(Problem.id.in_(list(problem_ids)))).all())

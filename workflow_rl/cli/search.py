@@ -37,8 +37,8 @@ def make_proposer(name: str, optimizer: str | None, executor: str | None):
 
         return LLMProposer(make_executor(spec))
     raise WorkflowRLError(
-        f"--proposer {name}: the trained-policy proposer is wired by the loop (issue 6); "
-        "use --proposer mutation (no model) or --proposer llm --optimizer URL#MODEL"
+        f"--proposer {name}: the trained-policy proposer runs inside `workflow-rl loop` (it needs the "
+        "round's checkpoint); here use --proposer mutation (no model) or --proposer llm --optimizer URL#MODEL"
     )
 
 
