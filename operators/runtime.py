@@ -45,7 +45,8 @@ class Limits:
     """Resource limits of one execution (and of each worker process)."""
 
     wall_s: float = 60.0
-    """Wall-clock limit of one execution, operator calls included."""
+    """Wall-clock limit of one execution, operator calls included (an execution restarted because
+    another one killed its worker gets a fresh clock once, so at most about twice this in all)."""
     cpu_s: float = 2.0
     """CPU seconds the workflow code itself may use in one execution (operators run on the host)."""
     memory_mb: int = 512

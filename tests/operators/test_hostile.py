@@ -138,7 +138,8 @@ def test_hostile_workflows_end_as_typed_failures_while_host_serves(isolated_fs):
             continue
         assert result.error_kind == kind, (name, result)
         assert result.output is None and result.error_message, name
-        assert result.latency_s < LIMITS.wall_s + LIMITS.cpu_s + LIMITS.step_grace_s + 2, name
+        # An execution restarted after losing its worker to another one gets a fresh clock once.
+        assert result.latency_s < 2 * LIMITS.wall_s + LIMITS.cpu_s + LIMITS.step_grace_s + 2, name
     assert results[-2].output == FRAME.encode().decode("unicode_escape") * 3
     assert benign and all(r.output == str(i + 3) for i, r in enumerate(benign))
     assert not os.path.exists(tmp) and tmp.startswith(str(isolated_fs))  # temp area removed on close
