@@ -65,3 +65,28 @@ def test_llm_proposer_end_to_end_over_http():
     assert good.generation.prompt_text == render_prompt(_context())
     assert good.generation.sampler == "llm:opt-model" and good.generation.behavior_logprobs is None
     assert bad.code == "no code here"  # kept: the driver stores it as an invalid workflow
+
+
+def test_llm_search_end_to_end(sqlite_url, monkeypatch):
+    """`search --proposer llm` over HTTP: children stored with source llm and their generation rows."""
+    from sqlalchemy import select
+
+    from search.config import SearchConfig
+    from storage.engine import open_db, session_scope
+    from storage.models import Generation as GenerationRow
+    from storage.models import Workflow
+    from workflow_rl.cli.search import run_search
+
+    monkeypatch.setenv("WORKFLOW_RL_LLM_NO_CACHE", "1")
+    reply = f"<modification>route medians</modification>\n```python\n{IMPROVED}```"
+    with ScriptedOpenAIServer(lambda request: reply) as server:
+        config = SearchConfig(proposer="llm", batch_size=10, children=2, budget=0, max_simulations=1)
+        result = asyncio.run(run_search(sqlite_url, "llm", config, optimizer=f"{server.url}#opt", workers=1))
+        prompts = [r["messages"][-1]["content"] for r in server.requests]
+    assert len(prompts) == 2 and "ops.median(values: list) -> str" in prompts[0]
+    assert result.progress.nodes == 3  # 2 seeds + one new child (the second reply is its duplicate)
+    with session_scope(open_db(sqlite_url)) as session:
+        child = session.scalars(select(Workflow).where(Workflow.source == "llm")).one()
+        gen = session.scalars(select(GenerationRow).where(GenerationRow.workflow_id == child.id)).one()
+    assert child.code == IMPROVED and gen.completion_text == reply and gen.prompt_text == prompts[0]
+    assert gen.sampler == "llm:opt" and gen.behavior_logprobs is None and gen.temperature == 0.8
