@@ -39,6 +39,8 @@ from operators.validate import WorkflowValidationError, validate_workflow
 
 __all__ = ["Limits", "Sandbox", "run_inprocess"]
 
+_STARTUP_GRACE_S = 20.0
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -293,7 +295,9 @@ class Sandbox:
             await asyncio.sleep(min(0.25, limit / 4))
             now = time.monotonic()
             for worker in list(self._workers):
-                if worker.fifo and now - worker.head_since > limit:
+                # Interpreter start-up (slow on a loaded machine) is not the workflow's CPU time.
+                allowed = limit if worker.answered else limit + _STARTUP_GRACE_S
+                if worker.fifo and now - worker.head_since > allowed:
                     worker.kill(f"no answer within {limit:.1f}s (CPU limit)", culprit_kind="timeout")
 
 

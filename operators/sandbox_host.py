@@ -91,6 +91,7 @@ class WorkerHandle:
         self.started = 0
         self.retiring = False
         self.dead = False
+        self.answered = False  # until the first answer, the worker may still be starting up
         loop.add_reader(self.fd_r, self._on_readable)
 
     # ------------------------------------------------------------------ sending
@@ -201,6 +202,7 @@ class WorkerHandle:
             return False
         self.fifo.popleft()
         self.head_since = time.monotonic()
+        self.answered = True
         if ex is None:  # answer to a cancel
             return True
         if ex.future.done() or epoch != ex.epoch:

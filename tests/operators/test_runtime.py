@@ -12,7 +12,7 @@ from operators.registry import get_operators
 from operators.runtime import Limits, Sandbox, run_inprocess
 from workflow_rl.benchmarks import get_benchmark
 
-FAST = Limits(wall_s=5.0, cpu_s=0.5, memory_mb=256, step_grace_s=3.0)  # grace: 2 cores are shared
+FAST = Limits(wall_s=10.0, cpu_s=0.5, memory_mb=256, step_grace_s=8.0)  # grace: 2 busy shared cores
 
 
 async def _add(ctx, a, b):
@@ -77,7 +77,7 @@ def test_failures_are_typed_results():
     }
 
     async def main():
-        limits = Limits(wall_s=8.0, cpu_s=0.5, memory_mb=256, output_bytes=1000, step_grace_s=3.0)
+        limits = Limits(wall_s=10.0, cpu_s=0.5, memory_mb=256, output_bytes=1000, step_grace_s=8.0)
         async with Sandbox(OPS, workers=2, limits=limits) as sb:
             results = await sb.run_many([(code, 1) for code in programs.values()] + [(ADD3, 1)])
             return results, sb.killed_workers
