@@ -90,29 +90,23 @@ def test_cli_edge_prints_one_line_and_exits_1(tmp_path: Path, capsys: pytest.Cap
     assert err.startswith("error: ") and err.count("\n") == 1 and "not a SQLite database" in err
 
 
-@pytest.mark.parametrize("args", [
-    ["--db", "nosuchdialect://x/y", "runs"],
-    ["--db", "{corrupt}", "sql", "SELECT 1"],
-    ["--db", "{db}", "sql", "DELETE FROM runs"],
-])
-def test_console_script_errors(tmp_path: Path, args: list[str]):
+def test_console_script(tmp_path: Path):
+    """The installed ``workflow-rl`` script: one-line errors with exit 1, and a real query."""
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([_script(), *args], capture_output=True, text=True, timeout=120)
+
+    db = tmp_path / "real.db"
+    missing = run("--db", str(db), "runs")
+    assert missing.returncode == 1 and "no database at" in missing.stderr and not db.exists()
+    main(["--db", str(db), "db", "upgrade"])
     corrupt = tmp_path / "c.db"
     corrupt.write_bytes(b"not sqlite " * 300)
-    db = tmp_path / "ok.db"
-    main(["--db", str(db), "db", "upgrade"])
-    args = [a.format(corrupt=corrupt, db=db) for a in args]
-    proc = subprocess.run([_script(), *args], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1
-    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-
-
-def test_console_script_sql_on_real_file(tmp_path: Path):
-    db = str(tmp_path / "real.db")
-    missing = subprocess.run([_script(), "--db", db, "runs"], capture_output=True, text=True, timeout=120)
-    assert missing.returncode == 1 and "no database at" in missing.stderr and not Path(db).exists()
-    assert subprocess.run([_script(), "--db", db, "db", "upgrade"], capture_output=True, timeout=120).returncode == 0
-    proc = subprocess.run([_script(), "--db", db, "sql", "--format", "csv", "SELECT COUNT(*) AS n FROM leaderboard"],
-                          capture_output=True, text=True, timeout=120)
+    for args in (["--db", str(corrupt), "sql", "SELECT 1"], ["--db", str(db), "sql", "DELETE FROM runs"]):
+        proc = run(*args)
+        assert proc.returncode == 1
+        assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+        assert "Traceback" not in proc.stderr
+    proc = run("--db", str(db), "sql", "--format", "csv", "SELECT COUNT(*) AS n FROM leaderboard")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["n", "0"]

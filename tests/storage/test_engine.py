@@ -69,7 +69,7 @@ def _launch(url: str, tmp_path: Path, roles: list[tuple[str, int]]) -> list[subp
 
 def test_concurrent_searches_and_trainer_lose_nothing(db_url: str, tmp_path: Path):
     """Two search-like writers and one trainer at once on one database: all finish, every row lands."""
-    n_search, n_train = 40, 20
+    n_search, n_train = 30, 15
     results = _launch(db_url, tmp_path, [("search", n_search), ("search", n_search), ("train", n_train)])
     for result in results:
         assert result.returncode == 0, result.stderr[-2000:]
