@@ -72,6 +72,7 @@ class SearchResult:
     progress: SearchProgress
     seed_best_score: float
     stop_reason: str
+    resume_notes: tuple[str, ...] = ()  # settings kept from the stored run on resume
 
 
 def _initial_state() -> dict[str, Any]:
@@ -107,6 +108,8 @@ class Search:
         self.evaluator = evaluator
         self.proposer = proposer
         self.executed = 0
+        self.resume_notes: list[str] = []
+        """Settings of a resumed run that were kept from the stored run instead of the new config."""
 
     # ------------------------------------------------------------------ run
 
@@ -136,7 +139,8 @@ class Search:
             run.status = "done"
             run.state = {**state, "stop_reason": stop}
         seeds = [tree.own_score[i] or 0.0 for i in tree.children[ROOT_INDEX]]
-        return SearchResult(run_id, tree, self._progress(tree, state), max(seeds, default=0.0), stop)
+        return SearchResult(run_id, tree, self._progress(tree, state), max(seeds, default=0.0), stop,
+                            tuple(self.resume_notes))
 
     def _open_run(self, run_name: str) -> tuple[int, dict[str, Any]]:
         with session_scope(self.engine) as session:
@@ -147,7 +151,12 @@ class Search:
                         f"run {run_name!r} searches {existing.benchmark!r}, not {self.benchmark.name!r}: "
                         "pick another --run name or the same --benchmark"
                     )
-                self.config = self.config.resumed_from(existing.config or {})
+                resumed = self.config.resumed_from(existing.config or {})
+                self.resume_notes = [
+                    f"{name}={getattr(resumed, name)!r} kept from the stored run (asked {getattr(self.config, name)!r})"
+                    for name in sorted(vars(resumed)) if getattr(resumed, name) != getattr(self.config, name)
+                ]
+                self.config = resumed
             run = get_or_create_run(session, run_name, self.benchmark.name, kind="search",
                                     config=self.config.to_dict())
             state = {**_initial_state(), **(run.state or {})}

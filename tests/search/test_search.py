@@ -124,7 +124,8 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(db_url):
     with session_scope(engine) as session:
         run = session.scalars(select(Run).where(Run.name == "killed")).one()
         assert run.status == "running" and run.state["next_simulation"] < reference.progress.simulations + 1
-    resumed = _search(db_url, "killed", **kw)
+    resumed = _search(db_url, "killed", **{**kw, "children": 2})  # tree settings come from the stored run
+    assert resumed.resume_notes == ("children=3 kept from the stored run (asked 2)",)
     assert resumed.tree.snapshot() == reference.tree.snapshot()
     assert resumed.progress.evaluations == reference.progress.evaluations
     # nothing lost or duplicated: the stored evaluations are exactly the reference run's

@@ -5,6 +5,8 @@ stored workflow on a split, e.g. the held-out test split that selection never se
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from typing import Annotated
 
 import typer
@@ -15,8 +17,9 @@ from rich.table import Table
 
 from search.config import SearchConfig, SearchConfigError
 from search.search import BenchmarkInfo, Search, SearchProgress, SearchResult
-from storage.engine import open_db, session_scope
+from storage.engine import open_db, read_session_scope, session_scope
 from storage.models import Run, Workflow
+from storage.repo import find_run
 from workflow_rl.errors import WorkflowRLError
 
 _H = SearchConfig.help
@@ -42,6 +45,29 @@ def make_proposer(name: str, optimizer: str | None, executor: str | None):
     )
 
 
+def require_reachable(spec: str, option: str, timeout_s: float = 5.0) -> None:
+    """Refuse an endpoint nothing listens on (one TCP connect), before any database work.
+
+    Without this, a wrong ``--executor`` ran the whole search with every LLM call failing and
+    every reward 0. Skipped when an HTTP proxy is configured (httpx would go through it).
+    """
+    from urllib.parse import urlsplit
+
+    from workflow_rl.llm import parse_executor_spec
+
+    if any(os.environ.get(v) for v in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+                                       "all_proxy")):
+        return
+    url = parse_executor_spec(spec).url
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise WorkflowRLError(f"cannot reach the {option} endpoint {url} ({exc.strerror or exc}); start the "
+                              f"server there or pass the right {option} URL#MODEL") from None
+
+
 def _executor(spec: str | None):
     if not spec:
         return None
@@ -57,11 +83,22 @@ async def run_search(db: str, run: str, config: SearchConfig, *, executor: str |
     from workflow_rl.benchmarks import get_benchmark
     from workflow_rl.evaluation import BenchmarkEvaluator
 
-    engine = open_db(db)
+    # Every check that can fail on user input runs before the database is opened (or created), so
+    # a refused command leaves it unchanged.
     benchmark = get_benchmark(config.benchmark)
     info = BenchmarkInfo(benchmark.name, benchmark.description, tuple(benchmark.operator_names),
                          benchmark.seed_workflows())
     proposer = make_proposer(config.proposer, optimizer, executor)
+    if config.proposer == "llm":
+        require_reachable(optimizer or executor, "--optimizer" if optimizer else "--executor")
+    if executor:
+        require_reachable(executor, "--executor")
+    engine = open_db(db)
+    with read_session_scope(engine) as session:
+        existing = find_run(session, run)
+        if existing is not None and existing.benchmark != benchmark.name:
+            raise WorkflowRLError(f"run {run!r} searches {existing.benchmark!r}, not {benchmark.name!r}: "
+                                  "pick another --run name or the same --benchmark")
     async with BenchmarkEvaluator(engine, benchmark, llm=_executor(executor), workers=workers) as evaluator:
         try:
             return await Search(engine, config, info, evaluator, proposer).run(run, on_progress)
@@ -71,6 +108,8 @@ async def run_search(db: str, run: str, config: SearchConfig, *, executor: str |
 
 def _summary(console: Console, db: str, result: SearchResult, top: int) -> None:
     p = result.progress
+    for note in result.resume_notes:
+        console.print(f"[yellow]resumed run:[/] {note}")
     table = Table(title=f"search run #{result.run_id}")
     for col in ("simulations", "evaluations", "executed now", "nodes", "seed best", "best", "cost", "stopped by"):
         table.add_column(col)
