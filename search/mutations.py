@@ -10,10 +10,13 @@ Edits (each picked by a seeded RNG, so ``propose(ctx, n, seed)`` is deterministi
 - ``ensemble``: call an operator three times and majority-vote the answers;
 - ``route``: add ``if "<cue>" in problem: return <pipeline>`` at the top of ``solve``, with the cue
   taken from the text of failing problems (``ProposalContext.failures``) and not of solved ones,
-  and the pipeline a type-checked composition of operators. Routing is what lets a workflow treat
-  problem families differently (calc needs it for a perfect score).
+  and the pipeline a type-checked composition of operators (:mod:`search.routing`), optionally
+  checked on that failing example with the host's tool operators. Routing is what lets a workflow
+  treat problem families differently (calc needs it for a perfect score).
 
-Candidates that fail the runtime's validator are discarded and redrawn.
+Candidates that fail the runtime's validator are discarded and redrawn. Measured on calc from the
+seed workflow (100 proposals): with the pipeline check about half of the routing edits improve the
+validation score; without it (``route_checks=0``) about one in twenty does.
 """
 
 from __future__ import annotations

@@ -5,6 +5,16 @@ selection was published with scores in *percent* (0-100) and ``alpha = 0.2``; to
 behaviour :func:`soft_mixed_probabilities` takes a ``score_scale`` (default 100) that converts our
 ``[0, 1]`` scores to percent before applying ``alpha``.
 
+Tree policy (``uct``/``puct``): descend from the virtual root; at every node, *expanding the node
+again* is an action that competes with its children (:func:`expand_score`: the node's own score
+plus an exploration bonus over how often it was expanded). Workflow search differs from games in
+that a good program is usually improved by several successive edits of itself, and most edits make
+it worse; with one-shot expansion (or progressive widening) the search walked away from its best
+node after a few bad children. Back-up (:func:`backpropagate`) is ``mean`` (classic MCTS) or ``max``
+(the best reward found below a node, the default of ``SearchConfig``): under ``mean`` a strong node's
+value sinks with every failed mutation below it, and on calc the search stalled at the first
+plateau (see ``benchmarks/bench_search.py`` and the README).
+
 Every function here consumes plain numbers or a :class:`search.tree.Tree` and returns numbers or
 indices; nothing touches the database or a random source except through an explicit ``rng``.
 """
