@@ -14,9 +14,9 @@ Edits (each picked by a seeded RNG, so ``propose(ctx, n, seed)`` is deterministi
   checked on that failing example with the host's tool operators. Routing is what lets a workflow
   treat problem families differently (calc needs it for a perfect score).
 
-Candidates that fail the runtime's validator are discarded and redrawn. Measured on calc from the
-seed workflow (100 proposals): with the pipeline check about half of the routing edits improve the
-validation score; without it (``route_checks=0``) about one in twenty does.
+Candidates that fail the runtime's validator are discarded and redrawn. Measured on calc (100 proposals
+from one 0.35-scoring node of a search): with the pipeline check 28 of 57 routing edits improved the
+validation score; without it (``route_checks=0``) 3 of 57 did.
 """
 
 from __future__ import annotations
