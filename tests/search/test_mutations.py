@@ -104,3 +104,31 @@ def test_change_arg_rewrites_routing_cue():
     for cand in cands:
         assert "'Write' in problem" not in cand.code
         assert any(f"'{w}' in problem" in cand.code for w in ("median", "abc", "backwards", "Find", "the"))
+
+
+def test_run_pipeline_and_same_answer():
+    import ast
+
+    import pytest
+
+    from search.routing import run_pipeline, same_answer
+
+    expr = ast.parse("await ops.median(await ops.extract_list(problem))", mode="eval").body
+    assert asyncio.run(run_pipeline(expr, "problem", "Find the median of 3, 9, 5.")) == "5"
+    units = ast.parse("await ops.convert_units(await ops.extract_number(problem), "
+                      "(await ops.extract_units(problem))[0], (await ops.extract_units(problem))[1])", mode="eval").body
+    assert same_answer(asyncio.run(run_pipeline(units, "problem", "Convert 2 kg to g.")), "2000")
+    assert same_answer("4.0", "4") and same_answer(" cba", "cba") and not same_answer("x", "y")
+    llm = ast.parse("await ops.answer_generate(problem)", mode="eval").body
+    with pytest.raises(LookupError):
+        asyncio.run(run_pipeline(llm, "problem", "hi"))
+
+
+def test_checked_routes_solve_their_failing_example():
+    failures = (FailedExample(1, "Find the median of 3, 5, 9.", "5", "17"),)
+    ctx = ProposalContext("calc", "d", OPS, 1, SEED, 0.2, failures=failures, passes=("What is 3 + 4?",))
+    checked = asyncio.run(MutationProposer(weights={"route": 1.0}).propose(ctx, 3, seed=0))
+    unchecked = asyncio.run(MutationProposer(weights={"route": 1.0}, route_checks=0).propose(ctx, 3, seed=0))
+    assert all("(checked on a failing example)" in c.description for c in checked)
+    assert all("median" in c.code for c in checked)
+    assert not any("checked" in c.description for c in unchecked)
