@@ -15,14 +15,17 @@ transactions use a deferred ``BEGIN`` plus ``PRAGMA query_only`` so they never b
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, exc, make_url
 from sqlalchemy.orm import Session
 
 from workflow_rl.errors import WorkflowRLError
+
+T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 """How long one SQLite statement waits for a lock before SQLITE_BUSY (per attempt)."""
@@ -179,3 +182,31 @@ def read_session_scope(engine: Engine) -> Iterator[Session]:
                 yield session
             finally:
                 session.rollback()
+
+
+_TRANSIENT_SQLSTATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected (PostgreSQL)
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for conflicts that a retry of the whole transaction resolves (deadlock, busy, serialization)."""
+    orig = getattr(error, "orig", error)
+    return getattr(orig, "sqlstate", None) in _TRANSIENT_SQLSTATES or _is_busy(orig)
+
+
+def run_in_transaction(engine: Engine, work: Callable[[Session], T], *, attempts: int = 5) -> T:
+    """Run ``work(session)`` in one write transaction, re-running it on a transient conflict.
+
+    Use it for transactions that touch rows other writers touch too (e.g. back-propagating into
+    shared search nodes on PostgreSQL, where two writers can deadlock and the server aborts one).
+    ``work`` must be safe to re-run: it sees a fresh session each attempt and its effects are rolled
+    back on failure. The last error is raised after ``attempts`` tries.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            with session_scope(engine) as session:
+                return work(session)
+        except exc.DBAPIError as error:
+            if attempt == attempts or not is_transient(error):
+                raise
+            time.sleep(min(0.05 * 2**attempt, 1.0))
+    raise AssertionError("unreachable")

@@ -98,3 +98,46 @@ def test_open_read_transaction_does_not_block_writers(engine):
         assert [r.name for r in repo.list_runs(reader)] == ["before"]  # its snapshot is stable
     with read_session_scope(engine) as s:
         assert [r.name for r in repo.list_runs(s)] == ["before", "during"]
+
+
+def test_run_in_transaction_survives_a_postgres_deadlock(pg_url: str):
+    """Two writers lock two nodes in opposite order: the server aborts one, the retry completes it."""
+    import threading
+
+    from storage import run_in_transaction
+
+    engine = open_db(pg_url)
+    with session_scope(engine) as s:
+        run = repo.get_or_create_run(s, "r", "calc")
+        nodes = []
+        for i in range(2):
+            w = repo.add_workflow(s, run.id, f"async def solve(problem, ops):\n    return {i}\n", "seed")
+            nodes.append(repo.upsert_search_node(s, run.id, w.id).id)
+    barrier = threading.Barrier(2, timeout=30)
+    calls: list[int] = []
+    errors: list[BaseException] = []
+
+    def writer(first: int, second: int) -> None:
+        def work(session) -> None:  # noqa: ANN001
+            calls.append(first)
+            repo.update_search_node(session, first, add_visits=1)
+            if len(calls) <= 2:  # only the first attempts meet: they lock in opposite order
+                barrier.wait()
+            repo.update_search_node(session, second, add_visits=1)
+
+        try:
+            run_in_transaction(engine, work)
+        except BaseException as error:  # surfaced to the test thread below
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(nodes[0], nodes[1])),
+               threading.Thread(target=writer, args=(nodes[1], nodes[0]))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    assert len(calls) == 3  # exactly one transaction was aborted by the deadlock detector and re-run
+    with read_session_scope(engine) as s:
+        assert [n.visits for n in repo.search_nodes(s, run.id)] == [2, 2]
+    engine.dispose()
