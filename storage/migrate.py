@@ -6,6 +6,7 @@ revision with one query and only start Alembic when it differs from the head.
 
 from __future__ import annotations
 
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,10 +26,10 @@ VERSION_TABLE = "alembic_version"
 _PG_MIGRATION_LOCK = 0x5746524C  # "WFRL": advisory lock id that serialises concurrent migrations
 
 
-def alembic_config(connection: Connection | None = None) -> Config:
+def alembic_config(connection: Connection | None = None, script_location: Path = MIGRATIONS_DIR) -> Config:
     """An Alembic Config pointing at the packaged migrations, optionally bound to ``connection``."""
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(script_location))
     if connection is not None:
         config.attributes["connection"] = connection
     return config
@@ -116,3 +117,36 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
         raise
     except exc.DBAPIError as error:
         raise describe_db_error(engine, error) from None
+
+
+def autogenerate_revision(message: str, script_location: Path = MIGRATIONS_DIR) -> Path:
+    """Development helper: write the next migration from the diff between models.py and head.
+
+    Builds a scratch SQLite database at the current head of ``script_location``, lets Alembic
+    autogenerate against it (batch mode), and names the revision ``NNNN`` (head + 1). Review the file:
+    autogenerate misses renames, and changed views must be dropped/recreated by hand (see views.py).
+    Run as ``python -m storage.migrate "add column x"``.
+    """
+    from storage.engine import create_db_engine
+
+    script = ScriptDirectory.from_config(alembic_config(script_location=script_location))
+    head = script.get_current_head()
+    rev_id = f"{int(head) + 1:04d}" if head and head.isdigit() else None
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = create_db_engine(f"sqlite:///{Path(tmp) / 'scratch.db'}")
+        try:
+            with engine.begin() as conn:
+                command.upgrade(alembic_config(conn, script_location), "head")
+                made = command.revision(alembic_config(conn, script_location), message=message,
+                                        autogenerate=True, rev_id=rev_id)
+        finally:
+            engine.dispose()
+    _script.cache_clear()
+    assert made is not None and not isinstance(made, list)
+    return Path(made.path)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(autogenerate_revision(" ".join(sys.argv[1:]) or "schema change"))

@@ -119,3 +119,19 @@ def test_two_engines_migrating_one_fresh_file(tmp_path: Path):
     with plain.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar() == 1
     plain.dispose()
+
+
+def test_autogenerate_revision_on_a_copy_of_the_migrations(tmp_path: Path):
+    """With models and migrations in agreement, the helper writes an empty 0002 after 0001."""
+    import shutil
+
+    from storage.migrate import MIGRATIONS_DIR, autogenerate_revision
+
+    copy = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    made = autogenerate_revision("nothing changed", script_location=copy)
+    assert made.parent == copy / "versions" and made.name.startswith("0002_")
+    body = made.read_text()
+    assert 'revision: str = "0002"' in body.replace("'", '"')
+    assert 'down_revision: str | None = "0001"' in body.replace("'", '"')
+    assert "op.create_table" not in body and "op.add_column" not in body
