@@ -66,10 +66,17 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # click usage errors carry their own exit code
         import click
 
-        if isinstance(exc, click.exceptions.ClickException):
+        usage_errors: tuple[type[BaseException], ...] = (click.exceptions.ClickException,)
+        try:  # typer >= 0.20 raises the exceptions of its vendored click copy, not click's
+            from typer._click.exceptions import ClickException as TyperClickException
+
+            usage_errors += (TyperClickException,)
+        except ImportError:
+            pass
+        if isinstance(exc, usage_errors):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
+        if isinstance(exc, (click.exceptions.Exit, typer.Exit)):
             sys.exit(exc.exit_code)
         if os.environ.get("WORKFLOW_RL_DEBUG"):
             raise
