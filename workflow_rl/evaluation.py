@@ -52,13 +52,18 @@ class BenchmarkEvaluator:
         self.engine = engine
         self.benchmark = benchmark
         self.llm = llm
+        try:  # before any database write: a refused benchmark leaves the database unchanged
+            operators = get_operators(benchmark.operator_names)
+        except KeyError as exc:
+            raise WorkflowRLError(f"benchmark {benchmark.name!r}: {exc.args[0]}; fix its operator_names or "
+                                  "register the operator (operators.registry.register)") from None
         with session_scope(engine) as session:
             ids = persist_problems(session, benchmark)
         self._problems: dict[int, BenchProblem] = {}
         for split in ("train", "validation", "test"):
             for problem in benchmark.problems(split):
                 self._problems[ids[(split, problem.key)]] = problem
-        self.sandbox = Sandbox(get_operators(benchmark.operator_names), self._context, workers,
+        self.sandbox = Sandbox(operators, self._context, workers,
                                limits or Limits())
 
     def _context(self) -> OpContext:
