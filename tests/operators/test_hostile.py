@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from operators.base import Operator
+from operators.registry import get_operators
 from operators.runtime import Limits, Sandbox
 
 MARK = f"wfrl-hostile-{uuid.uuid4().hex[:8]}"
@@ -239,6 +240,22 @@ def test_hostile_scripts_in_run_code(isolated_fs):
     assert sum("not allowed" in r.error_message for r in blocked) >= len(blocked) - 2  # rest: RecursionError...
     assert benign.output == "3"
     assert not any(t.exists() for t in TARGETS) and not Path(f"{TARGETS[2]}.db").exists()
+
+
+def test_hostile_scripts_through_the_run_python_operator(isolated_fs):
+    ops = {**OPS, **get_operators(["run_python"])}
+    picks = ["write-tmp", "socket", "fork", "system", "kill-parent", "memory-bomb", "infinite-loop", "huge-output"]
+    programs = [_solve(f"return await ops.run_python({SCRIPTS[name][0]!r})") for name in picks]
+
+    async def main():
+        async with Sandbox(ops, workers=2, limits=LIMITS) as sb:
+            return await sb.run_many([(code, 0) for code in programs]), await sb.run(BENIGN, 0)
+
+    results, benign = asyncio.run(main())
+    for name, result in zip(picks, results, strict=True):
+        assert result.error_kind == "operator_error", (name, result)
+        assert result.error_message.startswith(f"python {SCRIPTS[name][1]}"), (name, result.error_message)
+    assert benign.output == "3"
 
 
 def test_tree_snapshot_sees_writes(tmp_path):
