@@ -74,18 +74,19 @@ def _install_sqlite_transactions(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        dbapi_conn = conn.connection.dbapi_connection
+        # exec_driver_sql inside the begin event is SQLAlchemy's documented recipe; it also wraps
+        # driver errors into sqlalchemy.exc types that callers (and run_in_transaction) catch.
         if conn.get_execution_options().get(READONLY_OPTION):
-            dbapi_conn.execute("PRAGMA query_only=ON")
+            conn.exec_driver_sql("PRAGMA query_only=ON")
             conn.connection.info["query_only"] = True
-            dbapi_conn.execute("BEGIN")
+            conn.exec_driver_sql("BEGIN")
             return
         deadline = time.monotonic() + BEGIN_RETRY_SECONDS
         while True:
             try:
-                dbapi_conn.execute("BEGIN IMMEDIATE")
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
                 return
-            except Exception as error:  # sqlite3.OperationalError; busy_timeout already waited
+            except exc.OperationalError as error:  # busy_timeout already waited once
                 if not _is_busy(error) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
@@ -108,9 +109,7 @@ def _install_postgres_transactions(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         if conn.get_execution_options().get(READONLY_OPTION):
             # psycopg opens the transaction implicitly, so this is its first statement.
-            conn.connection.dbapi_connection.cursor().execute(
-                "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
-            )
+            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
 
 
 def create_db_engine(db: str) -> Engine:

@@ -141,3 +141,22 @@ def test_run_in_transaction_survives_a_postgres_deadlock(pg_url: str):
     with read_session_scope(engine) as s:
         assert [n.visits for n in repo.search_nodes(s, run.id)] == [2, 2]
     engine.dispose()
+
+
+def test_sqlite_write_scope_takes_the_write_lock_up_front(tmp_path: Path):
+    """BEGIN IMMEDIATE: the lock is held before the first statement, so no later upgrade can fail."""
+    import sqlite3
+
+    path = tmp_path / "lock.db"
+    engine = open_db(str(path))
+    other = sqlite3.connect(path, isolation_level=None, timeout=0.05)
+    with session_scope(engine) as s:
+        s.connection()  # nothing written yet
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")
+    with read_session_scope(engine) as s:
+        s.execute(text("SELECT 1"))
+        other.execute("BEGIN IMMEDIATE")  # a reader holds no write lock
+        other.execute("COMMIT")
+    other.close()
+    engine.dispose()
