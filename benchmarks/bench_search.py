@@ -31,6 +31,7 @@ def evals_to_target(db: str, run: str, config: SearchConfig, target: float, work
     hit: list[int] = []
 
     def on_progress(p: SearchProgress) -> None:
+        """Remember the evaluation count when the best score first reaches the target."""
         if not hit and p.best_score >= target - 1e-12:
             hit.append(p.evaluations)
 

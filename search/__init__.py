@@ -1,0 +1,1 @@
+"""MCTS over workflow programs: contracts (base), tree, selection, proposers and the driver."""

@@ -57,6 +57,7 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         def bad(name: str, value: Any, fix: str) -> SearchConfigError:
+            """The error for one invalid field: its value and the fix."""
             return SearchConfigError(f"{name}={value!r} is invalid: {fix}")
 
         if self.budget < 0:

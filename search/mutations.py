@@ -261,6 +261,7 @@ class MutationProposer:
 
     async def _route(self, p: _Program, ctx: ProposalContext, sigs: dict[str, OpSignature], rng: random.Random):
         def problem() -> ast.Name:
+            """A fresh load of the problem variable (AST nodes must not be shared)."""
             return ast.Name(id=p.problem_name, ctx=ast.Load())
 
         made = await route_branch(p.call, problem, sigs, list(ctx.failures), list(ctx.passes), rng,

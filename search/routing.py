@@ -133,6 +133,7 @@ def multi_arg_call(
     sources = indexed_sources(sigs)
 
     def pick(names: list[str]) -> int:
+        """Index of one extractor, drawn by relevance."""
         return rng.choices(range(len(names)), weights=[math.exp(rel.get(n, 0) / TEMPERATURE) for n in names])[0]
 
     for type_, positions in sorted(by_type.items()):

@@ -176,6 +176,7 @@ def register(app: typer.Typer) -> None:
             task = bar.add_task("starting", total=config.budget or None)
 
             def on_progress(p: SearchProgress) -> None:
+                """Advance the bar after each committed simulation."""
                 cost = "?" if p.cost is None else f"${p.cost:.4f}"
                 bar.update(task, completed=p.evaluations, description=(
                     f"sim {p.simulations} | nodes {p.nodes} | best {p.best_score:.3f} | cost {cost}"))
