@@ -1,0 +1,136 @@
+"""Dataset layer on a stored calc search: grouping, train-only split, strict policy records."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from learner_helpers import RUN, add_policy_samples, calc_search_db
+from sqlalchemy import select, update
+
+from storage.engine import open_db, session_scope
+from storage.models import Generation, Problem
+from workflow_rl.dataset import DatasetFilter, load_samples
+from workflow_rl.errors import WorkflowRLError
+from workflow_rl.policy import Policy
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    return Policy.load("builtin:tiny", cache_dir=tmp_path_factory.getbasetemp() / "tiny-cache")
+
+
+@pytest.fixture(scope="module")
+def stored_once(tmp_path_factory):
+    path = tmp_path_factory.mktemp("calcdb")
+    return calc_search_db(path, n_train=6, n_val=4), path / "learner.db"
+
+
+@pytest.fixture
+def stored(stored_once, tmp_path):
+    """A fresh copy of the module's stored calc search (tests may modify it)."""
+    (_, bench), src = stored_once
+    shutil.copy(src, tmp_path / "learner.db")
+    return f"sqlite:///{tmp_path / 'learner.db'}", bench
+
+
+def test_search_samples_are_train_only_and_grouped_by_problem(stored, policy):
+    url, bench = stored
+    engine = open_db(url)
+    samples, stats = load_samples(engine, DatasetFilter(run=RUN), policy)
+    with session_scope(engine) as s:
+        split = dict(s.execute(select(Problem.id, Problem.split)).all())
+    assert {split[x.problem_id] for x in samples} == {"train"}  # validation never leaks
+    n_codes = len(set(bench.seed_workflows().values()) | set(bench.oracle_workflows().values()))
+    assert stats.samples == len(samples) == n_codes * 6
+    assert stats.groups == 6 and stats.search == len(samples) and stats.policy == 0
+    for x in samples:
+        assert x.source == "search" and x.behavior_logprobs is None
+        assert x.group_id == f"p{x.problem_id}"
+        assert list(x.completion_token_ids) == policy.encode(x.completion) + [policy.eos_token_id]
+        assert policy.decode_completion(x.completion_token_ids) == x.completion
+        assert x.prompt.endswith("### Workflow\n") and x.prompt_token_ids == tuple(policy.encode(x.prompt))
+    # every train problem has exactly one recipe workflow that solves it (plus seeds sometimes)
+    for g in {x.group_id for x in samples}:
+        assert max(x.reward for x in samples if x.group_id == g) == 1.0
+    with pytest.raises(WorkflowRLError, match="never enter training"):
+        load_samples(engine, DatasetFilter(run=RUN, split="validation"), policy)
+    with pytest.raises(WorkflowRLError, match="not found"):
+        load_samples(engine, DatasetFilter(run="nope"), policy)
+
+
+@pytest.fixture(scope="module")
+def policy_once(stored_once, policy, tmp_path_factory):
+    """The stored search plus policy samples (2 prompts x 3 siblings at T = 0.7), built once."""
+    (_, bench), src = stored_once
+    path = tmp_path_factory.mktemp("policydb") / "learner.db"
+    shutil.copy(src, path)
+    n = add_policy_samples(f"sqlite:///{path}", bench, policy, n=3, temperature=0.7, n_problems=2)
+    return path, n
+
+
+@pytest.fixture
+def with_policy(policy_once, stored_once, tmp_path):
+    """A fresh copy of the database with policy samples, and how many were stored."""
+    src, n = policy_once
+    shutil.copy(src, tmp_path / "learner.db")
+    return f"sqlite:///{tmp_path / 'learner.db'}", n
+
+
+def test_group_filters(stored, policy):
+    url, _ = stored
+    engine = open_db(url)
+    samples, stats = load_samples(engine, DatasetFilter(run=RUN, min_group_size=100), policy)
+    assert samples == [] and stats.dropped["small_group"] > 0
+    # every calc group has one winner among many losers: no zero-variance groups
+    _, stats = load_samples(engine, DatasetFilter(run=RUN, drop_zero_std=True), policy)
+    assert stats.zero_std_frac == 0.0 and stats.dropped["zero_std"] == 0
+    samples, stats = load_samples(engine, DatasetFilter(run=RUN, max_completion_tokens=20), policy)
+    assert stats.dropped["too_long"] > 0 and all(len(x.completion_token_ids) <= 20 for x in samples)
+
+
+def test_policy_samples_keep_exact_ids_and_logprobs(with_policy, policy):
+    url, n = with_policy
+    assert n > 0
+    engine = open_db(url)
+    samples, stats = load_samples(engine, DatasetFilter(run=RUN, min_group_size=1), policy)
+    with session_scope(engine) as s:
+        gens = {g.workflow_id: g for g in s.scalars(select(Generation))}
+    pol = [x for x in samples if x.source == "policy"]
+    assert len(pol) == n == stats.policy
+    for x in pol:
+        g = gens[x.workflow_id]
+        assert x.completion_token_ids == tuple(g.completion_token_ids)
+        assert x.prompt_token_ids == tuple(g.prompt_token_ids)
+        assert x.behavior_logprobs == tuple(g.behavior_logprobs) and x.temperature == 0.7
+        assert x.group_id == f"p{g.problem_id}/{g.group_key}"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"behavior_logprobs": None}, "without behavior logprobs"),
+        ({"temperature": None}, "temperature/top_p not recorded"),
+        ({"top_p": None}, "temperature/top_p not recorded"),
+        ({"top_p": 0.9}, "top_p = 1"),
+        ({"temperature": 0.0}, "temperature > 0"),
+        ({"completion_token_ids": [1, 2, 3]}, "behavior logprobs for 3 tokens|do not decode"),
+        ({"prompt_token_ids": [5]}, "prompt token ids do not match"),
+    ],
+)
+def test_bad_policy_records_are_rejected_not_zero_filled(with_policy, policy, change, message):
+    url, _ = with_policy
+    engine = open_db(url)
+    with session_scope(engine) as s:
+        s.execute(update(Generation).values(**change))
+    with pytest.raises(WorkflowRLError, match=message):
+        load_samples(engine, DatasetFilter(run=RUN, min_group_size=1), policy)
+
+
+def test_edited_policy_completion_is_search_data(with_policy, policy):
+    url, _ = with_policy
+    engine = open_db(url)
+    with session_scope(engine) as s:  # the stored workflow no longer equals what was sampled
+        s.execute(update(Generation).values(completion_text="something the policy never sampled"))
+    samples, stats = load_samples(engine, DatasetFilter(run=RUN, min_group_size=1), policy)
+    assert stats.policy == 0 and all(x.behavior_logprobs is None for x in samples)
