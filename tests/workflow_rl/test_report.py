@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from search.config import SearchConfig
+from search.mutations import MutationProposer
+from search.search import BenchmarkInfo, Search
+from storage.engine import open_db, session_scope
+from storage.models import Run, TrainStep
+from workflow_rl.benchmarks import get_benchmark
 from workflow_rl.cli import main
-from workflow_rl.loop import run_loop
-from workflow_rl.loop_config import LoopConfig
-from workflow_rl.report import evaluations_to_reach, write_report
+from workflow_rl.evaluation import BenchmarkEvaluator
+from workflow_rl.report import evaluations_to_reach, search_curve, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -22,12 +29,26 @@ def test_evaluations_to_reach_is_first_crossing():
 
 @pytest.fixture(scope="module")
 def loop_db(tmp_path_factory):
+    """A real one-round search on calc (mutations), with train-step rows as the learner writes them."""
     root = tmp_path_factory.mktemp("report")
     db = str(root / "r.db")
-    config = LoopConfig(run="rep", rounds=1, search_budget=30, search_batch=10, children=2, train_problems=3,
-                        group_size=2, top_workflows=2, extra_workflows=1, max_new_tokens=16, epochs=1,
-                        batch_size=8, micro_batch_size=8, out_dir=str(root / "runs"), workers=1)
-    run_loop(config, db)
+    engine = open_db(db)
+    bench = get_benchmark("calc")
+    info = BenchmarkInfo(bench.name, bench.description, tuple(bench.operator_names), bench.seed_workflows())
+
+    async def search():
+        async with BenchmarkEvaluator(engine, bench, None, 1) as evaluator:
+            config = SearchConfig(budget=60, batch_size=10, children=2, seed=0)
+            return await Search(engine, config, info, evaluator, MutationProposer()).run("rep/r0")
+
+    result = asyncio.run(search())
+    with session_scope(engine) as s:
+        s.add(Run(name="rep", benchmark="calc", kind="loop", status="done",
+                  state={"rounds": {"0": {"phase": "done", "search_run": "rep/r0", "checkpoint_id": None}}}))
+        for step in (1, 2, 3):
+            s.add(TrainStep(run_id=result.run_id, round=0, step=step, metrics={
+                "reward/mean": 0.25, "loss/kl": 0.0, "clip/low": 0.0, "clip/high": 0.1 * step,
+                "mismatch/old_behavior_abs_mean": 1e-7, "mismatch/old_behavior_abs_max": 2e-7}))
     return db, root
 
 
@@ -39,6 +60,13 @@ def test_report_writes_pngs_and_summary(loop_db):
     text = report.summary_md.read_text()
     assert text == report.summary
     assert "# Report: rep" in text and "| 0 | rep/r0 |" in text
+    engine = open_db(db)
+    with session_scope(engine) as s:
+        curve = search_curve(s, s.query(Run.id).filter(Run.name == "rep/r0").scalar())
+    # 2 seeds + 2 children per expansion, each on a 10-problem batch: 10 evaluations per node
+    assert [e for e, _ in curve] == [10 * (i + 1) for i in range(len(curve))]
+    best = max(score for _, score in curve)
+    assert f"| {best:.3f} |" in text and "| 3 | 0.250 |" in text  # best val; 3 steps, last reward
 
 
 def test_report_cli(loop_db, capsys):
