@@ -123,12 +123,22 @@ class OperatorError(Exception):
         self.raw = raw
 
 
+class InfrastructureError(Exception):
+    """A backend an operator relies on is unavailable (e.g. the LLM endpoint, after its retries).
+
+    Not a fault of the workflow: the sandbox never hands it to the workflow as an operator error.
+    ``Sandbox.run`` raises it instead of returning a result, so callers abort (and store nothing
+    for that execution) rather than record a reward of 0 that a resume would never re-run.
+    """
+
+
 @dataclass(frozen=True)
 class Operator:
     """One operator: an async host-side function plus the text used to describe it in prompts.
 
     ``fn(ctx, *args, **kwargs)`` runs on the host. ``signature`` and ``description`` are what
-    prompts render (never hand-typed elsewhere).
+    prompts render (never hand-typed elsewhere). The sandbox runs ``kind="llm"`` operators as
+    asyncio Tasks from their first step (HTTP clients need one); tools' first step runs inline.
     """
 
     name: str

@@ -11,7 +11,6 @@ cache, repeated calls (self-consistency) still differ while a re-run replays exa
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -164,12 +163,7 @@ async def ask(ctx: OpContext, prompt: str) -> str:
         max_tokens=int(ctx.extras.get("llm_max_tokens", DEFAULT_MAX_TOKENS)),
         seed=seed,
     )
-    if asyncio.current_task() is None:
-        # The sandbox host runs an operator's first step synchronously, outside any task, and
-        # HTTP clients (httpx/anyio) need one: give the call its own task.
-        response = await asyncio.ensure_future(ctx.llm.complete(request))
-    else:
-        response = await ctx.llm.complete(request)
+    response = await ctx.llm.complete(request)
     ctx.usage.add(response)
     if not response.choices:
         raise OperatorError("the model returned no choices", raw="")

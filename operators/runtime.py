@@ -6,7 +6,10 @@ its coroutine (a trampoline, no asyncio in the worker), the request travels to t
 awaits the real async operator (LLM calls of all executions run concurrently) and sends the
 reply back. Workflow faults never raise here: every failure is an :class:`ExecutionResult` with a
 typed ``error_kind`` (``invalid``, ``timeout``, ``memory``, ``output_limit``, ``crash``,
-``operator_error``).
+``operator_error``). The one exception is an operator raising
+:class:`~operators.base.InfrastructureError` (the LLM endpoint is down after its retries): that is
+not the workflow's fault, so :meth:`Sandbox.run` raises it and :meth:`Sandbox.run_many` cancels
+the rest of the batch; callers abort instead of storing rewards of 0.
 
 Isolation (defence in depth): the validator's AST allow-list, restricted ``__builtins__``, an
 audit hook and rlimits in the worker (see ``sandbox_worker``), and the host's distrust of the
@@ -157,7 +160,8 @@ class Sandbox:
     async def run(self, code: str, problem: Any, ctx: OpContext | None = None) -> ExecutionResult:
         """Run ``solve(problem, ops)`` of ``code`` in a worker; never raises for workflow faults.
 
-        ``problem`` must be JSON-serialisable (usually the problem text).
+        ``problem`` must be JSON-serialisable (usually the problem text). Raises the
+        :class:`~operators.base.InfrastructureError` an operator raised (an outage, not a fault).
         """
         t0 = time.perf_counter()
         ctx = ctx if ctx is not None else self.ctx_factory()
@@ -180,8 +184,19 @@ class Sandbox:
         return ExecutionResult(output, kind, message, time.perf_counter() - t0, ctx.usage)
 
     async def run_many(self, items: Iterable[tuple]) -> list[ExecutionResult]:
-        """Run ``(code, problem)`` or ``(code, problem, ctx)`` tuples concurrently; results in order."""
-        return list(await asyncio.gather(*(self.run(*item) for item in items)))
+        """Run ``(code, problem)`` or ``(code, problem, ctx)`` tuples concurrently; results in order.
+
+        If one run raises (an :class:`~operators.base.InfrastructureError`), the others are
+        cancelled, so an outage ends the batch at once instead of failing every execution slowly.
+        """
+        tasks = [asyncio.ensure_future(self.run(*item)) for item in items]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)  # let them free their workers' state
+            raise
 
     async def run_code(self, source: str, stdin: str = "", timeout_s: float = 5.0) -> CodeResult:
         """Run untrusted Python ``source`` as a script in a fresh limited process (not validated)."""
@@ -252,8 +267,18 @@ class Sandbox:
 
     def finish(self, ex: _Exec, output: str | None, kind: str | None, message: str | None) -> None:
         """Resolve an execution (idempotent)."""
-        if ex.future.done():
-            return
+        if not ex.future.done():
+            self._release(ex)
+            ex.future.set_result((output, kind, message))
+
+    def abort(self, ex: _Exec, error: BaseException) -> None:
+        """End an execution by raising ``error`` from :meth:`run` (an outage, not a workflow fault)."""
+        if not ex.future.done():
+            self._release(ex)
+            ex.future.set_exception(error)
+
+    def _release(self, ex: _Exec) -> None:
+        """Stop an execution's timer and operator tasks and free its worker slot."""
         if ex.timer is not None:
             ex.timer.cancel()
         for task in ex.tasks:
@@ -264,7 +289,6 @@ class Sandbox:
             worker.live.pop(ex.id, None)
             if worker.retiring and not worker.live and worker in self._workers:
                 self._retire(worker)
-        ex.future.set_result((output, kind, message))
 
     def _abandon(self, ex: _Exec) -> None:
         if ex.timer is not None:

@@ -17,7 +17,7 @@ import types
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from operators.base import OperatorError
+from operators.base import InfrastructureError, OperatorError
 
 if TYPE_CHECKING:
     from operators.runtime import Limits, Sandbox, _Exec
@@ -240,14 +240,20 @@ class WorkerHandle:
         ex.ctx.usage.op_calls += 1
         try:
             coro = op.fn(ex.ctx, *args, **kwargs)
-            pending = coro.send(None)  # fast path: most tools finish without suspending
+            if op.kind == "llm":
+                # LLM clients (httpx/anyio) need asyncio.current_task() from the very first step.
+                task = self.loop.create_task(coro)
+            else:
+                # Tools: run the first step synchronously (most finish without suspending); a
+                # task for every call costs about a third of the sandbox's throughput on calc.
+                pending = coro.send(None)
+                task = self.loop.create_task(_finish_op(coro, pending))
         except StopIteration as stop:
             self._reply(ex, ex.epoch, True, stop.value)
             return
         except Exception as exc:  # noqa: BLE001 - any operator failure goes back to the workflow
-            self._reply(ex, ex.epoch, False, _op_message(exc))
+            self._op_failed(ex, ex.epoch, exc)
             return
-        task = self.loop.create_task(_finish_op(coro, pending))
         ex.tasks.add(task)
         epoch = ex.epoch
         task.add_done_callback(lambda t: self._on_op_done(ex, epoch, t))
@@ -260,7 +266,16 @@ class WorkerHandle:
         if exc is None:
             self._reply(ex, epoch, True, task.result())
         else:
+            self._op_failed(ex, epoch, exc)
+
+    def _op_failed(self, ex: _Exec, epoch: int, exc: BaseException) -> None:
+        if not isinstance(exc, InfrastructureError):
             self._reply(ex, epoch, False, _op_message(exc))
+        elif not self.dead and epoch == ex.epoch and ex.worker is self and not ex.future.done():
+            # An outage is not the workflow's fault: end the execution with the error itself (raised
+            # by Sandbox.run) instead of letting the workflow see an operator error and score 0.
+            self.cancel_exec(ex)  # the worker drops the suspended workflow coroutine
+            self.sandbox.abort(ex, exc)
 
     def _reply(self, ex: _Exec, epoch: int, ok: bool, value: Any) -> None:
         if self.dead or ex.future.done() or epoch != ex.epoch or ex.worker is not self:

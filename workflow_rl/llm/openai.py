@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from operators.base import LLMChoice, LLMRequest, LLMResponse
+from operators.base import InfrastructureError, LLMChoice, LLMRequest, LLMResponse
 from workflow_rl.errors import WorkflowRLError
 from workflow_rl.llm.cache import ResponseCache, request_key
 from workflow_rl.llm.pricing import PriceTable
@@ -35,8 +35,21 @@ RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 """HTTP statuses that are retried (rate limits, overload, transient server errors)."""
 
 
+REJECTED_STATUS = frozenset({400, 413, 422})
+"""Statuses that reject one request (e.g. a prompt longer than the context): an operator error of
+that workflow, not an outage, so the search goes on (every other final failure aborts it)."""
+
+
 class LLMEndpointError(WorkflowRLError):
     """The endpoint failed for good (after retries, or with a non-retryable status)."""
+
+
+class LLMEndpointUnavailable(LLMEndpointError, InfrastructureError):
+    """The endpoint itself is unusable (down, wrong URL/model/key, not an OpenAI server).
+
+    An :class:`~operators.base.InfrastructureError`: the sandbox aborts the evaluation with it
+    instead of scoring the workflow 0 (see ``operators.runtime``).
+    """
 
 
 @dataclass(frozen=True)
@@ -173,7 +186,7 @@ class OpenAICompatibleClient:
             choices = tuple(self._parse_choice(c, chat=bool(request.messages), want_logprobs=request.logprobs)
                             for c in raw_choices)
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise LLMEndpointError(
+            raise LLMEndpointUnavailable(
                 f"{self.url}: malformed completion response ({type(exc).__name__}: {exc}): {str(data)[:200]}"
             ) from None
         usage = data.get("usage") or {}
@@ -257,12 +270,13 @@ class OpenAICompatibleClient:
                     try:
                         return resp.json()
                     except ValueError:
-                        raise LLMEndpointError(
+                        raise LLMEndpointUnavailable(
                             f"{self.url}{path}: response is not JSON: {self._scrub(resp.text[:200])!r}"
                         ) from None
                 detail = self._scrub(resp.text[:300])
                 if resp.status_code not in RETRY_STATUS:
-                    raise LLMEndpointError(f"{self.url}{path}: HTTP {resp.status_code}: {detail}")
+                    kind = LLMEndpointError if resp.status_code in REJECTED_STATUS else LLMEndpointUnavailable
+                    raise kind(f"{self.url}{path}: HTTP {resp.status_code}: {detail}")
                 last = f"HTTP {resp.status_code}: {detail}"
                 retry_after = _retry_after_s(resp)
             if attempt + 1 < self.max_attempts:
@@ -270,4 +284,4 @@ class OpenAICompatibleClient:
                 log.warning("LLM call to %s%s failed (%s); retry %d/%d in %.2fs",
                             self.url, path, last, attempt + 1, self.max_attempts - 1, delay)
                 await asyncio.sleep(delay)
-        raise LLMEndpointError(f"{self.url}{path}: gave up after {self.max_attempts} attempts; last error: {last}")
+        raise LLMEndpointUnavailable(f"{self.url}{path}: gave up after {self.max_attempts} attempts; last error: {last}")
