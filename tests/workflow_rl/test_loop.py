@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,7 +53,7 @@ def test_two_rounds_end_to_end_and_resume(loop_db):
                               .where(Run.name == r.search_run)).all()
             assert steps and all(step.round == r.round for step in steps)
     # re-running a finished loop changes nothing
-    again = run_loop(tiny_config(loop_db[0].rsplit("/", 1)[0] + "/runs", 2), db)
+    again = run_loop(tiny_config(None, 2), db)  # out_dir comes from the stored config
     assert again.rounds == second.rounds
 
 
@@ -108,3 +109,29 @@ def test_loop_config_errors_state_the_fix(tmp_path):
         tiny_config(tmp_path, 1, run="a/b")
     with pytest.raises(WorkflowRLError, match="lr=-1"):
         tiny_config(tmp_path, 1, lr=-1.0)
+
+
+def test_interrupted_round_is_redone_without_duplicates(loop_db):
+    """A loop killed after round 1's search (state says 'data') redoes data + training idempotently."""
+    db, _, second = loop_db
+    engine = open_db(db)
+
+    def counts():
+        with session_scope(engine) as s:
+            r1 = s.scalar(select(Run.id).where(Run.name == "t/r1"))
+            return (len(s.scalars(select(Generation.id).where(Generation.run_id == r1)).all()),
+                    len(s.scalars(select(Workflow.id).where(Workflow.run_id == r1)).all()),
+                    len(s.scalars(select(TrainStep.id).where(TrainStep.run_id == r1)).all()),
+                    len(s.scalars(select(PolicyCheckpoint.id).where(PolicyCheckpoint.run_id == r1)).all()))
+
+    before = counts()
+    with session_scope(engine) as s:
+        loop = s.scalar(select(Run).where(Run.name == "t"))
+        state = dict(loop.state)
+        state["rounds"] = {**state["rounds"], "1": {**state["rounds"]["1"], "phase": "data"}}
+        loop.state = state
+        loop.status = "failed"
+    again = run_loop(tiny_config(None, 2), db)
+    assert counts() == before  # same generations/workflows, steps and one checkpoint: nothing doubled
+    assert again.rounds[0] == second.rounds[0]
+    assert (Path(again.rounds[1].checkpoint_path) / "policy.json").exists()  # retrained, re-registered
