@@ -7,7 +7,9 @@ and the same loop with lr = 0, then prints:
 (b) test accuracy of the per-query policy after the loop (greedy, one workflow per problem);
 (c) the same for the lr = 0 loop (its parameters never move: it must match the untrained policy);
 (d) evaluations the policy-steered round 1 needs to reach round 0's best validation score, over
-    what round 0 needed (both searches use the same seed, so the same validation batches).
+    what round 0 needed (both searches use the same seed, so the same validation batches). The
+    same ratio of the lr = 0 loop is printed beside it: invalid policy children are never run, so
+    a policy round can spend its budget differently without having learned anything.
 
 Ends with ``RESULT policy_minus_search=...``, ``RESULT lr0_drift=...``, ``RESULT steered_evals_ratio=...``.
 Usage: ``python benchmarks/bench_learning.py [--seeds 0 1 2] [--out DIR]``.
@@ -76,14 +78,18 @@ def main() -> None:
                             run=f"eval/lr0-s{seed}/test").accuracy
         need0, need1, total1 = steered_ratio(engine, loop.run)
         ratio = (need1 if need1 is not None else total1) / max(need0 or 1, 1)
-        rows.append((seed, val, a, b, c, need0, need1, total1, ratio, time.perf_counter() - t))
+        # The same ratio for the lr = 0 control: how much of (d) the training itself explains.
+        c0, c1, ctotal1 = steered_ratio(engine, control.run)
+        control_ratio = (c1 if c1 is not None else ctotal1) / max(c0 or 1, 1)
+        rows.append((seed, val, a, b, c, need0, need1, total1, ratio, time.perf_counter() - t, control_ratio))
     print(f"calc, seeds {args.seeds}, LoopConfig defaults (rounds={LoopConfig.rounds}, lr={LoopConfig.lr}), "
           f"untrained policy test accuracy {untrained:.3f}")
     print(f"{'seed':>4} {'r0 best val':>11} {'(a) r0 test':>11} {'(b) policy':>10} {'(c) lr=0':>9} "
-          f"{'r0 evals':>8} {'r1 evals':>9} {'(d) ratio':>9} {'loop+ctl s':>10}")
-    for seed, val, a, b, c, need0, need1, total1, ratio, secs in rows:
+          f"{'r0 evals':>8} {'r1 evals':>9} {'(d) ratio':>9} {'lr0 ratio':>9} {'loop+ctl s':>10}")
+    for seed, val, a, b, c, need0, need1, total1, ratio, secs, control_ratio in rows:
         r1 = str(need1) if need1 is not None else f">{total1}"
-        print(f"{seed:>4} {val:>11.3f} {a:>11.3f} {b:>10.3f} {c:>9.3f} {need0!s:>8} {r1:>9} {ratio:>9.2f} {secs:>10.0f}")
+        print(f"{seed:>4} {val:>11.3f} {a:>11.3f} {b:>10.3f} {c:>9.3f} {need0!s:>8} {r1:>9} {ratio:>9.2f} "
+              f"{control_ratio:>9.2f} {secs:>10.0f}")
     mean = statistics.fmean
     a_m, b_m, c_m = mean(r[2] for r in rows), mean(r[3] for r in rows), mean(r[4] for r in rows)
     reached = all(r[6] is not None for r in rows)
