@@ -18,7 +18,7 @@ RANDOM = "random"
 PROPOSERS = ("mutation", "llm", "policy")
 """Proposer names accepted by ``--proposer``."""
 
-RESUME_FIXED = ("benchmark", "proposer", "selection", "seed", "children", "batch_size", "repeats",
+RESUME_FIXED = ("benchmark", "benchmark_options", "proposer", "selection", "seed", "children", "batch_size", "repeats",
                 "exploration", "backup", "aflow_top_k", "aflow_alpha", "aflow_lambda")
 """Fields that decide the tree: a resumed run keeps its stored values (stopping rules may change)."""
 
@@ -36,6 +36,9 @@ class SearchConfig:
     """Settings of one MCTS search over workflow programs."""
 
     benchmark: str = _f("calc", "Benchmark whose validation split drives the search.")
+    benchmark_options: dict[str, str] = field(default_factory=dict, metadata={"help": (
+        "Options of the benchmark as typed (KEY -> VALUE text, e.g. path of a JSONL file); stored "
+        "with the run so that eval and a resume rebuild the same benchmark.")})
     proposer: str = _f("mutation", "Who writes children: mutation (no model), llm (chat endpoint), policy.")
     selection: str = _f("uct", "Node selection: uct, puct (proposer priors), aflow (soft-mixed), random.")
     budget: int = _f(
@@ -60,6 +63,10 @@ class SearchConfig:
             """The error for one invalid field: its value and the fix."""
             return SearchConfigError(f"{name}={value!r} is invalid: {fix}")
 
+        if not isinstance(self.benchmark_options, dict) or not all(
+            isinstance(k, str) and k.isidentifier() and isinstance(v, str) for k, v in self.benchmark_options.items()
+        ):
+            raise bad("benchmark_options", self.benchmark_options, "use KEY=VALUE pairs with identifier keys")
         if self.budget < 0:
             raise bad("budget", self.budget, "use a non-negative number of evaluations (e.g. --budget 1500)")
         if self.max_simulations < 0:

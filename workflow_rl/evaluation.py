@@ -5,6 +5,11 @@
 benchmark's own scorer, and bulk-inserts one ``evaluations`` row per (workflow, problem, repeat).
 Rows already stored are never run again (resume after a crash, duplicates, ``eval`` twice), and
 the insert itself is idempotent, so a crash between executing and storing loses only time.
+An outage of the LLM endpoint (:class:`~operators.base.InfrastructureError`, after the client's
+own retries) aborts the whole batch with one :class:`WorkflowRLError` line and stores none of it,
+so a resume runs it again instead of keeping rewards of 0 that were never the workflow's.
+Each execution's ``OpContext.extras`` carries its problem's ``meta`` (entry point, public tests),
+minus :data:`PRIVATE_META` (reference solutions never reach the operators).
 It is used by ``workflow-rl search``, ``workflow-rl eval`` and (later) the loop.
 """
 
@@ -15,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from operators.base import ExecutionResult, LLMClient, OpContext
+from operators.base import ExecutionResult, InfrastructureError, LLMClient, OpContext
 from operators.registry import get_operators
 from operators.runtime import Limits, Sandbox
 from search.base import EvalBatch, EvalRecord, ProblemRef
@@ -26,6 +31,8 @@ from workflow_rl.errors import WorkflowRLError
 
 OUTPUT_CHARS = 2000
 """Longest raw output kept in ``evaluations.output`` (the scored answer is kept whole)."""
+PRIVATE_META = frozenset({"solution", "canonical_solution"})
+"""``BenchProblem.meta`` keys withheld from operators: a reference solution would leak the answer."""
 
 
 def _stored_record(row: Any) -> EvalRecord:
@@ -66,8 +73,12 @@ class BenchmarkEvaluator:
         self.sandbox = Sandbox(operators, self._context, workers,
                                limits or Limits())
 
-    def _context(self) -> OpContext:
-        return OpContext(llm=self.llm)
+    def _context(self, problem_id: int | None = None) -> OpContext:
+        """A fresh context; with ``problem_id`` its extras hold that problem's public meta."""
+        if problem_id is None:
+            return OpContext(llm=self.llm)
+        meta = self._problems[problem_id].meta
+        return OpContext(llm=self.llm, extras={k: v for k, v in meta.items() if k not in PRIVATE_META})
 
     async def __aenter__(self) -> BenchmarkEvaluator:
         await self.sandbox.__aenter__()
@@ -105,10 +116,17 @@ class BenchmarkEvaluator:
             records = {key: _stored_record(row) for key, row in stored.items()}
         todo = [(pid, r) for pid in problem_ids for r in range(repeats) if (pid, r) not in records]
         if todo:
-            contexts = [self._context() for _ in todo]
-            results = await self.sandbox.run_many(
-                (code, self._problems[pid].text, ctx) for (pid, _), ctx in zip(todo, contexts, strict=True)
-            )
+            contexts = [self._context(pid) for pid, _ in todo]
+            try:
+                results = await self.sandbox.run_many(
+                    (code, self._problems[pid].text, ctx) for (pid, _), ctx in zip(todo, contexts, strict=True)
+                )
+            except InfrastructureError as exc:
+                reason = " ".join(str(exc).split())  # one line, whatever the client wrote
+                raise WorkflowRLError(
+                    f"LLM endpoint unavailable: {reason}; evaluation of workflow #{workflow_id} aborted and "
+                    "none of its batch stored: fix the endpoint and rerun the same command to resume"
+                ) from None
             rows = []
             for (pid, repeat), result in zip(todo, results, strict=True):
                 row = await self._score(run_id, workflow_id, pid, repeat, result)

@@ -5,6 +5,7 @@ stored workflow on a split, e.g. the held-out test split that selection never se
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 from typing import Annotated
@@ -17,12 +18,16 @@ from rich.table import Table
 
 from search.config import SearchConfig, SearchConfigError
 from search.search import BenchmarkInfo, Search, SearchProgress, SearchResult
-from storage.engine import open_db, read_session_scope, session_scope
+from storage.engine import create_db_engine, normalize_url, open_db, read_session_scope, session_scope
 from storage.models import Run, Workflow
 from storage.repo import find_run
 from workflow_rl.errors import WorkflowRLError
 
 _H = SearchConfig.help
+
+BENCHMARK_OPTION_HELP = ("Benchmark option KEY=VALUE (repeatable), e.g. path=gsm8k.jsonl, fractions=0.5,0.2,0.3, "
+                         "seed=3 (calc); stored with the run (eval and resumes reuse it).")
+DATA_HELP = "JSONL file of a gsm8k/math/mbpp/hotpotqa/drop/jsonl benchmark (same as --benchmark-option path=FILE)."
 
 
 def make_proposer(name: str, optimizer: str | None, executor: str | None):
@@ -76,16 +81,53 @@ def _executor(spec: str | None):
     return make_executor(spec)
 
 
+def stored_run_config(db: str, run: str) -> dict | None:
+    """The stored config of run ``run`` if the database and the run exist, else None.
+
+    Read-only and without migrating or creating anything (a database that does not exist yet stays
+    absent); a database that cannot be read gives None and ``open_db`` reports it afterwards.
+    """
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    url = make_url(normalize_url(db))
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
+            and not os.path.exists(url.database):
+        return None
+    engine = create_db_engine(db)
+    try:
+        with read_session_scope(engine) as session:
+            existing = find_run(session, run)
+            return None if existing is None else dict(existing.config or {})
+    except SQLAlchemyError:
+        return None
+    finally:
+        engine.dispose()
+
+
 async def run_search(db: str, run: str, config: SearchConfig, *, executor: str | None = None,
                      optimizer: str | None = None, workers: int | None = None,
                      on_progress=None) -> SearchResult:
-    """Open the database, wire benchmark + sandbox + proposer, and run (or resume) ``run``."""
-    from workflow_rl.benchmarks import get_benchmark
+    """Open the database, wire benchmark + sandbox + proposer, and run (or resume) ``run``.
+
+    A resumed run rebuilds its benchmark from its stored ``benchmark_options`` (the options given
+    now are only used when the run is new).
+    """
+    from workflow_rl.benchmarks import SPLITS
+    from workflow_rl.benchmarks.options import build_benchmark
     from workflow_rl.evaluation import BenchmarkEvaluator
 
     # Every check that can fail on user input runs before the database is opened (or created), so
     # a refused command leaves it unchanged.
-    benchmark = get_benchmark(config.benchmark)
+    stored = stored_run_config(db, run) or {}
+    options = config.benchmark_options
+    if stored.get("benchmark") == config.benchmark and "benchmark_options" in stored:
+        options = dict(stored["benchmark_options"])
+        if not config.benchmark_options:  # nothing asked: reuse silently (no "kept from the run" note)
+            config = dataclasses.replace(config, benchmark_options=options)
+    benchmark = build_benchmark(config.benchmark, options)
+    for split in SPLITS:  # load (and validate) the problems now: a bad data file is refused here
+        benchmark.problems(split)
     info = BenchmarkInfo(benchmark.name, benchmark.description, tuple(benchmark.operator_names),
                          benchmark.seed_workflows())
     proposer = make_proposer(config.proposer, optimizer, executor)
@@ -153,6 +195,9 @@ def register(app: typer.Typer) -> None:
         backup: Annotated[str, typer.Option(help=_H("backup"))] = SearchConfig.backup,
         exploration: Annotated[float, typer.Option(help=_H("exploration"))] = SearchConfig.exploration,
         patience: Annotated[int, typer.Option(help=_H("patience"))] = 0,
+        benchmark_option: Annotated[list[str] | None, typer.Option(
+            "--benchmark-option", help=BENCHMARK_OPTION_HELP)] = None,
+        data: Annotated[str | None, typer.Option("--data", help=DATA_HELP)] = None,
         executor: Annotated[str | None, typer.Option(
             help="URL#MODEL of the endpoint LLM operators call (not needed for calc).")] = None,
         optimizer: Annotated[str | None, typer.Option(
@@ -161,9 +206,12 @@ def register(app: typer.Typer) -> None:
         top: Annotated[int, typer.Option(help="Workflows listed in the summary.")] = 5,
     ) -> None:
         """Search workflow programs with MCTS on a benchmark's validation split; resumable with --run."""
+        from workflow_rl.benchmarks.options import parse_benchmark_options
+
+        options = parse_benchmark_options(benchmark_option, data)
         try:
             config = SearchConfig(
-                benchmark=benchmark, proposer=proposer, selection=selection, budget=budget,
+                benchmark=benchmark, benchmark_options=options, proposer=proposer, selection=selection, budget=budget,
                 max_simulations=max_simulations, children=children, batch_size=batch_size, repeats=repeats,
                 seed=seed, exploration=exploration, backup=backup, patience=patience,
             )
@@ -221,7 +269,7 @@ def register(app: typer.Typer) -> None:
 async def evaluate_stored(db: str, workflow_id: int, split: str, repeats: int = 1, executor: str | None = None,
                           workers: int | None = None):
     """Evaluate stored workflow ``workflow_id`` on ``split`` of its run's benchmark (stores the rows)."""
-    from workflow_rl.benchmarks import get_benchmark
+    from workflow_rl.benchmarks.options import build_benchmark
     from workflow_rl.evaluation import BenchmarkEvaluator
 
     engine = open_db(db)
@@ -232,8 +280,9 @@ async def evaluate_stored(db: str, workflow_id: int, split: str, repeats: int = 
                                   "\"SELECT id, run_id, source FROM workflows\"")
         run = session.get(Run, workflow.run_id)
         code, run_id, bench_name, valid, error = workflow.code, run.id, run.benchmark, workflow.valid, workflow.error
+        options = dict((run.config or {}).get("benchmark_options") or {})
     if not valid:
         raise WorkflowRLError(f"workflow #{workflow_id} is invalid ({error}); pick a valid one")
-    benchmark = get_benchmark(bench_name)
+    benchmark = build_benchmark(bench_name, options)  # the run's own options (e.g. its JSONL file)
     async with BenchmarkEvaluator(engine, benchmark, llm=_executor(executor), workers=workers) as evaluator:
         return await evaluator.evaluate_split(run_id, workflow_id, code, split, repeats)
