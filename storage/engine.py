@@ -14,11 +14,13 @@ transactions use a deferred ``BEGIN`` plus ``PRAGMA query_only`` so they never b
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, exc, make_url
 from sqlalchemy.orm import Session
@@ -112,11 +114,28 @@ def _install_postgres_transactions(engine: Engine) -> None:
             conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
 
 
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_dumps(value: Any) -> str:
+    """JSON for JSON columns: NaN/inf become null (PostgreSQL rejects the ``NaN`` token, so a
+    skipped training step's ``grad/norm`` would otherwise abort the run; SQLite would store
+    non-standard JSON)."""
+    return json.dumps(_finite(value), allow_nan=False)
+
+
 def create_db_engine(db: str) -> Engine:
     """Create an engine for ``db`` with our connection setup, without touching the schema."""
     url = normalize_url(db)
     try:
-        engine = create_engine(url)
+        engine = create_engine(url, json_serializer=json_dumps)
     except (exc.ArgumentError, exc.NoSuchModuleError, ImportError, ValueError) as error:
         raise WorkflowRLError(
             f"invalid database URL {display_url(url)!r}: {error}; "
