@@ -134,3 +134,19 @@ def test_non_finite_reward_skips_its_steps(bad, train_db, tiny_cache, tmp_path, 
     assert _stored_skips(train_db) == [1.0, 1.0]
     saved = _weights(Policy.load(str(result.checkpoint_path), cache_dir=tiny_cache).model)
     assert all(torch.equal(saved[k], initial[k]) for k in saved)
+
+
+def test_skipped_step_metrics_store_on_every_backend(db_url):
+    """A skipped step's metrics hold NaN (grad/norm); PostgreSQL's json rejects the NaN token, so
+    they must be stored as valid JSON (null) or the run dies on its first skipped step."""
+    from storage.repo import add_train_step, get_or_create_run
+
+    engine = open_db(db_url)
+    with session_scope(engine) as s:
+        run = get_or_create_run(s, "faults", "calc", kind="train")
+        add_train_step(s, run.id, 1, {"grad/norm": math.nan, "loss/policy": -math.inf, "step/skipped": 1.0,
+                                      "nested": [math.inf, 2.0]})
+    with session_scope(engine) as s:
+        metrics = s.scalars(select(TrainStep.metrics)).one()
+    assert metrics == {"grad/norm": None, "loss/policy": None, "step/skipped": 1.0, "nested": [None, 2.0]}
+    engine.dispose()
