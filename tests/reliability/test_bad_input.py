@@ -204,11 +204,23 @@ def test_malformed_jsonl_benchmark(lines, must, db, tmp_path, capsys):
     """A malformed JSONL benchmark file (the loader names file, line and field)."""
     path = _gsm8k(tmp_path, lines)
     before = sqlite_file_dump(db)
-    code, err = _main(["--db", str(db), "search", "--run", "j", "--benchmark", f"gsm8k:path={path}",
-                       "--budget", "4"], capsys)
-    if "unknown benchmark 'gsm8k:path=" in err:
-        pytest.skip("the search command takes no benchmark options (path=FILE.jsonl) yet")
-    _check(code, err, ("gsm8k.jsonl", *must))
+    for how in (["--data", path], ["--benchmark-option", f"path={path}"]):
+        code, err = _main(["--db", str(db), "search", "--run", "j", "--benchmark", "gsm8k", *how,
+                           "--budget", "4"], capsys)
+        _check(code, err, ("gsm8k.jsonl", *must))
+        assert sqlite_file_dump(db) == before
+
+
+def test_missing_jsonl_file_and_bad_benchmark_option(db, tmp_path, capsys):
+    before = sqlite_file_dump(db)
+    code, err = _main(["--db", str(db), "search", "--run", "j", "--benchmark", "gsm8k", "--data",
+                       str(tmp_path / "nowhere.jsonl"), "--budget", "4"], capsys)
+    _check(code, err, ("nowhere.jsonl", "file not found"))
+    code, err = _main(["--db", str(db), "search", "--run", "j", "--benchmark", "gsm8k", "--budget", "4"], capsys)
+    _check(code, err, ("gsm8k", "path="))
+    code, err = _main(["--db", str(db), "search", "--run", "j", "--benchmark-option", "noequals", "--budget", "4"],
+                      capsys)
+    _check(code, err, ("noequals", "KEY=VALUE"))
     assert sqlite_file_dump(db) == before
 
 
@@ -216,6 +228,8 @@ SUBPROCESS_CASES = [
     (["search", "--run", "x", "--benchmark", "nope", "--budget", "10"], ("unknown benchmark 'nope'",)),
     (["search", "--run", "x", "--budget", "-5"], ("budget=-5",)),
     (["eval", "999"], ("no workflow #999",)),
+    (["search", "--run", "j", "--benchmark", "gsm8k", "--data", "/nonexistent/gsm8k.jsonl", "--budget", "4"],
+     ("gsm8k.jsonl", "file not found")),
 ]
 
 
