@@ -26,6 +26,7 @@ import copy
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -144,6 +145,7 @@ def run_trl(case: StepCase, model_dir: str) -> dict[str, float]:
     )
     with RssSampler() as rss:
         trainer.train()
+    shutil.rmtree(out_dir, ignore_errors=True)
     lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
     return {"step_s": timer.times[1:], "mean_completion_len": statistics.mean(lengths[1:]),
             "rss_start": rss.baseline, "rss_peak_steps": rss.peak}

@@ -49,6 +49,9 @@ def fixed_batch(policy: Policy, case: ParityCase) -> dict[str, torch.Tensor]:
     """Deterministic prompts, completions, rewards and old/ref/behavior logprobs for ``case``.
 
     Prompt and completion lengths vary (row 0 takes the maxima, so one completion is truncated).
+    TRL scores left-padded prompts with positions counted from the padding, ours from each row's
+    first real token; RoPE makes that equal in exact arithmetic, and in float32 it accounts for
+    the ~1e-6 of the gradient differences (equal prompt lengths give ~2e-7).
     Old, reference and behavior logprobs are the current ones plus Gaussian noise, large enough
     that ratios leave ``[1 - eps_low, 1 + eps_high]`` on both sides and some IS weights hit the cap.
     """
@@ -235,7 +238,7 @@ def trainer_parity(policy: Policy, case: ParityCase, agg: str, tis: bool) -> dic
     gen = torch.Generator().manual_seed(case.seed + 1)
     with torch.no_grad():
         for p in ref_model.parameters():
-            p.add_(0.01 * torch.randn(p.shape, generator=gen))
+            p.add_(0.003 * torch.randn(p.shape, generator=gen))
         batch["ref_logp"] = _our_logprobs(Policy(ref_model, policy.tokenizer, "", ""), batch, case.temperature) * mask
     prompts, comps = _unpadded(batch)
     group_ids = torch.arange(case.n_prompts).repeat_interleave(case.group_size)

@@ -47,8 +47,9 @@ def bench():
 
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory) -> Policy:
-    """The built-in tiny policy, built in a private cache, float32 on CPU."""
-    cache = tmp_path_factory.mktemp("tiny-cache")
+    """The built-in tiny policy, float32 on CPU, in the session's tiny cache (shared with the
+    learner's tests, so the suite builds it once)."""
+    cache = tmp_path_factory.getbasetemp() / "tiny-cache"
     return Policy.load("builtin:tiny", cache_dir=cache, device="cpu", dtype=torch.float32)
 
 
