@@ -135,3 +135,28 @@ def test_interrupted_round_is_redone_without_duplicates(loop_db):
     assert counts() == before  # same generations/workflows, steps and one checkpoint: nothing doubled
     assert again.rounds[0] == second.rounds[0]
     assert (Path(again.rounds[1].checkpoint_path) / "policy.json").exists()  # retrained, re-registered
+
+
+def test_eval_policy_writes_runs_and_stores_one_workflow_per_problem(loop_db):
+    from storage.models import Evaluation
+    from workflow_rl.benchmarks.calc import CalcBenchmark
+    from workflow_rl.policy_eval import evaluate_policy
+
+    db, _, second = loop_db
+    bench = CalcBenchmark(test_size=4)
+    ckpt = str(second.final_checkpoint.checkpoint_id)
+    greedy = evaluate_policy(db, ckpt, "test", bench, max_new_tokens=16, run="eval/g", workers=1)
+    sampled = evaluate_policy(db, ckpt, "test", bench, best_of=2, max_new_tokens=16, run="eval/k2", workers=1)
+    assert greedy.problems == sampled.problems == 4 and greedy.checkpoint_id == second.final_checkpoint.checkpoint_id
+    engine = open_db(db)
+    with session_scope(engine) as s:
+        for result, temperature in ((greedy, 0.0), (sampled, 1.0)):
+            run = s.scalar(select(Run).where(Run.name == result.run))
+            assert (run.kind, run.status, run.state["accuracy"]) == ("eval", "done", result.accuracy)
+            rewards = [e.reward for e in s.scalars(select(Evaluation).where(Evaluation.run_id == run.id))]
+            assert len(rewards) == 4 and sum(rewards) / 4 == pytest.approx(result.accuracy)
+            gens = s.scalars(select(Generation).where(Generation.run_id == run.id)).all()
+            assert len({g.problem_id for g in gens}) == 4 and {g.temperature for g in gens} == {temperature}
+            assert {g.policy_version for g in gens} == {greedy.checkpoint_id}
+    with pytest.raises(WorkflowRLError, match="best_of=0"):
+        evaluate_policy(db, ckpt, "test", bench, best_of=0)
