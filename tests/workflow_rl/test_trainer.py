@@ -1,0 +1,213 @@
+"""GRPO trainer on stored calc data: the acceptance items of issue 9 that need a model."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from learner_helpers import RUN, add_policy_samples, calc_search_db, evaluate_pairs
+from sqlalchemy import select
+
+from storage.engine import open_db, session_scope
+from storage.models import PolicyCheckpoint, TrainStep
+from workflow_rl.dataset import DatasetFilter, load_samples
+from workflow_rl.errors import WorkflowRLError
+from workflow_rl.grpo import completion_mask, group_advantages, policy_loss
+from workflow_rl.policy import Policy
+from workflow_rl.prompts import policy_prompt_for
+from workflow_rl.trainer import train
+from workflow_rl.trainer_config import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.getbasetemp() / "tiny-cache")
+
+
+@pytest.fixture(scope="module")
+def base_db(tmp_path_factory):
+    path = tmp_path_factory.mktemp("calcdb")
+    return calc_search_db(path, n_train=6, n_val=12), path / "learner.db"
+
+
+@pytest.fixture
+def db(base_db, tmp_path):
+    (_, bench), src = base_db
+    shutil.copy(src, tmp_path / "learner.db")
+    return f"sqlite:///{tmp_path / 'learner.db'}", bench
+
+
+def _cfg(tmp_path, cache, **kw) -> TrainConfig:
+    base = dict(run=RUN, out_dir=str(tmp_path / "ckpt"), cache_dir=cache, batch_size=8, micro_batch_size=4,
+                max_steps=2, lr=1e-3)
+    return TrainConfig(**(base | kw))
+
+
+def _params(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [({"min_group_size": 1}, "group of 1"), ({"search_temperature": 0.0}, "temperature > 0"),
+     ({"lr": -1.0}, "negative"), ({"batch_size": 6, "micro_batch_size": 4}, "multiple"),
+     ({"agg": "mean"}, "token, sequence, constant"), ({"run": ""}, "--run")],
+)
+def test_config_errors_state_value_and_fix(kw, message):
+    with pytest.raises(WorkflowRLError, match=message):
+        TrainConfig(**({"run": "r"} | kw))
+
+
+def test_first_on_policy_iteration_is_reinforce(db, cache):
+    url, _ = db
+    policy = Policy.load("builtin:tiny", cache_dir=cache)
+    samples, _ = load_samples(open_db(url), DatasetFilter(run=RUN), policy)
+    batch = samples[:6]
+    adv = group_advantages(torch.tensor([s.reward for s in samples]), [s.group_id for s in samples])[:6]
+    args = ([list(s.prompt_token_ids) for s in batch], [list(s.completion_token_ids) for s in batch], 1.0)
+    logp, lengths = policy.forward_logprobs(*args)
+    mask = completion_mask(lengths, logp.shape[1])
+    out = policy_loss(logp, logp.detach(), adv, mask)
+    assert out.ratio_mean == 1.0 and out.ratio_std == 0.0  # exactly 1: correct, not a bug
+    params = [p for p in policy.model.parameters()]
+    grads = torch.autograd.grad(out.loss, params, allow_unused=True)
+    logp2, _ = policy.forward_logprobs(*args)
+    reinforce = -(adv[:, None] * logp2 * mask).sum() / mask.sum()
+    grads_ref = torch.autograd.grad(reinforce, params, allow_unused=True)
+    for g, r in zip(grads, grads_ref, strict=True):
+        if g is not None:
+            assert torch.allclose(g, r, atol=1e-6, rtol=0)
+    assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
+
+
+def test_lr_zero_keeps_every_parameter_and_metrics_are_stored(db, cache, tmp_path):
+    url, _ = db
+    before = _params(Policy.load("builtin:tiny", cache_dir=cache).model)
+    result = train(_cfg(tmp_path, cache, lr=0.0, max_steps=2), url)
+    after = _params(Policy.load(str(result.checkpoint_path), cache_dir=cache).model)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with session_scope(open_db(url)) as s:
+        steps = s.scalars(select(TrainStep).order_by(TrainStep.step)).all()
+        ckpt = s.get(PolicyCheckpoint, result.checkpoint_id)
+        assert ckpt.path == str(result.checkpoint_path) and ckpt.step == 2
+        metrics = steps[-1].metrics
+    assert [x.step for x in steps] == [1, 2]
+    for key in ("loss/policy", "loss/kl", "ratio/mean", "ratio/std", "clip/low", "clip/high",
+                "mismatch/old_behavior_abs_mean", "mismatch/old_behavior_abs_max", "is/weight_mean",
+                "is/weight_max", "reward/mean", "reward/std", "groups/zero_std_frac", "tokens/active",
+                "grad/norm", "entropy"):
+        assert key in metrics
+    assert metrics["ratio/mean"] == 1.0 and metrics["tokens/active"] > 0
+
+
+def test_lora_changes_adapter_only(db, cache, tmp_path):
+    url, _ = db
+    before = _params(Policy.load("builtin:tiny", cache_dir=cache).model)
+    result = train(_cfg(tmp_path, cache, lora=True, lr=1e-2, max_steps=2, beta=0.05), url)
+    trained = Policy.load(str(result.checkpoint_path), cache_dir=cache)
+    state = _params(trained.model)
+    lora = {k: v for k, v in state.items() if "lora_" in k}
+    assert lora and any(float(v.abs().sum()) > 0 for k, v in lora.items() if "lora_B" in k)  # B starts at 0
+    base = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
+            for k, v in state.items() if "lora_" not in k}
+    assert base.keys() == before.keys()
+    assert all(torch.equal(before[k], base[k]) for k in before)
+    assert result.history[-1]["loss/kl"] >= 0.0
+
+
+def test_temperature_consistency_mismatch_metric(db, cache, tmp_path):
+    url, bench = db
+    policy = Policy.load("builtin:tiny", cache_dir=cache)
+    assert add_policy_samples(url, bench, policy, n=6, temperature=0.7, n_problems=2) > 0
+    good = train(_cfg(tmp_path, cache, lr=0.0, max_steps=1, batch_size=128, micro_batch_size=64), url)
+    assert good.history[0]["samples/policy"] > 0
+    assert good.history[0]["mismatch/old_behavior_abs_max"] < 1e-4
+    assert good.history[0]["is/weight_max"] == pytest.approx(1.0, abs=1e-4)
+
+    url2 = url.replace("learner.db", "learner2.db")
+    shutil.copy(url.removeprefix("sqlite:///"), url2.removeprefix("sqlite:///"))
+    engine = open_db(url2)
+    from storage.models import Generation
+
+    with session_scope(engine) as s:  # behavior logprobs computed at T = 1 instead of the sampling T
+        for g in s.scalars(select(Generation)):
+            g.behavior_logprobs = policy.score([g.prompt_token_ids], [g.completion_token_ids], 1.0)[0]
+    bad = train(_cfg(tmp_path / "b", cache, lr=0.0, max_steps=1, batch_size=128, micro_batch_size=64), url2)
+    gap_good = max(good.history[0]["mismatch/old_behavior_abs_max"], 1e-6)
+    assert bad.history[0]["mismatch/old_behavior_abs_mean"] > 0.01
+    assert bad.history[0]["mismatch/old_behavior_abs_max"] > 1000 * gap_good
+    assert bad.history[0]["is/weight_max"] > 1.01  # TIS now corrects a real mismatch
+
+
+def test_stale_policy_samples_are_refused(db, cache, tmp_path):
+    url, bench = db
+    policy = Policy.load("builtin:tiny", cache_dir=cache)
+    first = train(_cfg(tmp_path, cache, lr=0.0, max_steps=1), url)  # registers checkpoint 1
+    add_policy_samples(url, bench, policy, n=6, n_problems=1, policy_version=first.checkpoint_id)
+    with pytest.raises(WorkflowRLError, match="allow-stale"):
+        train(_cfg(tmp_path / "b", cache), url)  # training builtin:tiny, not version 1
+    ok = train(_cfg(tmp_path / "c", cache, allow_stale=True, max_steps=1), url)
+    assert ok.history[0]["stale/samples"] > 0
+    same = train(_cfg(tmp_path / "d", cache, policy=str(first.checkpoint_path), max_steps=1), url)
+    assert same.history[0]["stale/samples"] == 0
+
+
+def test_non_finite_loss_skips_the_step(db, cache, tmp_path):
+    url, _ = db
+    # a learning rate so large that the first update overflows the weights (inf/NaN next step)
+    result = train(_cfg(tmp_path, cache, lr=1e30, max_grad_norm=0.0, max_steps=3, batch_size=8), url)
+    skipped = [m["step/skipped"] for m in result.history]
+    assert skipped[0] == 0.0 and 1.0 in skipped
+    trained = Policy.load(str(result.checkpoint_path), cache_dir=cache)
+    assert all(torch.isfinite(v).all() for v in _params(trained.model).values())  # no NaN ever written
+
+
+def test_resume_is_bit_for_bit(db, cache, tmp_path):
+    url, _ = db
+    # 2 PPO iterations per batch: the interrupted run stops between them, so resuming must also
+    # restore the batch's old logprobs, the optimizer moments and the sample order.
+    kw = dict(max_steps=4, batch_size=8, micro_batch_size=4, num_iterations=2, lr=1e-3)
+    full = train(_cfg(tmp_path / "a", cache, round=0, **kw), url)
+    part = train(_cfg(tmp_path / "b", cache, round=1, **(kw | {"max_steps": 3})), url)
+    assert part.steps == 3
+    rest = train(_cfg(tmp_path / "b", cache, round=1, resume=True, **kw), url)
+    assert rest.steps == full.steps == 4
+    a = _params(Policy.load(str(full.checkpoint_path), cache_dir=cache).model)
+    b = _params(Policy.load(str(rest.checkpoint_path), cache_dir=cache).model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["loss/policy"] for m in full.history[3:]] == [m["loss/policy"] for m in rest.history]
+
+
+def _mean_loglik(policy, samples):
+    with torch.no_grad():
+        lp = policy.score([list(s.prompt_token_ids) for s in samples], [list(s.completion_token_ids) for s in samples],
+                          1.0)
+    return sum(sum(x) / len(x) for x in lp) / len(lp)
+
+
+def _validation_score(policy, bench, seed=0):
+    problems = bench.problems("validation")
+    prompts = [policy_prompt_for(bench.description, bench.operator_names, p.text) for p in problems]
+    samples = policy.sample(prompts, n=2, temperature=0.7, max_new_tokens=64, seed=seed)
+    rewards = evaluate_pairs(bench, [(s.text, problems[s.prompt_index]) for s in samples])
+    return sum(rewards) / len(rewards)
+
+
+def test_training_on_calc_search_improves_the_policy(db, cache, tmp_path):
+    url, bench = db
+    policy = Policy.load("builtin:tiny", cache_dir=cache)
+    samples, _ = load_samples(open_db(url), DatasetFilter(run=RUN), policy)
+    adv = group_advantages(torch.tensor([s.reward for s in samples]), [s.group_id for s in samples])
+    pos = [s for s, a in zip(samples, adv, strict=True) if a > 0]
+    neg = [s for s, a in zip(samples, adv, strict=True) if a < 0]
+    before_pos, before_neg = _mean_loglik(policy, pos), _mean_loglik(policy, neg)
+    before_val = _validation_score(policy, bench)
+
+    result = train(_cfg(tmp_path, cache, lr=3e-3, epochs=6, max_steps=None, batch_size=16, micro_batch_size=16), url)
+    trained = Policy.load(str(result.checkpoint_path), cache_dir=cache)
+    assert _mean_loglik(trained, pos) > before_pos
+    assert _mean_loglik(trained, neg) < before_neg
+    after_val = _validation_score(trained, bench)
+    assert after_val > before_val, (before_val, after_val)
