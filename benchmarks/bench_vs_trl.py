@@ -14,7 +14,7 @@ TRL is a benchmark-only dependency (``pip install -e .[bench]``); the product ne
 3. **Peak memory** of those subprocesses: ``ru_maxrss`` (whole-process high-water RSS, imports
    included) and the RSS growth during the timed steps (sampled every 2 ms), both reported.
 
-Usage: ``python benchmarks/bench_vs_trl.py [--prompts 4 --group 4 --completion-len 24 --steps 3 --repeats 3]``
+Usage: ``python benchmarks/bench_vs_trl.py [--prompts 4 --group 4 --completion-len 24 --steps 5 --repeats 3]``
 Ends with ``RESULT parity_max_abs=``, ``RESULT speedup_vs_trl=`` (our steps/s over TRL's) and
 ``RESULT memory_vs_trl=`` (our peak RSS over TRL's).
 """
@@ -65,7 +65,7 @@ class StepCase:
     eps_high: float = 0.28
     lr: float = 1e-5
     threads: int = 1  # torch intra-op threads in both workers (1: the shared 2-core box thrashes at 2)
-    steps: int = 3  # timed steps per repeat (after one untimed warm-up step)
+    steps: int = 5  # timed steps per repeat (after one untimed warm-up step)
     seed: int = 0
 
 
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompts", type=int, default=4, help="B prompts per step")
     ap.add_argument("--group", type=int, default=4, help="G completions per prompt")
     ap.add_argument("--completion-len", type=int, default=24, help="max new tokens per completion")
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per repeat (after 1 warm-up)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per repeat (after 1 warm-up)")
     ap.add_argument("--repeats", type=int, default=3, help="fresh-process runs per learner (>= 3)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in both workers")
     ap.add_argument("--cache-dir", default=None, help="where builtin:tiny is built (default: the product's)")
@@ -276,6 +276,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{k:8} {m['steps_per_s']:8.2f} {m['mean_completion_len']:15.1f} {_mib(m['ru_maxrss']):>13} "
               f"{_mib(m['growth']):>16}")
     speedup = med["ours"]["steps_per_s"] / med["trl"]["steps_per_s"]
+    paired = statistics.median(o["steps_per_s"] / t["steps_per_s"] for o, t in zip(runs["ours"], runs["trl"], strict=True))
+    print(f"ours/TRL steps/s: ratio of medians {speedup:.3f}; median of back-to-back pairs {paired:.3f}")
     memory = med["ours"]["ru_maxrss"] / med["trl"]["ru_maxrss"]
     growth = med["ours"]["growth"] / max(med["trl"]["growth"], 1)
     print(f"\n3. peak memory: whole-process ru_maxrss (imports, both model copies, optimizer, activations); "
