@@ -11,7 +11,7 @@ TRL is a benchmark-only dependency (``pip install -e .[bench]``); the product ne
    one update) with the same tiny model, prompts, reward, G, completion length, temperature,
    loss (dapo = token), beta > 0 with k3 and eps_low/eps_high. Each repeat runs each learner in
    its own fresh subprocess (alternating, so load drifts hit both); medians over repeats.
-3. **Peak memory** of those subprocesses: ``ru_maxrss`` (whole-process high-water RSS, imports
+3. **Peak memory** of those subprocesses: ``VmHWM`` (whole-process high-water RSS, imports
    included) and the RSS growth during the timed steps (sampled every 2 ms), both reported.
 
 Usage: ``python benchmarks/bench_vs_trl.py [--prompts 4 --group 4 --completion-len 24 --steps 5 --repeats 3]``
@@ -25,7 +25,6 @@ import argparse
 import copy
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -114,6 +113,17 @@ class RssSampler:
         self.peak = max(self.peak, self.rss())
 
 
+def peak_rss() -> int:
+    """This process image's high-water RSS in bytes (``VmHWM``).
+
+    Not ``getrusage().ru_maxrss``: Linux carries the parent's RSS across fork + exec into it, so a
+    worker spawned by a 550 MiB parent would report at least 550 MiB whatever it used.
+    """
+    with open("/proc/self/status") as fh:
+        kib = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+    return kib * 1024
+
+
 def run_trl(case: StepCase, model_dir: str) -> dict[str, float]:
     """Warm-up + ``case.steps`` timed ``GRPOTrainer`` steps; seconds per step and tokens."""
     from datasets import Dataset
@@ -197,7 +207,7 @@ def worker(name: str, case: StepCase, model_dir: str) -> None:
     torch.set_num_threads(case.threads)
     torch.manual_seed(case.seed)
     result = (run_trl if name == "trl" else run_ours)(case, model_dir)
-    result["ru_maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    result["peak_rss"] = peak_rss()
     print("WORKER " + json.dumps(result), flush=True)
 
 
@@ -266,21 +276,21 @@ def main(argv: list[str] | None = None) -> None:
             res["steps_per_s"] = len(res["step_s"]) / sum(res["step_s"])
             runs[name].append(res)
             print(f"  run {r} {name:4}: {res['steps_per_s']:6.2f} steps/s  mean completion "
-                  f"{res['mean_completion_len']:5.1f} tok  peak RSS {_mib(res['ru_maxrss'])} MiB  "
+                  f"{res['mean_completion_len']:5.1f} tok  peak RSS {_mib(res['peak_rss'])} MiB  "
                   f"step RSS growth {_mib(res['rss_peak_steps'] - res['rss_start'])} MiB  load {os.getloadavg()[0]:.2f}")
-    med = {k: {f: statistics.median(x[f] for x in v) for f in ("steps_per_s", "mean_completion_len", "ru_maxrss")}
+    med = {k: {f: statistics.median(x[f] for x in v) for f in ("steps_per_s", "mean_completion_len", "peak_rss")}
            | {"growth": statistics.median(x["rss_peak_steps"] - x["rss_start"] for x in v)} for k, v in runs.items()}
     print(f"\n{'median':8} {'steps/s':>8} {'completion tok':>15} {'peak RSS MiB':>13} {'step growth MiB':>16}")
     for k in ("trl", "ours"):
         m = med[k]
-        print(f"{k:8} {m['steps_per_s']:8.2f} {m['mean_completion_len']:15.1f} {_mib(m['ru_maxrss']):>13} "
+        print(f"{k:8} {m['steps_per_s']:8.2f} {m['mean_completion_len']:15.1f} {_mib(m['peak_rss']):>13} "
               f"{_mib(m['growth']):>16}")
     speedup = med["ours"]["steps_per_s"] / med["trl"]["steps_per_s"]
     paired = statistics.median(o["steps_per_s"] / t["steps_per_s"] for o, t in zip(runs["ours"], runs["trl"], strict=True))
     print(f"ours/TRL steps/s: ratio of medians {speedup:.3f}; median of back-to-back pairs {paired:.3f}")
-    memory = med["ours"]["ru_maxrss"] / med["trl"]["ru_maxrss"]
+    memory = med["ours"]["peak_rss"] / med["trl"]["peak_rss"]
     growth = med["ours"]["growth"] / max(med["trl"]["growth"], 1)
-    print(f"\n3. peak memory: whole-process ru_maxrss (imports, both model copies, optimizer, activations); "
+    print(f"\n3. peak memory: whole-process peak RSS, VmHWM (imports, both model copies, optimizer, activations); "
           f"step growth = RSS peak during the steps minus RSS before them. load average now "
           f"{os.getloadavg()[0]:.2f}")
     print(f"RESULT step_memory_growth_vs_trl={growth:.3f}")
