@@ -12,7 +12,7 @@ and the same loop with lr = 0, then prints:
     a policy round can spend its budget differently without having learned anything.
 
 Ends with ``RESULT policy_minus_search=...``, ``RESULT lr0_drift=...``, ``RESULT steered_evals_ratio=...``.
-Usage: ``python benchmarks/bench_learning.py [--seeds 0 1 2] [--out DIR]``.
+Usage: ``python benchmarks/bench_learning.py [--seeds 0 1 2] [--policy builtin:tiny] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -57,19 +57,21 @@ def main() -> None:
     """Run the measurement and print the table and RESULT lines."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--policy", default="builtin:tiny", help="Starting policy of every loop (default builtin:tiny).")
     parser.add_argument("--out", default=None, help="Directory for the database and checkpoints (default: temp).")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-learning-"))
     db = str(out / "bench.db")
     engine = open_db(db)
     t0 = time.perf_counter()
-    untrained = evaluate_policy(engine, "builtin:tiny", split="test", run="eval/untrained/test").accuracy
+    untrained = evaluate_policy(engine, args.policy, split="test", run="eval/untrained/test").accuracy
     rows = []
     for seed in args.seeds:
         t = time.perf_counter()
-        loop = run_loop(LoopConfig(run=f"loop-s{seed}", seed=seed, out_dir=str(out / f"loop-s{seed}")), engine)
-        control = run_loop(LoopConfig(run=f"lr0-s{seed}", seed=seed, lr=0.0, out_dir=str(out / f"lr0-s{seed}")),
-                           engine)
+        loop = run_loop(LoopConfig(run=f"loop-s{seed}", seed=seed, policy=args.policy,
+                                     out_dir=str(out / f"loop-s{seed}")), engine)
+        control = run_loop(LoopConfig(run=f"lr0-s{seed}", seed=seed, lr=0.0, policy=args.policy,
+                                      out_dir=str(out / f"lr0-s{seed}")), engine)
         code, val = best_workflow(engine, round_run_name(loop.run, 0))
         a = evaluate_code(engine, code, "test", run=f"eval/r0-best-s{seed}/test").accuracy
         b = evaluate_policy(engine, str(loop.final_checkpoint.checkpoint_id), "test",
@@ -82,7 +84,7 @@ def main() -> None:
         c0, c1, ctotal1 = steered_ratio(engine, control.run)
         control_ratio = (c1 if c1 is not None else ctotal1) / max(c0 or 1, 1)
         rows.append((seed, val, a, b, c, need0, need1, total1, ratio, time.perf_counter() - t, control_ratio))
-    print(f"calc, seeds {args.seeds}, LoopConfig defaults (rounds={LoopConfig.rounds}, lr={LoopConfig.lr}), "
+    print(f"calc, seeds {args.seeds}, policy {args.policy}, LoopConfig defaults (rounds={LoopConfig.rounds}, lr={LoopConfig.lr}), "
           f"untrained policy test accuracy {untrained:.3f}")
     print(f"{'seed':>4} {'r0 best val':>11} {'(a) r0 test':>11} {'(b) policy':>10} {'(c) lr=0':>9} "
           f"{'r0 evals':>8} {'r1 evals':>9} {'(d) ratio':>9} {'lr0 ratio':>9} {'loop+ctl s':>10}")
