@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,10 +34,23 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def spawn(args: Sequence[str], cwd: Path | None = None, **env: str) -> subprocess.Popen:
-    """Start ``workflow-rl ARGS`` in its own process group (so SIGKILL reaches its sandbox workers)."""
-    return subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True, cwd=cwd, env=cli_env(**env))
+def spawn(args: Sequence[str], cwd: Path | None = None, raw: bool = False, **env: str) -> subprocess.Popen:
+    """Start ``workflow-rl ARGS`` (or, with ``raw``, the argv ``args`` itself) in its own process
+    group, so that SIGKILL reaches its sandbox workers too."""
+    argv = list(args) if raw else [*CLI, *args]
+    # stderr goes to a file, not a pipe: a chatty process must never block on a full pipe.
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True, cwd=cwd,
+                            env=cli_env(**env))
+    proc.stderr_log = log  # type: ignore[attr-defined]
+    return proc
+
+
+def stderr_of(proc: subprocess.Popen) -> str:
+    """Everything a :func:`spawn` ed process wrote to stderr so far."""
+    log = proc.stderr_log  # type: ignore[attr-defined]
+    log.seek(0)
+    return log.read().decode(errors="replace")
 
 
 def run_cli(args: Sequence[str], cwd: Path | None = None, timeout: float = 300,
@@ -44,6 +58,37 @@ def run_cli(args: Sequence[str], cwd: Path | None = None, timeout: float = 300,
     """Run ``workflow-rl ARGS`` to completion; returns the completed process (text output)."""
     return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, env=cli_env(**env),
                           timeout=timeout)
+
+
+CLI_TRAIN_FLAGS = {"out_dir": "--out", "cache_dir": "--cache-dir"}
+"""TrainConfig fields whose CLI flag is not simply ``--field-name``."""
+
+
+def train_registered() -> bool:
+    """Whether ``workflow-rl train`` exists in this checkout (the learner registers it)."""
+    from workflow_rl.cli import app
+
+    return "train" in {c.name for c in app.registered_commands}
+
+
+def train_command(db: str, options: dict, prelude: str = "") -> list[str]:
+    """argv of one training process: ``workflow-rl train`` once registered, else the same library call.
+
+    ``prelude`` is Python run first in that process (fault injection: e.g. SIGKILL inside a save).
+    """
+    if train_registered():
+        argv = ["--db", db, "train"]
+        for key, value in options.items():
+            flag = CLI_TRAIN_FLAGS.get(key, "--" + key.replace("_", "-"))
+            if value is True:
+                argv.append(flag)
+            elif value is not False and value is not None:
+                argv += [flag, str(value)]
+        call = f"from workflow_rl.cli import main; main({argv!r})"
+    else:
+        call = ("from workflow_rl.trainer import train; from workflow_rl.trainer_config import TrainConfig; "
+                f"train(TrainConfig(**{options!r}), {db!r})")
+    return [sys.executable, "-c", f"{prelude}\n{call}" if prelude else call]
 
 
 def kill_group(proc: subprocess.Popen) -> None:

@@ -11,7 +11,6 @@ and its checkpoints.
 from __future__ import annotations
 
 import asyncio
-import sys
 
 import pytest
 from learner_helpers import RUN
@@ -21,6 +20,7 @@ from reliability_helpers import (
     duplicate_evaluations,
     evaluation_set,
     node_count,
+    train_command,
     workflow_set,
 )
 from sqlalchemy import func, insert, select, text
@@ -59,17 +59,9 @@ def _search_args(db: str, run: str, seed: int) -> list[str]:
 
 
 def _train_args(db: str, out: str, cache: str) -> list[str]:
-    """The trainer: ``workflow-rl train`` once registered, else the same call through the library."""
-    from workflow_rl.cli import app
-
-    if "train" in {c.name for c in app.registered_commands}:
-        return [*CLI, "--db", db, "train", "--run", RUN, "--out", out, "--cache-dir", cache, "--batch-size", "8",
-                "--micro-batch-size", "8", "--max-steps", str(TRAIN_STEPS), "--epochs", "4", "--lr", "1e-3",
-                "--save-every", "2"]
-    code = ("import sys; from workflow_rl.trainer import train; from workflow_rl.trainer_config import TrainConfig; "
-            f"train(TrainConfig(run={RUN!r}, out_dir={out!r}, cache_dir={cache!r}, batch_size=8, "
-            f"micro_batch_size=8, max_steps={TRAIN_STEPS}, epochs=4, lr=1e-3, save_every=2), sys.argv[1])")
-    return [sys.executable, "-c", code, db]
+    return train_command(db, {"run": RUN, "out_dir": out, "cache_dir": cache, "batch_size": 8,
+                              "micro_batch_size": 8, "max_steps": TRAIN_STEPS, "epochs": 4, "lr": 1e-3,
+                              "save_every": 2})
 
 
 async def _run_all(commands: dict[str, list[str]]) -> dict[str, tuple[int, str]]:
