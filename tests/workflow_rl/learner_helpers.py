@@ -44,9 +44,13 @@ def evaluate(bench, codes: list[str], problems) -> list[list[float]]:
     return [flat[i * len(problems) : (i + 1) * len(problems)] for i in range(len(codes))]
 
 
-def calc_search_db(tmp_path: Path, n_train: int = 8, n_val: int = 6) -> tuple[str, object]:
+def calc_search_db(tmp_path: Path, n_train: int = 8, n_val: int = 6, others: int | None = None) -> tuple[str, object]:
     """A database holding run ``calc-search``: calc seeds (source seed) and per-recipe workflows
-    (source mutation, as a search would find them) evaluated on every train and validation problem."""
+    (source mutation, as a search would find them) evaluated on train and validation problems.
+
+    ``others=None`` evaluates every workflow on every problem; ``others=k`` evaluates, on each
+    problem, the seeds, its own recipe's workflow and ``k`` other recipes' workflows (as a search
+    that evaluates each child on a batch of problems), giving smaller, less lopsided groups."""
     bench = calc_bench(n_train, n_val)
     url = f"sqlite:///{tmp_path / 'learner.db'}"
     engine = open_db(url)
@@ -54,17 +58,25 @@ def calc_search_db(tmp_path: Path, n_train: int = 8, n_val: int = 6) -> tuple[st
              **{f"oracle:{k}": v for k, v in bench.oracle_workflows().items()}}
     unique = list(dict.fromkeys(codes.values()))
     problems = bench.problems("train") + bench.problems("validation")
-    rewards = evaluate(bench, unique, problems)
+    if others is None:
+        pairs = [(c, p) for c in unique for p in problems]
+    else:
+        oracles = list(dict.fromkeys(bench.oracle_workflows().values()))
+        pairs = []
+        for i, p in enumerate(problems):
+            own = bench.oracle_for(p)
+            rest = [c for c in oracles if c != own]
+            chosen = {*bench.seed_workflows().values(), own, *(rest[(i + j) % len(rest)] for j in range(others))}
+            pairs += [(c, p) for c in unique if c in chosen]
+    flat = evaluate_pairs(bench, pairs)
     with session_scope(engine) as s:
         persist_problems(s, bench)
         ids = problem_ids(s, bench.name)
         run = get_or_create_run(s, RUN, bench.name)
-        rows = []
         seeds = set(bench.seed_workflows().values())
-        for code, row in zip(unique, rewards, strict=True):
-            wf = add_workflow(s, run.id, code, "seed" if code in seeds else "mutation")
-            rows += [{"run_id": run.id, "workflow_id": wf.id, "problem_id": ids[p.key], "reward": r}
-                     for p, r in zip(problems, row, strict=True)]
+        wf_ids = {code: add_workflow(s, run.id, code, "seed" if code in seeds else "mutation").id for code in unique}
+        rows = [{"run_id": run.id, "workflow_id": wf_ids[c], "problem_id": ids[p.key], "reward": r}
+                for (c, p), r in zip(pairs, flat, strict=True)]
         bulk_insert_evaluations(s, rows)
     engine.dispose()
     return url, bench

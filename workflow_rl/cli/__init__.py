@@ -26,7 +26,7 @@ app = typer.Typer(
 )
 
 # Command modules, registered in this order (each defines register(app)).
-COMMAND_MODULES: tuple[str, ...] = ("db", "search", "loop")
+COMMAND_MODULES: tuple[str, ...] = ("db", "search", "loop", "train")
 
 
 @app.callback()

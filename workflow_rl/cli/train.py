@@ -1,0 +1,85 @@
+"""``workflow-rl train``: one GRPO round on a stored run's evaluations, with a progress bar."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from workflow_rl.trainer_config import TrainConfig
+
+_H = TrainConfig.help_for
+
+
+def train_command(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Option("--run", help=_H("run"))],
+    policy: Annotated[str, typer.Option("--policy", help=_H("policy"))] = "builtin:tiny",
+    lora: Annotated[bool, typer.Option("--lora/--full", help=_H("lora"))] = False,
+    lr: Annotated[float, typer.Option("--lr", help=_H("lr"))] = 1e-5,
+    epochs: Annotated[int, typer.Option("--epochs", help=_H("epochs"))] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size", help=_H("batch_size"))] = 16,
+    micro_batch_size: Annotated[int, typer.Option("--micro-batch-size", help=_H("micro_batch_size"))] = 8,
+    num_iterations: Annotated[int, typer.Option("--num-iterations", help=_H("num_iterations"))] = 1,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help=_H("max_steps"))] = None,
+    warmup_steps: Annotated[int, typer.Option("--warmup-steps", help=_H("warmup_steps"))] = 0,
+    max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help=_H("max_grad_norm"))] = 1.0,
+    agg: Annotated[str, typer.Option("--agg", help=_H("agg"))] = "token",
+    adv_scale: Annotated[str, typer.Option("--adv-scale", help=_H("adv_scale"))] = "group",
+    eps_low: Annotated[float, typer.Option("--eps-low", help=_H("eps_low"))] = 0.2,
+    eps_high: Annotated[float, typer.Option("--eps-high", help=_H("eps_high"))] = 0.28,
+    beta: Annotated[float, typer.Option("--beta", help=_H("beta"))] = 0.0,
+    kl_kind: Annotated[str, typer.Option("--kl", help=_H("kl_kind"))] = "k3",
+    tis_cap: Annotated[float, typer.Option("--tis-cap", help=_H("tis_cap"))] = 2.0,
+    min_group_size: Annotated[int, typer.Option("--min-group-size", help=_H("min_group_size"))] = 2,
+    drop_zero_std: Annotated[bool, typer.Option("--drop-zero-std", help=_H("drop_zero_std"))] = False,
+    allow_stale: Annotated[bool, typer.Option("--allow-stale", help=_H("allow_stale"))] = False,
+    round_: Annotated[int, typer.Option("--round", help=_H("round"))] = 0,
+    out_dir: Annotated[str | None, typer.Option("--out", help=_H("out_dir"))] = None,
+    cache_dir: Annotated[str | None, typer.Option("--cache-dir", help=_H("cache_dir"))] = None,
+    save_every: Annotated[int | None, typer.Option("--save-every", help=_H("save_every"))] = None,
+    seed: Annotated[int, typer.Option("--seed", help=_H("seed"))] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help=_H("resume"))] = False,
+) -> None:
+    """Train the policy with token-level GRPO on the stored evaluations of --run (train split only).
+
+    Writes per-step metrics to train_steps and registers the checkpoint in policy_checkpoints;
+    the next search round can load it as its proposer.
+    """
+    from workflow_rl.trainer import train
+
+    config = TrainConfig(
+        run=run, policy=policy, lora=lora, lr=lr, epochs=epochs, batch_size=batch_size,
+        micro_batch_size=micro_batch_size, num_iterations=num_iterations, max_steps=max_steps,
+        warmup_steps=warmup_steps, max_grad_norm=max_grad_norm, agg=agg, adv_scale=adv_scale,
+        eps_low=eps_low, eps_high=eps_high, beta=beta, kl_kind=kl_kind, tis_cap=tis_cap,
+        min_group_size=min_group_size, drop_zero_std=drop_zero_std, allow_stale=allow_stale,
+        round=round_, out_dir=out_dir, cache_dir=cache_dir, save_every=save_every, seed=seed, resume=resume,
+    )
+    console = Console(stderr=True)
+    columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeElapsedColumn())
+    # transient: a refused run (missing checkpoint, unknown run) leaves only its one error line
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("train", total=None, info="")
+
+        def on_step(step: int, total: int, m: dict[str, float]) -> None:
+            info = (f"loss {m['loss/policy']:+.4f}  reward {m['reward/batch_mean']:.3f}  kl {m['loss/kl']:.4f}  "
+                    f"clip {m['clip/low']:.3f}/{m['clip/high']:.3f}" + ("  SKIPPED" if m["step/skipped"] else ""))
+            progress.update(task, completed=step, total=total, info=info)
+
+        result = train(config, ctx.obj["db"], on_step=on_step)
+    last = result.history[-1] if result.history else {}
+    typer.echo(
+        f"trained {len(result.history)} steps (total {result.steps}) on {result.dataset.samples} samples "
+        f"({result.dataset.groups} groups, {result.dataset.policy} policy / {result.dataset.search} search); "
+        f"final loss {last.get('loss/policy', float('nan')):+.4f}; "
+        f"checkpoint #{result.checkpoint_id}: {result.checkpoint_path}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train`` to the app."""
+    app.command("train")(train_command)
