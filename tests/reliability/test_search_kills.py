@@ -62,8 +62,11 @@ def _kill_chain(db: str, engine, run: str, rng: random.Random, target: int) -> t
                 delay = rng.uniform(0.2, 3.0)  # from launch: imports, open_db, upserts, seeds
                 alive = stays_alive(proc, delay)
             else:
-                delay = rng.uniform(0.0, 1.0)  # after the first new row: mid-simulation
-                alive = wait_until(lambda b=before: evaluation_count(engine, run) > b, proc, 120)
+                # mid-simulation: once a seeded-random amount of new work (rows) is stored, plus a
+                # random fraction of a child's execution, so the kill point does not depend on speed
+                rows, delay = rng.randint(1, 3 * SETTINGS["batch_size"]), rng.uniform(0.0, 0.3)
+                alive = wait_until(lambda b=before + rows: evaluation_count(engine, run) >= b, proc, 120,
+                                   poll=0.01)
                 alive = alive and stays_alive(proc, delay)
         finally:
             if proc.poll() is None:
