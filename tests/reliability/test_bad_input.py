@@ -244,3 +244,17 @@ def test_bad_input_as_subprocess(db):
     done = run_cli(["--db", str(missing), "search", "--run", "x", "--benchmark", "nope", "--budget", "10"])
     _check(done.returncode, done.stderr, ("unknown benchmark 'nope'",))
     assert not missing.exists()  # a failed command does not leave a new empty database behind
+
+
+def test_temperature_zero_for_rl_sampling_is_refused_by_the_configs():
+    """T = 0 (greedy) has no sampling distribution to train on. ``workflow-rl loop`` exposes no
+    --temperature option yet (the parametrized CLI case skips), so the configs the commands build
+    are checked directly: each names the value and the fix."""
+    from workflow_rl.errors import WorkflowRLError
+    from workflow_rl.loop_config import LoopConfig
+    from workflow_rl.trainer_config import TrainConfig
+
+    with pytest.raises(WorkflowRLError, match=r"temperature=0.*T > 0"):
+        LoopConfig(temperature=0)
+    with pytest.raises(WorkflowRLError, match=r"search_temperature=0.*temperature > 0"):
+        TrainConfig(run="r", search_temperature=0)
