@@ -33,15 +33,10 @@ def register(name: str, signature: str, description: str, kind: Literal["tool", 
 
 
 def _load_builtin() -> None:
-    # Importing the modules runs their @register decorators; imported lazily to avoid cycles.
-    import importlib
-
-    for module in ("operators.tools", "operators.llm_ops"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:  # a module not written yet must not hide the others
-            if exc.name != module:
-                raise
+    # Importing the modules runs their @register decorators; imported here, not at module top,
+    # because those modules import ``register`` from this one.
+    import operators.llm_ops  # noqa: F401
+    import operators.tools  # noqa: F401
 
 
 def get_operators(names: Iterable[str] | None = None) -> dict[str, Operator]:
