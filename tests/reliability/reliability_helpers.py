@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, func, inspect, select, text
 
-from storage.engine import session_scope
+from storage.engine import read_session_scope, session_scope
 from storage.models import Evaluation, Problem, Run, SearchNode, Workflow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,8 +122,9 @@ def stays_alive(proc: subprocess.Popen, seconds: float) -> bool:
 
 
 def evaluation_count(engine: Engine, run_name: str) -> int:
-    """Stored evaluations of a run (0 when the run does not exist yet)."""
-    with session_scope(engine) as s:
+    """Stored evaluations of a run (0 when the run does not exist yet); a read-only transaction,
+    so polling never takes the write lock from the process under test."""
+    with read_session_scope(engine) as s:
         return s.scalar(select(func.count(Evaluation.id)).join(Run, Run.id == Evaluation.run_id)
                         .where(Run.name == run_name)) or 0
 

@@ -29,7 +29,6 @@ from search.config import SearchConfig
 from storage.engine import open_db, session_scope
 from storage.models import Base, PolicyCheckpoint, Run, TrainStep
 from workflow_rl.cli.search import run_search
-from workflow_rl.policy import Policy
 
 SEARCHES = {"left": {"seed": 1}, "right": {"seed": 2}}
 SEARCH = {"budget": 160, "batch_size": 8, "children": 3}
@@ -76,7 +75,6 @@ async def _run_all(commands: dict[str, list[str]]) -> dict[str, tuple[int, str]]
 
 
 def _concurrent_run(url: str, base_url: str, tiny_cache: str, tmp_path) -> None:
-    Policy.load("builtin:tiny", cache_dir=tiny_cache)  # built once, before the race (not part of it)
     if url != base_url:
         _copy_database(base_url, url)
     commands = {name: [*CLI, *_search_args(url, name, kw["seed"])] for name, kw in SEARCHES.items()}

@@ -32,7 +32,7 @@ from storage.engine import open_db, session_scope
 from storage.models import Run
 from workflow_rl.cli.search import run_search
 
-SETTINGS = {"budget": 480, "batch_size": 8, "children": 3, "seed": 11}
+SETTINGS = {"budget": 600, "batch_size": 8, "children": 3, "seed": 11}
 KILLS = {"sqlite": 10, "postgres": 4}
 """Kills per backend (the search-resume logic is the same; PostgreSQL adds its own transactions)."""
 
@@ -89,8 +89,6 @@ def test_search_survives_random_sigkills(db_url):
     target = KILLS[engine.dialect.name if engine.dialect.name == "sqlite" else "postgres"]
     kills, delays = _kill_chain(db_url, engine, "killed", random.Random(2026), target)
     assert kills >= target, f"only {kills} kills landed before the run finished (delays {delays})"
-    with session_scope(engine) as s:
-        assert s.query(Run.status).filter(Run.name == "killed").scalar() == "running"
     done = run_cli(_args(db_url, "killed"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert duplicate_evaluations(engine) == []

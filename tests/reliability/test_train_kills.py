@@ -24,7 +24,7 @@ from learner_helpers import RUN
 from reliability_helpers import kill_group, spawn, stays_alive, stderr_of, train_command, wait_until
 from sqlalchemy import func, select
 
-from storage.engine import open_db, session_scope
+from storage.engine import open_db, read_session_scope, session_scope
 from storage.models import PolicyCheckpoint, TrainStep
 from workflow_rl import trainer
 from workflow_rl.policy import POLICY_META, Policy
@@ -71,7 +71,7 @@ def _registered(engine) -> list[PolicyCheckpoint]:
 
 def _saves(engine) -> int:
     """Registered saves of round 0 (every step saves, redone steps too: a progress counter)."""
-    with session_scope(engine) as s:
+    with read_session_scope(engine) as s:
         return s.scalar(select(func.count(PolicyCheckpoint.id)).where(PolicyCheckpoint.round == 0)) or 0
 
 
@@ -96,7 +96,6 @@ def test_checkpoints_are_written_atomically_in_the_code():
 
 @pytest.mark.slow
 def test_training_survives_sigkills_and_resumes_bit_for_bit(train_db, tiny_cache, tmp_path):
-    Policy.load("builtin:tiny", cache_dir=tiny_cache)  # build the model once, outside the trials
     engine = open_db(train_db)
     # The uninterrupted reference runs as a process of its own too (round 7 of the same run): the
     # same environment as the killed processes, so their floating-point results can be equal.
