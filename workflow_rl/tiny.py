@@ -2,9 +2,10 @@
 
 Everything runs on a CPU with no downloads. The tokenizer is a byte-level BPE trained on the
 operator descriptions (from the registry), benchmark text and seed workflows, so that workflow
-code is a few dozen tokens. The weights are seeded-random, then warm-started with a few LM steps
-on "policy prompt + seed workflow" documents so the untrained policy already writes well-formed
-(weak, seed-like) programs, as a pre-trained LM would. The same seed and corpus give
+code is a few dozen tokens. The weights are seeded-random, then warm-started with LM steps on
+"policy prompt of a random train problem + random type-checked pipeline" documents
+(:mod:`workflow_rl.tiny_corpus`), so the untrained policy writes valid, diverse programs but has
+no idea which one fits which problem, as a pre-trained base LM would. The same seed and corpus give
 bit-identical files; the result is cached under ``<cache_dir>/tiny-<hash>`` and written
 atomically (temporary directory + rename), so a half-built model is never loaded.
 """
@@ -63,8 +64,10 @@ class TinyConfig:
     num_key_value_heads: int = 2
     max_position_embeddings: int = 2048
     seed: int = 0
-    warm_start_steps: int = 150  # LM steps on the warm-start documents (0 = random weights)
+    warm_start_steps: int = 300  # LM steps on the warm-start documents (0 = random weights)
     warm_start_lr: float = 2e-3
+    warm_start_documents: int = 512  # random-problem + random-pipeline documents (tiny_corpus)
+    warm_start_batch: int = 32  # documents per warm-start step (a seeded shuffle cycles through them)
 
 
 def default_cache_dir() -> Path:
@@ -72,17 +75,21 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("WORKFLOW_RL_CACHE", Path.home() / ".cache" / "workflow-rl"))
 
 
-def tiny_corpus(benchmark: str | None = "calc", n_problems: int = 2) -> tuple[list[str], list[str]]:
+def tiny_corpus(
+    benchmark: str | None = "calc", n_documents: int = 512, seed: int = 0,
+) -> tuple[list[str], list[str]]:
     """``(tokenizer_texts, warm_start_documents)`` for the tiny model.
 
     Tokenizer texts: code shapes, operator descriptions (from the registry), the benchmark's
-    description, problems and seed workflows. Warm-start documents: the policy prompt of a few
-    train problems followed by each *seed* workflow (never an oracle), so the untrained policy
-    writes well-formed seed-like programs as a pre-trained LM would. Parts that are not
-    importable are skipped; the corpus is part of the cache key.
+    description, problems, seed workflows and the pipeline corpus. Warm-start documents
+    (:mod:`workflow_rl.tiny_corpus`): the policy prompt of a RANDOM train problem followed by a
+    RANDOM type-checked operator pipeline, so the base writes valid, diverse programs but knows
+    nothing about which pipeline fits which problem (never an oracle, never validation/test
+    problems). Parts that are not importable are skipped; the corpus is part of the cache key.
     """
     from operators.registry import describe_operators
     from workflow_rl.prompts import policy_prompt_for
+    from workflow_rl.tiny_corpus import pipeline_programs, warm_start_documents
 
     texts = [_BASE_PATTERNS, describe_operators()]
     documents: list[str] = []
@@ -96,14 +103,14 @@ def tiny_corpus(benchmark: str | None = "calc", n_problems: int = 2) -> tuple[li
             bench = None
     if bench is not None:
         seeds = list(bench.seed_workflows().values())
-        problems = bench.problems("train")
-        texts += [bench.description, *seeds, *(p.text for p in problems)]
-        if hasattr(bench, "oracle_workflows"):  # code shapes for merges only, never LM training data
-            texts += list(bench.oracle_workflows().values())
-        for problem in problems[:n_problems]:
-            prompt = policy_prompt_for(bench.description, bench.operator_names, problem.text)
-            texts.append(prompt)
-            documents += [prompt + code for code in seeds]
+        problems = [p.text for p in bench.problems("train")]
+        texts += [bench.description, *seeds, *problems, *pipeline_programs(bench.operator_names)]
+
+        def prompt_for(text: str) -> str:
+            return policy_prompt_for(bench.description, bench.operator_names, text)
+
+        texts.append(prompt_for(problems[0]) if problems else "")
+        documents = warm_start_documents(prompt_for, problems, bench.operator_names, n_documents, seed)
     return [t for t in texts if t], documents
 
 
@@ -144,9 +151,16 @@ def _warm_start(model, tokenizer, documents: list[str], config: TinyConfig) -> N
         prompt = doc[: doc.index(COMPLETION_MARKER) + len(COMPLETION_MARKER)] if COMPLETION_MARKER in doc else ""
         labels[b, : len(tokenizer(prompt, add_special_tokens=False)["input_ids"])] = -100
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.warm_start_lr)
+    # Seeded mini-batches cycling through a fixed permutation (the caller forked the RNG).
+    batch = max(1, min(config.warm_start_batch, len(documents)))
+    perm = torch.randperm(len(documents))
     model.train()
-    for _ in range(config.warm_start_steps):
-        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+    for step in range(config.warm_start_steps):
+        start = (step * batch) % len(documents)
+        rows_idx = perm[torch.arange(start, start + batch) % len(documents)]
+        width_b = int(attn[rows_idx].sum(-1).max())
+        loss = model(input_ids=ids[rows_idx, :width_b], attention_mask=attn[rows_idx, :width_b],
+                     labels=labels[rows_idx, :width_b]).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -211,7 +225,8 @@ def build_tiny(
     with ``from_pretrained(path, local_files_only=True)``.
     """
     config = config or TinyConfig()
-    corpus, documents = tiny_corpus() if corpus is None else (corpus, [])
+    corpus, documents = (tiny_corpus(n_documents=config.warm_start_documents, seed=config.seed)
+                         if corpus is None else (corpus, []))
     digest = hashlib.sha256(json.dumps([asdict(config), corpus, documents]).encode()).hexdigest()[:16]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root.mkdir(parents=True, exist_ok=True)
