@@ -187,12 +187,11 @@ def _mean_loglik(policy, samples):
 
 
 def test_training_on_calc_search_separates_positive_from_negative_workflows(db, cache, tmp_path):
-    """GRPO on stored calc search data lowers the likelihood of negative-advantage workflows and
-    widens the gap to positive-advantage ones.
+    """GRPO on stored calc search data raises the likelihood of positive-advantage workflows,
+    lowers that of negative-advantage ones and widens the gap (issue 9).
 
-    Known limitation (see the issue 9 report): with the tiny model the *absolute* likelihood of the
-    positive workflows does not rise yet (many negatives share their tokens and the tiny model
-    barely conditions on the problem), so that assertion is not made here.
+    Holds since the tiny base is warm-started on answer-free random pipelines (measured with it:
+    positives -2.99 -> -2.88, negatives -2.82 -> -2.98 mean token logprob).
     """
     url, _ = db
     policy = Policy.load("builtin:tiny", cache_dir=cache)
@@ -205,5 +204,6 @@ def test_training_on_calc_search_separates_positive_from_negative_workflows(db, 
     result = train(_cfg(tmp_path, cache, lr=5e-5, epochs=4, max_steps=None, batch_size=16, micro_batch_size=16), url)
     trained = Policy.load(str(result.checkpoint_path), cache_dir=cache)
     after_pos, after_neg = _mean_loglik(trained, pos), _mean_loglik(trained, neg)
+    assert after_pos > before_pos
     assert after_neg < before_neg
     assert after_pos - after_neg > (before_pos - before_neg) + 0.05
