@@ -204,7 +204,7 @@ SCRIPTS = {
     "kill-parent": ("import os\nos.kill(os.getppid(), 9)", "crash"),
     "signal-tamper": ("import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\n"
                       "signal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True:\n    pass", "timeout"),
-    "thread-spin": ("import threading\nfor _ in range(4):\n    threading.Thread(target=lambda: [0 for _ in iter(int, 1)]).start()", "timeout"),
+    "thread-spin": ("import threading\nfor _ in range(4):\n    threading.Thread(target=lambda: sum(iter(int, 1))).start()", "timeout"),
     "ctypes-libc": (f"import ctypes\nctypes.CDLL('libc.so.6').system(b'touch {TARGETS[0]}')", "crash"),
     "ctypes-symbol": ("import ctypes\nctypes.pythonapi.Py_Exit(0)", "crash"),
     "ctypes-memory": ("import ctypes\nctypes.memset(ctypes.c_void_p(id(1)), 0, 64)", "crash"),
