@@ -51,3 +51,19 @@ def db_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return request.getfixturevalue("sqlite_url")
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(scope="session")
+def tiny_cache() -> str:
+    """One cache of the built-in tiny policy for the whole test session (built at most once).
+
+    The build is deterministic and written atomically, so tests share the user-level cache
+    (``$WORKFLOW_RL_CACHE`` or ``~/.cache/workflow-rl``): a fresh CI machine builds it once, and
+    the CLI processes that tests start find the same directory. Built here, before any test's
+    timed part, so no test spends its own time limit on the build.
+    """
+    from workflow_rl.tiny import build_tiny, default_cache_dir
+
+    cache = default_cache_dir()
+    build_tiny(cache)
+    return str(cache)

@@ -70,6 +70,10 @@ class TinyConfig:
     warm_start_batch: int = 32  # documents per warm-start step (a seeded shuffle cycles through them)
 
 
+BUILTIN_OPERATOR_MODULES = ("operators.tools", "operators.llm_ops")
+"""Modules whose operators' descriptions go into the tiny tokenizer's corpus."""
+
+
 def default_cache_dir() -> Path:
     """``$WORKFLOW_RL_CACHE`` or ``~/.cache/workflow-rl``: where built tiny models are kept."""
     return Path(os.environ.get("WORKFLOW_RL_CACHE", Path.home() / ".cache" / "workflow-rl"))
@@ -87,11 +91,14 @@ def tiny_corpus(
     nothing about which pipeline fits which problem (never an oracle, never validation/test
     problems). Parts that are not importable are skipped; the corpus is part of the cache key.
     """
-    from operators.registry import describe_operators
+    from operators.registry import describe_operators, get_operators
     from workflow_rl.prompts import policy_prompt_for
     from workflow_rl.tiny_corpus import pipeline_programs, warm_start_documents
 
-    texts = [_BASE_PATTERNS, describe_operators()]
+    # Only the built-in operators: the corpus (and so the cache key) must not change when a
+    # program or test registers operators of its own in this process.
+    builtin = sorted(n for n, op in get_operators().items() if op.fn.__module__ in BUILTIN_OPERATOR_MODULES)
+    texts = [_BASE_PATTERNS, describe_operators(builtin)]
     documents: list[str] = []
     bench = None
     if benchmark:

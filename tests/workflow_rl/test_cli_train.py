@@ -12,9 +12,9 @@ from storage.models import PolicyCheckpoint, TrainStep
 from workflow_rl.cli import app, main
 
 
-def test_train_command_trains_and_prints_checkpoint(tmp_path, tmp_path_factory):
+def test_train_command_trains_and_prints_checkpoint(tmp_path, tiny_cache):
     url, _ = calc_search_db(tmp_path, n_train=4, n_val=2)
-    cache = str(tmp_path_factory.getbasetemp() / "tiny-cache")
+    cache = tiny_cache
     out = tmp_path / "ckpt"
     result = CliRunner().invoke(app, [
         "--db", url, "train", "--run", RUN, "--max-steps", "2", "--batch-size", "8", "--micro-batch-size", "4",

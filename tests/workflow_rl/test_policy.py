@@ -14,8 +14,8 @@ from workflow_rl.tiny import TinyConfig, build_tiny
 
 
 @pytest.fixture(scope="module")
-def policy(tmp_path_factory):
-    return Policy.load("builtin:tiny", cache_dir=tmp_path_factory.getbasetemp() / "tiny-cache")
+def policy(tiny_cache):
+    return Policy.load("builtin:tiny", cache_dir=tiny_cache)
 
 
 def _digest(path):

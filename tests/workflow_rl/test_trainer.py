@@ -20,8 +20,8 @@ from workflow_rl.trainer_config import TrainConfig
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.getbasetemp() / "tiny-cache")
+def cache(tiny_cache):
+    return tiny_cache
 
 
 @pytest.fixture(scope="module")

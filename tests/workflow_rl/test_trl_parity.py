@@ -46,10 +46,10 @@ def bench():
 
 
 @pytest.fixture(scope="module")
-def policy(tmp_path_factory) -> Policy:
+def policy(tiny_cache) -> Policy:
     """The built-in tiny policy, float32 on CPU, in the session's tiny cache (shared with the
     learner's tests, so the suite builds it once)."""
-    cache = tmp_path_factory.getbasetemp() / "tiny-cache"
+    cache = tiny_cache
     return Policy.load("builtin:tiny", cache_dir=cache, device="cpu", dtype=torch.float32)
 
 
