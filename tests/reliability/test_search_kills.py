@@ -59,12 +59,12 @@ def _kill_chain(db: str, engine, run: str, rng: random.Random, target: int) -> t
         proc = spawn(_args(db, run))
         try:
             if trial % 4 == 0:
-                delay = rng.uniform(0.2, 3.0)  # from launch: imports, open_db, upserts, seeds
+                delay = rng.uniform(0.2, 1.5)  # from launch: imports, open_db, upserts, seeds
                 alive = stays_alive(proc, delay)
             else:
                 # mid-simulation: once a seeded-random amount of new work (rows) is stored, plus a
                 # random fraction of a child's execution, so the kill point does not depend on speed
-                rows, delay = rng.randint(1, 3 * SETTINGS["batch_size"]), rng.uniform(0.0, 0.3)
+                rows, delay = rng.randint(1, 3 * SETTINGS["batch_size"]), rng.uniform(0.0, 0.1)
                 alive = wait_until(lambda b=before + rows: evaluation_count(engine, run) >= b, proc, 120,
                                    poll=0.01)
                 alive = alive and stays_alive(proc, delay)
