@@ -70,6 +70,10 @@ class TinyConfig:
     warm_start_batch: int = 32  # documents per warm-start step (a seeded shuffle cycles through them)
 
 
+BUILD_VERSION = 2
+"""Part of the cache key: bump when the build procedure changes what a config produces
+(2: warm start uses the tokenizer as loaded, see ``_build``)."""
+
 BUILTIN_OPERATOR_MODULES = ("operators.tools", "operators.llm_ops")
 """Modules whose operators' descriptions go into the tiny tokenizer's corpus."""
 
@@ -176,11 +180,11 @@ def _warm_start(model, tokenizer, documents: list[str], config: TinyConfig) -> N
 
 def _build(target: Path, config: TinyConfig, corpus: list[str], documents: list[str]) -> None:
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    tokenizer = _train_tokenizer(corpus, config.vocab_size)
+    trained = _train_tokenizer(corpus, config.vocab_size)
     model_config = Qwen2Config(
-        vocab_size=len(tokenizer),
+        vocab_size=len(trained),
         hidden_size=config.hidden_size,
         intermediate_size=config.intermediate_size,
         num_hidden_layers=config.num_hidden_layers,
@@ -188,25 +192,32 @@ def _build(target: Path, config: TinyConfig, corpus: list[str], documents: list[
         num_key_value_heads=config.num_key_value_heads,
         max_position_embeddings=config.max_position_embeddings,
         tie_word_embeddings=True,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=trained.eos_token_id,
+        eos_token_id=trained.eos_token_id,
+        pad_token_id=trained.pad_token_id,
     )
-    # A private RNG and one thread keep the build bit-for-bit deterministic and leave the
-    # caller's global RNG untouched.
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            model = Qwen2ForCausalLM(model_config)
-            _warm_start(model, tokenizer, documents, config)
-    finally:
-        torch.set_num_threads(threads)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
+        # Warm-start with the tokenizer exactly as Policy.load will load it. transformers maps a
+        # qwen2 config to its own tokenizer class, which keeps our vocabulary and merges but uses
+        # Qwen2's pre-tokenizer; training with the in-memory tokenizer instead taught the model
+        # token splits ("\n   " as one token) that the loaded tokenizer never produces, so code
+        # encoded at train time (search samples, prompts) was off the model's own distribution.
+        trained.save_pretrained(tmp)
+        model_config.save_pretrained(tmp)
+        tokenizer = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
+        # A private RNG and one thread keep the build bit-for-bit deterministic and leave the
+        # caller's global RNG untouched.
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed)
+                model = Qwen2ForCausalLM(model_config)
+                _warm_start(model, tokenizer, documents, config)
+        finally:
+            torch.set_num_threads(threads)
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
         (tmp / "tiny_config.json").write_text(json.dumps(asdict(config), indent=1))
         for f in tmp.iterdir():  # fsync before the rename makes the directory visible
             with open(f, "rb") as fh:
@@ -234,7 +245,7 @@ def build_tiny(
     config = config or TinyConfig()
     corpus, documents = (tiny_corpus(n_documents=config.warm_start_documents, seed=config.seed)
                          if corpus is None else (corpus, []))
-    digest = hashlib.sha256(json.dumps([asdict(config), corpus, documents]).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps([BUILD_VERSION, asdict(config), corpus, documents]).encode()).hexdigest()[:16]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"tiny-{digest}"
