@@ -11,6 +11,7 @@ zero-filled (seed 001).
 
 from __future__ import annotations
 
+import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,10 @@ from storage.engine import session_scope
 from storage.models import Evaluation, Generation, Problem, Run, Workflow
 from workflow_rl.errors import WorkflowRLError
 from workflow_rl.prompts import policy_prompt_for
+
+
+class NoTrainSamples(WorkflowRLError):
+    """A run has no sample left to train on after the filters (e.g. every group had equal rewards)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,8 @@ class DatasetFilter:
     group_by_prompt: bool = True  # policy siblings of one prompt form their own group
     search_temperature: float = 1.0  # temperature search samples are trained at (policy's sampling T)
     max_completion_tokens: int | None = None  # longer completions are dropped (counted), never cut
+    max_search_group: int | None = None  # search-only groups above this size are subsampled (see below)
+    seed: int = 0  # seed of that subsampling
 
 
 @dataclass
@@ -190,6 +197,23 @@ def load_samples(
     return _filter_groups(samples, filt, stats)
 
 
+def _subsample(members: list[Sample], size: int, seed: str) -> list[Sample]:
+    """``size`` members of a large search group: up to half above the group's mean reward, the rest
+    drawn from the others (seeded).
+
+    Replaying a library of many programs on one problem gives groups of hundreds in which a few
+    programs succeed; a uniform subsample would usually hold no success at all (zero variance,
+    nothing learned), while this keeps the contrast at a fixed training cost. Order is kept.
+    """
+    rng = random.Random(seed)
+    mean = sum(x.reward for x in members) / len(members)
+    above = [i for i, x in enumerate(members) if x.reward > mean]
+    rest = [i for i, x in enumerate(members) if x.reward <= mean]
+    chosen = rng.sample(above, min(len(above), size // 2))
+    chosen += rng.sample(rest, min(len(rest), size - len(chosen)))
+    return [members[i] for i in sorted(chosen)]
+
+
 def _filter_groups(samples: list[Sample], filt: DatasetFilter, stats: DatasetStats):
     groups: dict[str, list[Sample]] = defaultdict(list)
     for sample in samples:
@@ -204,6 +228,9 @@ def _filter_groups(samples: list[Sample], filt: DatasetFilter, stats: DatasetSta
         if filt.drop_zero_std and g in zero:
             stats.dropped["zero_std"] += len(members)
             continue
+        if filt.max_search_group and len(members) > filt.max_search_group and all(x.source == "search" for x in members):
+            members = _subsample(members, filt.max_search_group, f"{filt.seed}:{g}")
+            stats.dropped["search_subsampled"] += len(sized[g]) - len(members)
         kept.extend(members)
     stats.samples = len(kept)
     stats.groups = len({x.group_id for x in kept})

@@ -23,7 +23,7 @@ from sqlalchemy import Engine, select
 from storage.engine import open_db, session_scope
 from storage.models import PolicyCheckpoint, Run
 from storage.repo import add_checkpoint, add_train_step
-from workflow_rl.dataset import DatasetFilter, DatasetStats, Sample, load_samples
+from workflow_rl.dataset import DatasetFilter, DatasetStats, NoTrainSamples, Sample, load_samples
 from workflow_rl.errors import WorkflowRLError
 from workflow_rl.grpo import (
     completion_mask,
@@ -268,9 +268,10 @@ def train(
     samples, stats = load_samples(engine, DatasetFilter(
         run=config.run, rounds=config.rounds, min_group_size=config.min_group_size,
         drop_zero_std=config.drop_zero_std, search_temperature=config.search_temperature,
-        max_completion_tokens=config.max_completion_tokens), policy)
+        max_completion_tokens=config.max_completion_tokens, max_search_group=config.max_search_group,
+        seed=config.seed), policy)
     if not samples:
-        raise WorkflowRLError(f"run {config.run!r} has no usable train samples ({dict(stats.dropped)} dropped); "
+        raise NoTrainSamples(f"run {config.run!r} has no usable train samples ({dict(stats.dropped)} dropped); "
                               "search on the train split first or lower --min-group-size")
     stale = [s for s in samples if s.source == "policy" and s.policy_version != start_version]
     if stale and not config.allow_stale:
