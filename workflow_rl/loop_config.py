@@ -36,10 +36,19 @@ class LoopConfig:
     top_workflows: int = _f(0, "Best search workflows (by validation score) run on the round's train problems "
                               "(0 = pure on-policy GRPO; search positives in a policy group swamp it).")
     extra_workflows: int = _f(0, "Further random search workflows run on them (contrast for the advantages).")
+    library_problems: int = _f(96, "Train problems on which every distinct valid program the policy has written in "
+                                   "this loop so far is replayed each round (search data, one group per problem; "
+                                   "0 = off). Runs are cheap next to sampling, and most groups gain a success.")
+    library_size: int = _f(256, "Most programs replayed: the most often sampled distinct ones.")
+    max_search_group: int = _f(8, "Replayed programs kept per problem for training (up to half of them successes).")
     temperature: float = _f(1.0, "Sampling temperature of the policy (training uses the same T).")
     max_new_tokens: int = _f(80, "Longest completion the policy may sample.")
     lr: float = _f(1e-4, "Learner learning rate (0 = the control loop: parameters stay bit-identical).")
+    beta: float = _f(0.0, "KL coefficient to the starting policy of each round (k3): anchors the tokens every "
+                          "program shares while the learner moves the few that choose operators.")
     epochs: int = _f(2, "Learner passes over each round's samples.")
+    drop_zero_std: bool = _f(True, "Train only on groups whose rewards differ (DAPO dynamic sampling): an "
+                                   "all-equal group has zero advantage and would only cost compute.")
     batch_size: int = _f(32, "Samples per optimizer step.")
     micro_batch_size: int = _f(16, "Samples per forward pass.")
     out_dir: str | None = _f(None, "Where checkpoints go (default ./runs/<run>).")
@@ -50,6 +59,8 @@ class LoopConfig:
         """Validate; errors say the value and the fix."""
         if not self.run or "/" in self.run:
             raise WorkflowRLError(f"run={self.run!r}: use a non-empty name without '/' (round runs add /r<N>)")
+        if self.library_problems < 0 or self.library_size < 1 or self.max_search_group < 2:
+            raise WorkflowRLError("library_problems must be >= 0, library_size >= 1 and max_search_group >= 2")
         for name in ("rounds", "search_budget", "search_batch", "children", "train_problems", "group_size",
                      "max_new_tokens", "epochs", "batch_size", "micro_batch_size"):
             if getattr(self, name) < 1:
