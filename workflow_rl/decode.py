@@ -126,13 +126,25 @@ def sample_tokens(model, prompt_ids: list[list[int]], n: int, temperature: float
                  [row[:k] for row, k in zip(lps, lens, strict=True)])
 
 
+def _stochastic(model) -> bool:
+    """True when a forward is random (dropout active): rows must then not share a prompt pass,
+    whose dropout draw would be common to the whole group."""
+    if not model.training:
+        return False
+    config = getattr(model, "config", None)
+    if float(getattr(config, "attention_dropout", 0.0) or 0.0) > 0:
+        return True
+    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+
+
 def completion_logits(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], pad: int) -> torch.Tensor:
     """Teacher-forced logits ``[B, L_max, V]`` predicting each completion token (with grad).
 
     Row ``b``'s position ``j < len(completion_ids[b])`` holds the logits that predict
     ``completion_ids[b][j]``; positions past a row's length are padding (finite, ignored).
     The last completion token is never fed (nothing is predicted from it). Rows with the same
-    prompt share one prompt pass (see the module docstring); otherwise one pass over
+    prompt share one prompt pass (see the module docstring) unless dropout is active (the
+    group would share one dropout draw); otherwise one pass over
     ``left-padded prompt + right-padded completion`` keeps only the completion positions.
     """
     device = next(model.parameters()).device
@@ -146,17 +158,18 @@ def completion_logits(model, prompt_ids: list[list[int]], completion_ids: list[l
     tails = [list(c[:-1]) + [pad] * (l_max - max(len(c), 1)) for c in completion_ids]  # right-padded inputs
     tail_mask = torch.tensor([[1] * (len(c) - 1) + [0] * (l_max - max(len(c), 1)) for c in completion_ids],
                              dtype=torch.long, device=device).view(n_rows, l_max - 1)
-    if len(distinct) < n_rows:
+    if len(distinct) < n_rows and not _stochastic(model):
         last, cache, prompt_mask, prompt_len = _prefill(model, [list(p) for p in distinct], pad, device)
         index = torch.tensor(which, device=device)
         if l_max == 1:
             return last[index][:, None, :]
-        cache.batch_select_indices(index)
-        attn = torch.cat([prompt_mask[index], tail_mask], dim=1)
-        positions = prompt_len[index][:, None] + torch.arange(l_max - 1, device=device)
-        out = model(input_ids=torch.tensor(tails, device=device), attention_mask=attn, position_ids=positions,
-                    past_key_values=cache, use_cache=True)
-        return torch.cat([last[index][:, None, :], out.logits], dim=1)
+        if hasattr(cache, "batch_select_indices"):  # else (a model without a KV cache): one pass below
+            cache.batch_select_indices(index)
+            attn = torch.cat([prompt_mask[index], tail_mask], dim=1)
+            positions = prompt_len[index][:, None] + torch.arange(l_max - 1, device=device)
+            out = model(input_ids=torch.tensor(tails, device=device), attention_mask=attn, position_ids=positions,
+                        past_key_values=cache, use_cache=True)
+            return torch.cat([last[index][:, None, :], out.logits], dim=1)
     ids, prompt_mask = left_pad([list(p) for p in prompt_ids], pad, device)
     ids = torch.cat([ids, torch.tensor(tails, dtype=torch.long, device=device).view(n_rows, l_max - 1)], dim=1)
     attn = torch.cat([prompt_mask, tail_mask], dim=1)

@@ -13,7 +13,7 @@ import copy
 import pytest
 import torch
 
-from workflow_rl.decode import completion_logits, draw, left_pad
+from workflow_rl.decode import _stochastic, completion_logits, draw, left_pad
 from workflow_rl.lean_decode import lean_decoder
 from workflow_rl.policy import LoraSpec, Policy
 
@@ -172,3 +172,13 @@ def test_completion_logits_predict_each_token_from_its_prefix(policy):
     assert logits.shape == (2, 3, full.shape[-1])
     assert (logits[0] - full[len(prompt) - 1 : len(prompt) + 2]).abs().max() < 1e-5
     assert (logits[1, 0] - full[len(prompt) - 1]).abs().max() < 1e-5
+
+
+def test_prompt_pass_is_shared_only_without_dropout(policy):
+    model = copy.deepcopy(policy.model)
+    model.train()
+    assert not _stochastic(model)  # the tiny policy has no dropout: groups share their prompt pass
+    model.config.attention_dropout = 0.1
+    assert _stochastic(model)  # a shared pass would give the whole group one dropout draw
+    model.eval()
+    assert not _stochastic(model)
