@@ -126,9 +126,15 @@ def sample_tokens(model, prompt_ids: list[list[int]], n: int, temperature: float
                  [row[:k] for row, k in zip(lps, lens, strict=True)])
 
 
+def _shareable(model) -> bool:
+    """Whether rows may share a prompt pass: not while dropout is active (the whole group would
+    share one dropout draw), nor through a DDP/FSDP wrapper (``.module``), whose gradient hooks
+    expect one forward per backward."""
+    return not hasattr(model, "module") and not _stochastic(model)
+
+
 def _stochastic(model) -> bool:
-    """True when a forward is random (dropout active): rows must then not share a prompt pass,
-    whose dropout draw would be common to the whole group."""
+    """True when a forward is random: training mode with dropout (modules or attention) > 0."""
     if not model.training:
         return False
     config = getattr(model, "config", None)
@@ -143,8 +149,8 @@ def completion_logits(model, prompt_ids: list[list[int]], completion_ids: list[l
     Row ``b``'s position ``j < len(completion_ids[b])`` holds the logits that predict
     ``completion_ids[b][j]``; positions past a row's length are padding (finite, ignored).
     The last completion token is never fed (nothing is predicted from it). Rows with the same
-    prompt share one prompt pass (see the module docstring) unless dropout is active (the
-    group would share one dropout draw); otherwise one pass over
+    prompt share one prompt pass (see the module docstring) where :func:`_shareable`; otherwise
+    one pass over
     ``left-padded prompt + right-padded completion`` keeps only the completion positions.
     """
     device = next(model.parameters()).device
@@ -158,7 +164,7 @@ def completion_logits(model, prompt_ids: list[list[int]], completion_ids: list[l
     tails = [list(c[:-1]) + [pad] * (l_max - max(len(c), 1)) for c in completion_ids]  # right-padded inputs
     tail_mask = torch.tensor([[1] * (len(c) - 1) + [0] * (l_max - max(len(c), 1)) for c in completion_ids],
                              dtype=torch.long, device=device).view(n_rows, l_max - 1)
-    if len(distinct) < n_rows and not _stochastic(model):
+    if len(distinct) < n_rows and _shareable(model):
         last, cache, prompt_mask, prompt_len = _prefill(model, [list(p) for p in distinct], pad, device)
         index = torch.tensor(which, device=device)
         if l_max == 1:

@@ -13,7 +13,7 @@ import copy
 import pytest
 import torch
 
-from workflow_rl.decode import _stochastic, completion_logits, draw, left_pad
+from workflow_rl.decode import _shareable, completion_logits, draw, left_pad
 from workflow_rl.lean_decode import lean_decoder
 from workflow_rl.policy import LoraSpec, Policy
 
@@ -174,11 +174,18 @@ def test_completion_logits_predict_each_token_from_its_prefix(policy):
     assert (logits[1, 0] - full[len(prompt) - 1]).abs().max() < 1e-5
 
 
-def test_prompt_pass_is_shared_only_without_dropout(policy):
+def test_prompt_pass_is_shared_only_without_dropout_or_ddp_wrapper(policy):
     model = copy.deepcopy(policy.model)
     model.train()
-    assert not _stochastic(model)  # the tiny policy has no dropout: groups share their prompt pass
+    assert _shareable(model)  # the tiny policy has no dropout: groups share their prompt pass
     model.config.attention_dropout = 0.1
-    assert _stochastic(model)  # a shared pass would give the whole group one dropout draw
+    assert not _shareable(model)  # a shared pass would give the whole group one dropout draw
     model.eval()
-    assert not _stochastic(model)
+    assert _shareable(model)
+
+    class Wrapper(torch.nn.Module):  # the shape of DDP / FSDP: the model under ``.module``
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    assert not _shareable(Wrapper(model))
