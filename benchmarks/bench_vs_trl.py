@@ -167,7 +167,7 @@ def run_ours(case: StepCase, model_dir: str) -> dict[str, float]:
     from accelerate import Accelerator
 
     from workflow_rl.dataset import Sample
-    from workflow_rl.trainer import grpo_step
+    from workflow_rl.trainer import adamw, grpo_step
     from workflow_rl.trainer_config import TrainConfig
 
     n = case.n_prompts * case.group_size
@@ -176,7 +176,7 @@ def run_ours(case: StepCase, model_dir: str) -> dict[str, float]:
     accelerator = Accelerator(cpu=True)
     policy = Policy.load(model_dir, device="cpu", dtype=torch.float32)
     ref_model = copy.deepcopy(policy.model).eval().requires_grad_(False)  # as trainer.train: beta > 0, no LoRA
-    optimizer = torch.optim.AdamW([p for p in policy.model.parameters() if p.requires_grad], lr=config.lr)
+    optimizer = adamw([p for p in policy.model.parameters() if p.requires_grad], config.lr)  # as trainer.train
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     policy.model, optimizer, scheduler = accelerator.prepare(policy.model, optimizer, scheduler)
     prompts = step_prompts(case)

@@ -4,8 +4,8 @@ Index 0 is a virtual root that is never stored: its children are the benchmark's
 (``search_nodes.parent_node_id IS NULL``). Every other index is one stored node. A node's
 ``own_score`` is the mean validation reward of its workflow; ``value_sum / visits`` is its MCTS value
 ``Q`` after back-propagation. ``expansions`` counts how many times the node was expanded; it is
-stored implicitly as the number of distinct ``round`` values (simulation indices) of its children,
-so the schema needs no extra column.
+stored in ``search_nodes.expansions`` (not derived from the children: an expansion whose children
+were all duplicates adds no child row) and written in the simulation's transaction.
 """
 
 from __future__ import annotations
@@ -146,16 +146,16 @@ def load_tree(session: Session, run_id: int) -> Tree:
         )
         tree.visits[index] = node.visits
         tree.value_sum[index] = node.value_sum
+        tree.expansions[index] = node.expansions
         by_node_id[node.id] = index
-    for i in range(1, len(tree)):
-        tree.expansions[i] = len({tree.round[ch] for ch in tree.children[i]})
     return tree
 
 
 def save_nodes(session: Session, run_id: int, tree: Tree, touched: set[int]) -> None:
-    """Insert new nodes and update visits/values of ``touched`` ones, in index order.
+    """Insert new nodes and update visits/values/expansions of ``touched`` ones, in index order.
 
-    Runs inside the caller's transaction so that one simulation commits atomically.
+    Runs inside the caller's transaction so that one simulation commits atomically: the expanded
+    node's count and the back-propagated values can never be split by a crash.
     """
     for i in sorted(touched):
         if i == ROOT_INDEX:
@@ -171,6 +171,7 @@ def save_nodes(session: Session, run_id: int, tree: Tree, touched: set[int]) -> 
                 visits=tree.visits[i],
                 value_sum=tree.value_sum[i],
                 prior=tree.prior[i],
+                expansions=tree.expansions[i],
                 expanded=tree.expansions[i] > 0,
             )
             session.add(row)
@@ -181,4 +182,5 @@ def save_nodes(session: Session, run_id: int, tree: Tree, touched: set[int]) -> 
             assert row is not None, f"search node {tree.node_id[i]} vanished"
             row.visits = tree.visits[i]
             row.value_sum = tree.value_sum[i]
+            row.expansions = tree.expansions[i]
             row.expanded = tree.expansions[i] > 0

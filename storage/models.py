@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # A naming convention makes constraint names deterministic, which Alembic needs for batch
@@ -192,7 +193,10 @@ class SearchNode(Base):
     visits: Mapped[int] = mapped_column(Integer, default=0)
     value_sum: Mapped[float] = mapped_column(Float, default=0.0)
     prior: Mapped[float | None] = mapped_column(Float)
-    expanded: Mapped[bool] = mapped_column(Boolean, default=False)
+    expanded: Mapped[bool] = mapped_column(Boolean, default=False)  # expansions > 0
+    # How many times the node was expanded (selection reads it). Stored because an expansion whose
+    # children were all duplicates adds no child row, so it cannot be derived from the children.
+    expansions: Mapped[int] = mapped_column(Integer, default=0, server_default=sql_text("0"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

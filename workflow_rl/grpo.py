@@ -22,6 +22,52 @@ KLKind = Literal["k1", "k2", "k3"]
 # ---------------------------------------------------------------- logprobs and masks
 
 
+class _SelectiveLogSoftmax(torch.autograd.Function):
+    """``log_softmax(rows / T)[ids]`` of flat ``[N, V]`` logits, ``chunk`` rows at a time.
+
+    Saves only its input and the ``[N]`` logsumexps, and its backward is the closed form
+    ``(onehot(ids) - softmax(rows / T)) * g / T`` per chunk: one exp pass, where autograd through
+    ``gather`` + ``logsumexp`` keeps a float32 copy of every chunk and runs zero-fill, scatter,
+    exp, multiply and add passes over ``[N, V]``. The optional entropy output is a metric (no grad).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, ids, temperature: float, chunk: int, with_entropy: bool):  # noqa: D102
+        n = logits.shape[0]
+        out = torch.empty(n, dtype=torch.float32, device=logits.device)
+        lse_all = torch.empty(n, dtype=torch.float32, device=logits.device)
+        entropy = torch.empty(n if with_entropy else 0, dtype=torch.float32, device=logits.device)
+        for start in range(0, n, chunk):
+            rows = logits[start : start + chunk].float()
+            if temperature != 1.0:
+                rows = rows / temperature
+            lse = torch.logsumexp(rows, dim=-1)
+            out[start : start + chunk] = rows.gather(-1, ids[start : start + chunk, None]).squeeze(-1) - lse
+            lse_all[start : start + chunk] = lse
+            if with_entropy:
+                entropy[start : start + chunk] = lse - (torch.softmax(rows, dim=-1) * rows).sum(-1)
+        ctx.save_for_backward(logits, ids, lse_all)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        ctx.mark_non_differentiable(entropy)
+        return out, entropy
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_entropy):  # noqa: D102
+        logits, ids, lse = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        for start in range(0, logits.shape[0], ctx.chunk):
+            rows = logits[start : start + ctx.chunk].float()
+            if ctx.temperature != 1.0:
+                rows = rows / ctx.temperature
+            g = grad_out[start : start + ctx.chunk, None]
+            part = torch.exp(rows - lse[start : start + ctx.chunk, None]).mul_(-g)
+            part.scatter_add_(-1, ids[start : start + ctx.chunk, None], g)
+            if ctx.temperature != 1.0:
+                part = part.div_(ctx.temperature)
+            grad[start : start + ctx.chunk] = part
+        return grad, None, None, None, None
+
+
 def token_logprobs(
     logits: torch.Tensor,
     ids: torch.Tensor,
@@ -33,32 +79,22 @@ def token_logprobs(
 
     ``logits``: ``[..., V]`` (any float dtype); ``ids``: ``[...]`` token ids. Rows are processed
     ``chunk_rows`` at a time in float32 (logsumexp of the row minus the gathered logit), so the
-    extra memory is O(chunk_rows * V) rather than O(B * L * V). With ``with_entropy`` the
-    per-token entropy of ``softmax(logits / T)`` is returned too (no grad: it is a metric).
+    extra memory is O(chunk_rows * V) rather than O(B * L * V), in the backward pass too
+    (:class:`_SelectiveLogSoftmax`). With ``with_entropy`` the per-token entropy of
+    ``softmax(logits / T)`` is returned too (no grad: it is a metric).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 for logprobs, got {temperature}")
     vocab = logits.shape[-1]
     flat_logits = logits.reshape(-1, vocab)
-    flat_ids = ids.reshape(-1)
-    out, ent = [], []
-    for start in range(0, flat_logits.shape[0], chunk_rows):
-        rows = flat_logits[start : start + chunk_rows].float()
-        if temperature != 1.0:
-            rows = rows / temperature
-        picked = rows.gather(-1, flat_ids[start : start + chunk_rows, None]).squeeze(-1)
-        lse = torch.logsumexp(rows, dim=-1)
-        out.append(picked - lse)
-        if with_entropy:
-            with torch.no_grad():
-                probs = torch.softmax(rows.detach(), dim=-1)
-                ent.append(lse.detach() - (probs * rows.detach()).sum(-1))
-                del probs
-    logp = torch.cat(out).reshape(ids.shape) if out else flat_logits.new_zeros(ids.shape, dtype=torch.float32)
+    if flat_logits.shape[0] == 0:
+        logp = flat_logits.new_zeros(ids.shape, dtype=torch.float32)
+        return (logp, torch.zeros_like(logp)) if with_entropy else logp
+    logp, entropy = _SelectiveLogSoftmax.apply(flat_logits, ids.reshape(-1), float(temperature), chunk_rows,
+                                               with_entropy)
     if with_entropy:
-        entropy = torch.cat(ent).reshape(ids.shape) if ent else torch.zeros_like(logp)
-        return logp, entropy
-    return logp
+        return logp.reshape(ids.shape), entropy.reshape(ids.shape)
+    return logp.reshape(ids.shape)
 
 
 def completion_mask(

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from workflow_rl.decode import completion_logits, sample_tokens
 from workflow_rl.errors import WorkflowRLError
 from workflow_rl.grpo import token_logprobs
 from workflow_rl.tiny import BUILTIN_TINY, build_tiny
@@ -234,56 +235,19 @@ class Policy:
         if temperature < 0 or not 0 < top_p <= 1:
             raise WorkflowRLError(f"invalid sampling temperature={temperature} top_p={top_p}")
         self.model.eval()
-        gen = torch.Generator(device="cpu").manual_seed(seed)
         prompt_ids = [self.encode(p) for p in prompts]
+        drawn = sample_tokens(self.model, prompt_ids, n, temperature, top_p, max_new_tokens, self.eos_token_id, seed)
         rows = [i for i in range(len(prompts)) for _ in range(n)]
-        width = max(len(prompt_ids[i]) for i in rows)
-        pad, eos, dev = self.eos_token_id, self.eos_token_id, self.device
-        # Left padding; explicit position ids (cumsum of the mask) make a padded row compute
-        # exactly what it would alone, so ``score`` reproduces these logprobs.
-        input_ids = torch.tensor([[pad] * (width - len(prompt_ids[i])) + prompt_ids[i] for i in rows], device=dev)
-        attn = torch.tensor([[0] * (width - len(prompt_ids[i])) + [1] * len(prompt_ids[i]) for i in rows], device=dev)
-        positions = (attn.cumsum(-1) - 1).clamp(min=0)
-        out_ids = torch.zeros(len(rows), 0, dtype=torch.long)
-        out_lp = torch.zeros(len(rows), 0)
-        done = torch.zeros(len(rows), dtype=torch.bool)
-        lengths = torch.zeros(len(rows), dtype=torch.long)
-        past = None
-        for _ in range(max_new_tokens):
-            out = self.model(input_ids=input_ids, attention_mask=attn, position_ids=positions,
-                             past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            logits = out.logits[:, -1, :].float().cpu()
-            scaled = logits / temperature if temperature > 0 else logits
-            logprobs = torch.log_softmax(scaled, dim=-1)
-            if temperature == 0:
-                token = logprobs.argmax(-1)
-            else:
-                probs = logprobs.exp()
-                if top_p < 1.0:
-                    probs = _nucleus(probs, top_p)
-                token = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
-            token = torch.where(done, torch.full_like(token, pad), token)
-            lp = logprobs.gather(-1, token[:, None]).squeeze(-1)
-            out_ids = torch.cat([out_ids, token[:, None]], dim=1)
-            out_lp = torch.cat([out_lp, lp[:, None]], dim=1)
-            lengths += (~done).long()
-            done = done | (token == eos)
-            if bool(done.all()):
-                break
-            input_ids = token[:, None].to(dev)
-            attn = torch.cat([attn, torch.ones(len(rows), 1, dtype=attn.dtype, device=dev)], dim=1)
-            positions = positions[:, -1:] + 1
+        eos = self.eos_token_id
         samples = []
         for b, i in enumerate(rows):
-            length = int(lengths[b])
-            ids = tuple(int(t) for t in out_ids[b, :length])
-            stopped = bool(length and ids[-1] == eos)
+            ids = tuple(drawn.tokens[b])
+            stopped = bool(ids and ids[-1] == eos)
             samples.append(PolicySample(
                 prompt_index=i,
                 prompt_token_ids=tuple(prompt_ids[i]),
                 completion_token_ids=ids,
-                behavior_logprobs=tuple(float(x) for x in out_lp[b, :length]),
+                behavior_logprobs=tuple(drawn.logprobs[b]),
                 text=self.decode_completion(ids),
                 finish_reason="stop" if stopped else "length",
                 temperature=float(temperature),
@@ -301,24 +265,19 @@ class Policy:
         """Teacher-forced ``[B, L_max]`` logprobs of the completion tokens (with grad).
 
         ``temperature`` is one value or one per row (samples drawn at different temperatures).
-        Sequences are right-padded (``prompt + completion``); only completion positions go
-        through the chunked selective log-softmax.
+        Logits are computed at completion positions only (:func:`workflow_rl.decode.completion_logits`,
+        the sampler's layout; rows sharing a prompt share its pass) and go through the chunked
+        selective log-softmax.
         Returns ``(logprobs, lengths)`` or ``(logprobs, entropy, lengths)``.
         """
         dev = self.device
         lengths = torch.tensor([len(c) for c in completion_ids])
         l_max = int(lengths.max()) if len(completion_ids) else 0
-        seqs = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
-        width = max(len(s) for s in seqs)
-        pad = self.eos_token_id
-        input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=dev)
-        attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=dev)
-        positions = torch.arange(width, device=dev).expand(len(seqs), width)
-        logits = self.model(input_ids=input_ids, attention_mask=attn, position_ids=positions).logits
-        # Row b's completion token j sits at len(prompt_b) + j and is predicted by the logit one before.
-        index = torch.tensor([[min(len(p) - 1 + j, width - 1) for j in range(l_max)] for p in prompt_ids], device=dev)
-        targets = torch.tensor([list(c) + [pad] * (l_max - len(c)) for c in completion_ids], device=dev)
-        rows = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))
+        rows = completion_logits(self.model, prompt_ids, completion_ids, self.eos_token_id)
+        targets = torch.tensor([list(c) + [self.eos_token_id] * (l_max - len(c)) for c in completion_ids],
+                               dtype=torch.long, device=dev).view(len(completion_ids), l_max)
+        if not isinstance(temperature, (int, float)) and len(set(temperature)) == 1 and temperature[0] > 0:
+            temperature = float(temperature[0])  # one temperature: no [B, L, V] division up front
         if isinstance(temperature, (int, float)):
             result = token_logprobs(rows, targets, float(temperature), with_entropy=with_entropy)
         else:
@@ -339,10 +298,3 @@ class Policy:
         logp, lengths = self.forward_logprobs(prompt_ids, completion_ids, temperature)
         return [logp[b, : int(n)].float().cpu().tolist() for b, n in enumerate(lengths)]
 
-
-def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Zero the tail outside the smallest set of tokens whose mass reaches ``top_p``."""
-    sorted_p, order = probs.sort(dim=-1, descending=True)
-    keep = sorted_p.cumsum(-1) - sorted_p < top_p
-    filtered = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
-    return filtered / filtered.sum(-1, keepdim=True)

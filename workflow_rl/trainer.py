@@ -51,6 +51,13 @@ class TrainResult:
 # ---------------------------------------------------------------- one optimizer step
 
 
+def adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
+    """The learner's AdamW: the fused kernel where torch has one (CPU, CUDA), as TRL's default
+    ``adamw_torch_fused``; same update, ~3x cheaper than the per-tensor loop on CPU."""
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 def _pad(rows: list[tuple[float, ...] | None], width: int) -> torch.Tensor:
     return torch.tensor([list(r or ()) + [0.0] * (width - len(r or ())) for r in rows], dtype=torch.float32)
 
@@ -290,7 +297,7 @@ def train(
 
     # 4. optimizer, warmup schedule, reference
     params = [p for p in policy.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = adamw(params, config.lr, config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda k: min(1.0, (k + 1) / (config.warmup_steps + 1)) if config.warmup_steps else 1.0)
     ref_model = None

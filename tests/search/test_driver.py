@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from search.base import Candidate, Generation, ProposalContext
 from search.config import SearchConfig
 from search.search import BenchmarkInfo, Search
+from search.tree import load_tree
 from storage.engine import open_db, session_scope
 from storage.models import Evaluation, SearchNode, Workflow
 from storage.models import Generation as GenerationRow
@@ -46,13 +47,18 @@ class FixedProposer:
                 for i, c in enumerate(self.codes[:n])]
 
 
-async def _run(db: str, proposer, **kw):
+async def _run(db: str, proposer, run: str = "fixed", on_progress=None, **kw):
     engine = open_db(db)
     bench = get_benchmark("calc")
     info = BenchmarkInfo(bench.name, bench.description, bench.operator_names, {"calculate": SEED})
     config = SearchConfig(**{"batch_size": 10, "children": 4, "budget": 0, "max_simulations": 2, **kw})
     async with BenchmarkEvaluator(engine, bench, workers=1) as evaluator:
-        return await Search(engine, config, info, evaluator, proposer).run("fixed")
+        return await Search(engine, config, info, evaluator, proposer).run(run, on_progress)
+
+
+def _stored_tree(db: str, run_id: int):
+    with session_scope(open_db(db)) as session:
+        return load_tree(session, run_id)
 
 
 def test_invalid_and_duplicate_children(sqlite_url):
@@ -101,3 +107,38 @@ def test_other_selections_run_and_persist(sqlite_url, selection):
     assert result.progress.simulations == 3
     with session_scope(open_db(sqlite_url)) as session:
         assert session.scalar(select(func.count()).select_from(SearchNode)) == result.progress.nodes
+
+
+def test_all_duplicate_expansions_survive_save_and_load(sqlite_url):
+    """Every expansion's children are duplicates of the seed: no child row, yet 3 expansions stored."""
+    result = asyncio.run(_run(sqlite_url, FixedProposer([RENAMED, SEED]), max_simulations=3))
+    tree = result.tree
+    assert len(tree) - 1 == 1 and tree.expansions[1] == 3  # only the seed; expanded 3 times
+    stored = _stored_tree(sqlite_url, result.run_id)
+    assert stored.expansions[1] == 3 and stored.snapshot() == tree.snapshot()
+    with session_scope(open_db(sqlite_url)) as session:
+        node = session.scalars(select(SearchNode)).one()
+        assert (node.expansions, node.expanded, node.visits) == (3, True, 4)  # 1 own + 3 back-ups
+
+
+class Crash(Exception):
+    """Raised from the progress callback: the process dies right after a committed simulation."""
+
+
+def test_resume_after_all_duplicate_expansion_equals_uninterrupted(sqlite_url):
+    """One new child, then expansions made only of duplicates; a crash and resume keeps their count."""
+    codes = [RENAMED, LINEAR, SEED]  # sim 1 on the seed adds LINEAR; later expansions add nothing new
+    reference = asyncio.run(_run(sqlite_url, FixedProposer(codes), run="reference", max_simulations=4,
+                                 children=3))
+    assert sum(reference.tree.expansions) == 4 and len(reference.tree) - 1 == 2
+
+    def crash_after_two(progress):
+        if progress.simulations == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        asyncio.run(_run(sqlite_url, FixedProposer(codes), run="crashed", on_progress=crash_after_two,
+                         max_simulations=4, children=3))
+    resumed = asyncio.run(_run(sqlite_url, FixedProposer(codes), run="crashed", max_simulations=4, children=3))
+    assert resumed.tree.snapshot() == reference.tree.snapshot()
+    assert _stored_tree(sqlite_url, resumed.run_id).snapshot() == reference.tree.snapshot()

@@ -11,10 +11,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
+from search.tree import load_tree
 from storage import open_db, read_session_scope, session_scope
 from storage.engine import create_db_engine
 from storage.migrate import alembic_config, current_revision, head_revision, upgrade
-from storage.models import Base
+from storage.models import Base, utcnow
 from storage.views import VIEWS
 from workflow_rl.errors import WorkflowRLError
 
@@ -122,7 +123,7 @@ def test_two_engines_migrating_one_fresh_file(tmp_path: Path):
 
 
 def test_autogenerate_revision_on_a_copy_of_the_migrations(tmp_path: Path):
-    """With models and migrations in agreement, the helper writes an empty 0002 after 0001."""
+    """With models and migrations in agreement, the helper writes an empty revision after head."""
     import shutil
 
     from storage.migrate import MIGRATIONS_DIR, autogenerate_revision
@@ -130,8 +131,50 @@ def test_autogenerate_revision_on_a_copy_of_the_migrations(tmp_path: Path):
     copy = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
     made = autogenerate_revision("nothing changed", script_location=copy)
-    assert made.parent == copy / "versions" and made.name.startswith("0002_")
+    head = head_revision()
+    after = f"{int(head) + 1:04d}"
+    assert made.parent == copy / "versions" and made.name.startswith(f"{after}_")
     body = made.read_text()
-    assert 'revision: str = "0002"' in body.replace("'", '"')
-    assert 'down_revision: str | None = "0001"' in body.replace("'", '"')
+    assert f'revision: str = "{after}"' in body.replace("'", '"')
+    assert f'down_revision: str | None = "{head}"' in body.replace("'", '"')
     assert "op.create_table" not in body and "op.add_column" not in body
+
+
+def _insert(conn, table: str, **values) -> int:
+    """Insert one row with plain SQL (the ORM maps the head schema, not revision 0001's)."""
+    values = {"created_at": utcnow(), **values}
+    columns = ", ".join(values)
+    params = ", ".join(f":{k}" for k in values)
+    return conn.execute(text(f"INSERT INTO {table} ({columns}) VALUES ({params}) RETURNING id"), values).scalar()
+
+
+def test_0002_backfills_expansions_of_an_old_tree(db_url: str):
+    """A database at revision 0001 holding a tree is upgraded; expansions come from the children.
+
+    Tree (node: expanded flag, children's rounds) -> expected expansions:
+    a: yes, b r1 + c r1 + d r3 -> 2 distinct rounds; b: yes, none -> 1 (an all-duplicate expansion);
+    c: no, none -> 0; d: yes, e r5 -> 1; e: no -> 0.
+    """
+    engine = create_db_engine(db_url)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0001")
+        run = _insert(conn, "runs", name="old", benchmark="calc", kind="search", status="running",
+                      config="{}", state="{}", updated_at=utcnow())
+        nodes: dict[str, int] = {}
+        for name, parent, round_, expanded in [("a", None, 0, True), ("b", "a", 1, True), ("c", "a", 1, False),
+                                               ("d", "a", 3, True), ("e", "d", 5, False)]:
+            wid = _insert(conn, "workflows", run_id=run, code=name, code_hash=name, round=round_, source="seed",
+                          valid=True)
+            nodes[name] = _insert(conn, "search_nodes", run_id=run, workflow_id=wid, round=round_,
+                                  parent_node_id=nodes.get(parent), depth=0, visits=1, value_sum=0.5,
+                                  expanded=expanded)
+    assert upgrade(engine) == ("0001", head_revision())
+    with engine.connect() as conn:
+        got = dict(conn.execute(text("SELECT id, expansions FROM search_nodes")).all())
+        assert {name: got[i] for name, i in nodes.items()} == {"a": 2, "b": 1, "c": 0, "d": 1, "e": 0}
+    engine.dispose()
+    fresh = open_db(db_url)  # the upgraded database is at head: it opens without migrating again
+    with session_scope(fresh) as s:
+        tree = load_tree(s, run)
+    assert tree.expansions[1:] == [2, 1, 0, 1, 0]
+    fresh.dispose()
