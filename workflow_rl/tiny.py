@@ -70,9 +70,13 @@ class TinyConfig:
     warm_start_batch: int = 32  # documents per warm-start step (a seeded shuffle cycles through them)
 
 
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 """Part of the cache key: bump when the build procedure changes what a config produces
-(2: warm start uses the tokenizer as loaded, see ``_build``)."""
+(3: tokenizer trained with the qwen2 split and the warm start uses it as loaded, see ``_build``)."""
+
+QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+               r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
+"""Pre-tokenizer split of transformers' Qwen2 tokenizer (digits one by one, newlines apart)."""
 
 BUILTIN_OPERATOR_MODULES = ("operators.tools", "operators.llm_ops")
 """Modules whose operators' descriptions go into the tiny tokenizer's corpus."""
@@ -126,11 +130,26 @@ def tiny_corpus(
 
 
 def _train_tokenizer(corpus: list[str], vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # The pipeline transformers gives a qwen2 tokenizer on load (NFC, its split regex, then bytes),
+    # so merges are learned on exactly the pieces the loaded tokenizer will split text into.
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
