@@ -97,7 +97,7 @@ def sample_tokens(model, prompt_ids: list[list[int]], n: int, temperature: float
     steps = 0
     for t in range(max_new_tokens):
         scaled = logits.float()
-        if temperature > 0:
+        if temperature > 0 and temperature != 1.0:  # x / 1.0 == x: skip the pass
             scaled = scaled / temperature
         logprobs = torch.log_softmax(scaled, dim=-1)
         if temperature == 0:

@@ -42,13 +42,23 @@ class LeanDecoder:
         self.mask = torch.ones(rows, 1, 1, capacity, dtype=torch.bool, device=prompt_mask.device)
         self.mask[:, 0, 0, :width] = prompt_mask.bool()
         self.positions = prompt_len[:, None]
+        self.rope_table = None
+        if getattr(causal_lm.model.rotary_emb, "rope_type", None) == "default":
+            # Position-independent frequencies: every step's cos/sin in one call, sliced per step
+            # (elementwise, so bit-identical to computing them step by step).
+            steps = self.positions + torch.arange(capacity - width, device=prompt_len.device)
+            probe = self.keys[0].new_empty(rows, 1, 1) if self.keys else None
+            self.rope_table = causal_lm.model.rotary_emb(probe, steps)
 
     def step(self, token: torch.Tensor, t: int) -> torch.Tensor:
         """Logits ``[rows, V]`` after feeding ``token`` (``[rows]``) as new token number ``t``."""
         lm, rows, hd = self.lm, self.rows, self.head_dim
         kv = self.width + t + 1
         hidden = lm.model.embed_tokens(token[:, None])
-        cos, sin = lm.model.rotary_emb(hidden, self.positions + t)
+        if self.rope_table is not None:
+            cos, sin = (table[:, t : t + 1] for table in self.rope_table)
+        else:
+            cos, sin = lm.model.rotary_emb(hidden, self.positions + t)
         mask = self.mask[..., :kv]
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn

@@ -189,3 +189,25 @@ def test_prompt_pass_is_shared_only_without_dropout_or_ddp_wrapper(policy):
             self.module = module
 
     assert not _shareable(Wrapper(model))
+
+
+def test_lean_step_equals_the_forward_of_a_llama_model():
+    """The other accepted architecture: a random tiny Llama (grouped KV heads, left padding)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, attn_implementation="sdpa")
+    model = LlamaForCausalLM(config).eval()
+    ids, mask = left_pad([[3, 4, 5, 6], [7, 8]], 0, torch.device("cpu"))
+    with torch.no_grad():
+        hf_cache = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                         use_cache=True).past_key_values
+        lean = lean_decoder(model, copy.deepcopy(hf_cache), mask, mask.sum(-1), 6)
+        assert lean is not None
+        attn = torch.cat([mask, torch.ones(2, 2, dtype=torch.long)], dim=1)
+        for t, token in enumerate(torch.tensor([[9, 10], [11, 12]]).T):
+            ours = lean.step(token, t)
+            theirs = model(input_ids=token[:, None], attention_mask=attn[:, : 4 + t + 1],
+                           position_ids=mask.sum(-1, keepdim=True) + t, past_key_values=hf_cache).logits[:, -1]
+            assert (ours - theirs).abs().max() < 1e-5
