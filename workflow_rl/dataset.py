@@ -11,7 +11,6 @@ zero-filled (seed 001).
 
 from __future__ import annotations
 
-import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -59,8 +58,6 @@ class DatasetFilter:
     group_by_prompt: bool = True  # policy siblings of one prompt form their own group
     search_temperature: float = 1.0  # temperature search samples are trained at (policy's sampling T)
     max_completion_tokens: int | None = None  # longer completions are dropped (counted), never cut
-    max_search_group: int | None = None  # search-only groups above this size are subsampled (see below)
-    seed: int = 0  # seed of that subsampling
 
 
 @dataclass
@@ -72,6 +69,7 @@ class DatasetStats:
     policy: int = 0
     search: int = 0
     zero_std_groups: int = 0
+    invalid_policy: int = 0  # policy samples whose program failed validation (reward 0)
     zero_std_frac: float = 0.0
     dropped: Counter = field(default_factory=Counter)
 
@@ -194,24 +192,36 @@ def load_samples(
                 stats.dropped["too_long"] += 1
                 continue
             samples.append(sample)
+        samples += _invalid_policy_samples(s, run.id, gens, rows, filt, tokenizer, stats)
     return _filter_groups(samples, filt, stats)
 
 
-def _subsample(members: list[Sample], size: int, seed: str) -> list[Sample]:
-    """``size`` members of a large search group: up to half above the group's mean reward, the rest
-    drawn from the others (seeded).
+def _invalid_policy_samples(session, run_id: int, gens, evaluated, filt: DatasetFilter, tokenizer,
+                            stats: DatasetStats) -> list[Sample]:
+    """Reward-0 policy samples for programs the policy wrote that failed validation (never run).
 
-    Replaying a library of many programs on one problem gives groups of hundreds in which a few
-    programs succeed; a uniform subsample would usually hold no success at all (zero variance,
-    nothing learned), while this keeps the contrast at a fixed training cost. Order is kept.
+    They are what the policy sampled, so they belong to their group with reward 0 (DESIGN rule 11:
+    used as sampled). Leaving them out would never tell the policy that invalid code is bad: the
+    push away from valid-but-wrong programs would move probability onto invalid ones.
     """
-    rng = random.Random(seed)
-    mean = sum(x.reward for x in members) / len(members)
-    above = [i for i, x in enumerate(members) if x.reward > mean]
-    rest = [i for i, x in enumerate(members) if x.reward <= mean]
-    chosen = rng.sample(above, min(len(above), size // 2))
-    chosen += rng.sample(rest, min(len(rest), size - len(chosen)))
-    return [members[i] for i in sorted(chosen)]
+    out = []
+    for (wid, pid), gen in gens.items():
+        if (wid, pid) in evaluated:
+            continue
+        wf, problem = session.get(Workflow, wid), session.get(Problem, pid)
+        if wf is None or wf.valid or wf.source != "policy" or problem is None or problem.split != "train":
+            continue
+        if filt.rounds is not None and wf.round not in filt.rounds:
+            continue
+        if gen.sampler == "mutation" or gen.completion_text != wf.code:
+            continue
+        sample = _policy_sample(gen, wf, problem, 0.0, tokenizer, filt)
+        if filt.max_completion_tokens is not None and len(sample.completion_token_ids) > filt.max_completion_tokens:
+            stats.dropped["too_long"] += 1
+            continue
+        stats.invalid_policy += 1
+        out.append(sample)
+    return out
 
 
 def _filter_groups(samples: list[Sample], filt: DatasetFilter, stats: DatasetStats):
@@ -228,9 +238,6 @@ def _filter_groups(samples: list[Sample], filt: DatasetFilter, stats: DatasetSta
         if filt.drop_zero_std and g in zero:
             stats.dropped["zero_std"] += len(members)
             continue
-        if filt.max_search_group and len(members) > filt.max_search_group and all(x.source == "search" for x in members):
-            members = _subsample(members, filt.max_search_group, f"{filt.seed}:{g}")
-            stats.dropped["search_subsampled"] += len(sized[g]) - len(members)
         kept.extend(members)
     stats.samples = len(kept)
     stats.groups = len({x.group_id for x in kept})

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, delete, select
 
 from operators.validate import WorkflowValidationError, code_hash, validate_workflow
 from search.config import SearchConfig, SearchConfigError
@@ -254,45 +254,12 @@ async def collect_train_data(
     chosen += rng.sample(rest, min(config.extra_workflows, len(rest)))
     for wid, code in chosen:
         todo.setdefault(wid, (code, set()))[1].update(pids)
-    library = _library(engine, config, round_, run_id, rng, train_ids, pids) if config.library_problems else {}
-    for wid, (code, problems) in library.items():
-        todo.setdefault(wid, (code, set()))[1].update(problems)
     evaluations = 0
     for wid, (code, problems) in sorted(todo.items()):
         batch = await evaluator.evaluate(run_id, wid, code, sorted(problems), 1)
         evaluations += len(batch.records)
     return {"policy_samples": len(samples), "policy_valid": valid, "search_workflows": len(chosen),
-            "library": len(library), "evaluations": evaluations}
-
-
-def _library(engine: Engine, config: LoopConfig, round_: int, run_id: int, rng: random.Random,
-             train_ids: list[int], pids: list[int]) -> dict[int, tuple[str, set[int]]]:
-    """Library replay: the distinct valid programs the policy wrote in rounds ``<= round_`` of this
-    loop (most often sampled first, at most ``library_size``), each to be run on ``library_problems``
-    train problems (this round's sampled problems first).
-
-    The policy's own past samples are in its support, and running a program costs milliseconds while
-    sampling a new one costs a forward pass per token; so every problem gets a group with far more
-    contrast than its G fresh samples (the dataset keeps ``max_search_group`` of them per problem).
-    They are search data: no behavior logprobs, trained with the ratio to the old policy (rule 8).
-    """
-    runs = [round_run_name(config.run, r) for r in range(round_ + 1)]
-    with session_scope(engine) as s:
-        rows = s.execute(
-            select(Workflow.code, func.count(Generation.id))
-            .join(Run, Run.id == Workflow.run_id).join(Generation, Generation.workflow_id == Workflow.id)
-            .where(Run.name.in_(runs), Workflow.source == "policy", Workflow.valid.is_(True))
-            .group_by(Workflow.code_hash, Workflow.code).order_by(func.count(Generation.id).desc(), Workflow.code_hash)
-            .limit(config.library_size)
-        ).all()
-        others = sorted(set(train_ids) - set(pids))
-        problems = set(pids) | set(rng.sample(others, max(0, min(config.library_problems - len(pids), len(others)))))
-        out = {}
-        for code, _count in rows:
-            wf = add_workflow(s, run_id, code, "policy", code_hash=code_hash(code), round=round_, valid=True,
-                              graph_hash=workflow_graph_hash(code))
-            out[wf.id] = (wf.code, set(problems))
-    return out
+            "evaluations": evaluations}
 
 
 def _train(engine, config: LoopConfig, rs: dict[str, Any], r: int, start: str, out_dir: Path, on_step):
@@ -308,7 +275,7 @@ def _train(engine, config: LoopConfig, rs: dict[str, Any], r: int, start: str, o
         lr=config.lr, epochs=config.epochs, batch_size=config.batch_size,
         micro_batch_size=config.micro_batch_size, seed=config.seed + r,
         search_temperature=config.temperature, drop_zero_std=config.drop_zero_std,
-        max_search_group=config.max_search_group, beta=config.beta,
+        beta=config.beta,
     )
     callback = None if on_step is None else (lambda step, total, metrics: on_step(r, step, total, metrics))
     try:

@@ -23,7 +23,7 @@ class LoopConfig:
 
     run: str = _f("loop", "Name of the loop; round r's search run is <run>/r<r>.")
     benchmark: str = _f("calc", "Benchmark (validation drives search, train feeds the learner).")
-    rounds: int = _f(2, "Rounds; each = one search + one training round (round 0 searches with mutations).")
+    rounds: int = _f(3, "Rounds; each = one search + one training round (round 0 searches with mutations).")
     policy: str = _f("builtin:tiny", "Starting policy: builtin:tiny, a model directory or a checkpoint path.")
     seed: int = _f(0, "Seed of search, sampling, problem choice and training.")
     search_budget: int = _f(320, "Evaluation budget of each round's search (workflow x problem executions).")
@@ -31,16 +31,12 @@ class LoopConfig:
     children: int = _f(4, "G: children per expansion (a policy expansion is one GRPO group).")
     selection: str = _f("puct", "Node selection of every round (uct, puct, aflow, random).")
     mutation_fraction: float = _f(0.25, "Share of children written by mutations in policy-steered rounds.")
-    train_problems: int = _f(32, "Train problems drawn per round for the learner's samples.")
-    group_size: int = _f(8, "Policy samples per train problem (one GRPO group per problem).")
+    train_problems: int = _f(128, "Train problems drawn per round for the learner's samples.")
+    group_size: int = _f(16, "Policy samples per train problem (one GRPO group per problem; rewards are sparse at "
+                             "first, so a bigger group is likelier to hold a success).")
     top_workflows: int = _f(0, "Best search workflows (by validation score) run on the round's train problems "
                               "(0 = pure on-policy GRPO; search positives in a policy group swamp it).")
     extra_workflows: int = _f(0, "Further random search workflows run on them (contrast for the advantages).")
-    library_problems: int = _f(96, "Train problems on which every distinct valid program the policy has written in "
-                                   "this loop so far is replayed each round (search data, one group per problem; "
-                                   "0 = off). Runs are cheap next to sampling, and most groups gain a success.")
-    library_size: int = _f(256, "Most programs replayed: the most often sampled distinct ones.")
-    max_search_group: int = _f(8, "Replayed programs kept per problem for training (up to half of them successes).")
     temperature: float = _f(1.0, "Sampling temperature of the policy (training uses the same T).")
     max_new_tokens: int = _f(80, "Longest completion the policy may sample.")
     lr: float = _f(1e-4, "Learner learning rate (0 = the control loop: parameters stay bit-identical).")
@@ -59,8 +55,6 @@ class LoopConfig:
         """Validate; errors say the value and the fix."""
         if not self.run or "/" in self.run:
             raise WorkflowRLError(f"run={self.run!r}: use a non-empty name without '/' (round runs add /r<N>)")
-        if self.library_problems < 0 or self.library_size < 1 or self.max_search_group < 2:
-            raise WorkflowRLError("library_problems must be >= 0, library_size >= 1 and max_search_group >= 2")
         for name in ("rounds", "search_budget", "search_batch", "children", "train_problems", "group_size",
                      "max_new_tokens", "epochs", "batch_size", "micro_batch_size"):
             if getattr(self, name) < 1:

@@ -83,6 +83,28 @@ def old_logprobs(policy, accelerator, samples, batch, config) -> list[torch.Tens
             for mb in _micro_batches(batch, config, accelerator)]
 
 
+@torch.no_grad()
+def start_logprobs(policy, accelerator, samples, config) -> list[tuple[float, ...] | None]:
+    """Token logprobs of every policy sample under the policy training starts from (no grad).
+
+    That policy produced the data (the version check guarantees it), so these are the ``old``
+    logprobs of DESIGN rule 5 for the whole round: the clipped ratio then bounds how far every
+    later optimizer step on the same rollouts may move a sampled token (TRL keeps its generation-time
+    old logprobs the same way). Recomputing ``old`` at the current weights before each batch would
+    make every ratio 1, turn the clip off after the first step and let many steps on one set of
+    rollouts drift without a trust region. Search samples get None: their ratio is always 1 (rule 8).
+    """
+    policy.model.eval()
+    out: list[tuple[float, ...] | None] = [None] * len(samples)
+    rows = [i for i, s in enumerate(samples) if s.behavior_logprobs is not None]
+    for k in range(0, len(rows), config.micro_batch_size):
+        mb = rows[k : k + config.micro_batch_size]
+        logp, lengths = _forward(policy, accelerator, [samples[i] for i in mb])
+        for r, i in enumerate(mb):
+            out[i] = tuple(logp[r, : int(lengths[r])].float().tolist())
+    return out
+
+
 def grpo_step(
     policy: Policy,
     accelerator: Accelerator,
@@ -94,12 +116,14 @@ def grpo_step(
     config: TrainConfig,
     old: list[torch.Tensor] | None,
     ref_model: torch.nn.Module | None = None,
+    start_old: list[tuple[float, ...] | None] | None = None,
 ) -> dict[str, float]:
     """One optimizer step on ``batch`` (indices into ``samples``) with gradient accumulation.
 
     ``old`` = logprobs before the update (from :func:`old_logprobs`); None means this is the
     only iteration on the batch, so old = the current logprobs detached (exactly equal, the
-    extra pass is skipped). A non-finite loss or gradient skips the step (weights untouched).
+    extra pass is skipped). ``start_old`` (from :func:`start_logprobs`) replaces it for policy
+    samples. A non-finite loss or gradient skips the step (weights untouched).
     """
     policy.model.train()
     params = [p for p in policy.model.parameters() if p.requires_grad]
@@ -121,6 +145,9 @@ def grpo_step(
         mask = completion_mask(lens, width, [s.truncated for s in rows], config.mask_truncated).to(logp.device)
         old_mb = logp.detach() if old is None else old[k].to(logp.device)
         has_behavior = torch.tensor([s.behavior_logprobs is not None for s in rows], device=logp.device)
+        if start_old is not None:
+            fixed = _pad([start_old[i] for i in mb], width).to(logp.device)
+            old_mb = torch.where(has_behavior[:, None], fixed, old_mb)
         behavior = _pad([s.behavior_logprobs for s in rows], width).to(logp.device)
         is_w = tis_weights(old_mb, behavior, config.tis_cap, has_behavior)
         per_token_kl = None
@@ -275,8 +302,7 @@ def train(
     samples, stats = load_samples(engine, DatasetFilter(
         run=config.run, rounds=config.rounds, min_group_size=config.min_group_size,
         drop_zero_std=config.drop_zero_std, search_temperature=config.search_temperature,
-        max_completion_tokens=config.max_completion_tokens, max_search_group=config.max_search_group,
-        seed=config.seed), policy)
+        max_completion_tokens=config.max_completion_tokens), policy)
     if not samples:
         raise NoTrainSamples(f"run {config.run!r} has no usable train samples ({dict(stats.dropped)} dropped); "
                               "search on the train split first or lower --min-group-size")
@@ -303,6 +329,7 @@ def train(
     ref_model = None
     if config.beta > 0 and not config.lora:  # full fine-tuning needs a frozen copy as the reference
         ref_model = copy.deepcopy(policy.model).eval().requires_grad_(False)
+    start_old = (state or {}).get("start_old") or start_logprobs(policy, accelerator, samples, config)
     policy.model, optimizer, scheduler = accelerator.prepare(policy.model, optimizer, scheduler)
     step, epoch0, batch0, iter0, old = 0, 0, 0, 0, None
     if state:
@@ -320,7 +347,7 @@ def train(
     def snapshot(epoch: int, b: int, it: int, old_state) -> dict[str, Any]:
         return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(),
                 "step": step, "epoch": epoch, "batch": b, "iteration": it, "old": old_state,
-                "start_version": start_version}
+                "start_version": start_version, "start_old": start_old}
 
     position = (config.epochs, 0, 0)
     # 5. loop: epochs -> batches -> PPO iterations
@@ -336,7 +363,7 @@ def train(
                     position = (epoch, b, it)
                     break
                 metrics = grpo_step(policy, accelerator, optimizer, scheduler, samples, advantages, batches[b],
-                                    config, old, ref_model)
+                                    config, old, ref_model, start_old)
                 batch_rewards = rewards[batches[b]]
                 metrics |= data_metrics | {"reward/batch_mean": float(batch_rewards.mean())}
                 step += 1

@@ -51,8 +51,6 @@ class TrainConfig:
     max_completion_tokens: int = _f(512, "Samples with longer completions are dropped (counted), never cut.")
     min_group_size: int = _f(2, "Groups with fewer samples are dropped (a group of one has no baseline).")
     drop_zero_std: bool = _f(False, "Drop groups whose rewards are all equal (DAPO dynamic sampling).")
-    max_search_group: int | None = _f(None, "Subsample search-only groups larger than this (seeded; keeps up to half "
-                                            "above-mean samples): bounds the cost of library replay groups.")
     search_temperature: float = _f(1.0, "Temperature search samples (no behavior logprobs) are trained at.")
     allow_stale: bool = _f(False, "Accept policy samples drawn by another policy version than the start policy.")
     seed: int = _f(0, "Seed of sample order, init and everything random.")
@@ -82,8 +80,6 @@ class TrainConfig:
         for name in ("epochs", "num_iterations", "max_completion_tokens", "lora_r"):
             if getattr(self, name) < 1:
                 raise WorkflowRLError(f"{name}={getattr(self, name)} must be >= 1")
-        if self.max_search_group is not None and self.max_search_group < 2:
-            raise WorkflowRLError(f"max_search_group={self.max_search_group} must be >= 2 (or unset)")
         if self.max_steps is not None and self.max_steps < 1:
             raise WorkflowRLError(f"max_steps={self.max_steps} must be >= 1 (or unset)")
         if not (0 <= self.eps_low < 1 and self.eps_high >= 0):
