@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="Directory for the database and checkpoints (default: temp).")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-learning-"))
+    out.mkdir(parents=True, exist_ok=True)
     db = str(out / "bench.db")
     engine = open_db(db)
     t0 = time.perf_counter()

@@ -134,3 +134,25 @@ def test_edited_policy_completion_is_search_data(with_policy, policy):
         s.execute(update(Generation).values(completion_text="something the policy never sampled"))
     samples, stats = load_samples(engine, DatasetFilter(run=RUN, min_group_size=1), policy)
     assert stats.policy == 0 and all(x.behavior_logprobs is None for x in samples)
+
+
+def test_invalid_policy_programs_are_reward_zero_policy_samples(with_policy, policy):
+    """A program the policy wrote that fails validation is never run, but it is what the policy
+    sampled: it stays in its group as a policy sample with reward 0 (else nothing would ever push
+    the policy away from invalid code)."""
+    from sqlalchemy import delete
+
+    from storage.models import Evaluation, Workflow
+
+    url, _ = with_policy
+    engine = open_db(url)
+    with session_scope(engine) as s:
+        gen = s.scalars(select(Generation).order_by(Generation.id)).first()
+        wf = s.get(Workflow, gen.workflow_id)
+        s.execute(delete(Evaluation).where(Evaluation.workflow_id == wf.id))
+        wf.valid, wf.error = False, "made invalid by the test"
+        key = (wf.id, gen.problem_id)
+    samples, stats = load_samples(engine, DatasetFilter(run=RUN), policy)
+    hit = [x for x in samples if (x.workflow_id, x.problem_id) == key]
+    assert len(hit) == 1 and hit[0].source == "policy" and hit[0].reward == 0.0
+    assert hit[0].behavior_logprobs and stats.invalid_policy == 1

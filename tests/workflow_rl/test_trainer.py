@@ -207,3 +207,19 @@ def test_training_on_calc_search_separates_positive_from_negative_workflows(db, 
     assert after_pos > before_pos
     assert after_neg < before_neg
     assert after_pos - after_neg > (before_pos - before_neg) + 0.05
+
+
+def test_later_steps_on_the_same_rollouts_are_clipped_against_the_sampling_policy(db, cache, tmp_path):
+    """Old logprobs of policy samples come from the policy that sampled them, computed once (DESIGN
+    rule 5): the first step is REINFORCE (ratio 1), later steps on the same rollouts see ratios away
+    from 1, so the clip can bound the drift. Recomputed at the current weights before each batch,
+    every ratio would be exactly 1 (std 0) and many steps on one rollout set would drift with no
+    trust region (the policy collapsed to invalid code within 3 loop rounds that way)."""
+    url, bench = db
+    policy = Policy.load("builtin:tiny", cache_dir=cache)
+    assert add_policy_samples(url, bench, policy, n=6, temperature=1.0, n_problems=2) > 0
+    result = train(_cfg(tmp_path, cache, lr=3e-3, epochs=6, max_steps=None, batch_size=8, micro_batch_size=8), url)
+    first, later = result.history[0], result.history[1:]
+    assert first["samples/policy"] > 0
+    assert first["ratio/mean"] == pytest.approx(1.0, abs=1e-5) and first["clip/low"] + first["clip/high"] == 0
+    assert max(m["ratio/std"] for m in later) > 0.01
