@@ -129,8 +129,10 @@ def sample_tokens(model, prompt_ids: list[list[int]], n: int, temperature: float
 def _shareable(model) -> bool:
     """Whether rows may share a prompt pass: not while dropout is active (the whole group would
     share one dropout draw), nor through a DDP/FSDP wrapper (``.module``), whose gradient hooks
-    expect one forward per backward."""
-    return not hasattr(model, "module") and not _stochastic(model)
+    expect one forward per backward, nor with grad: the backward of the gather adds the rows of
+    one prompt in a thread-dependent order, so two identical trainings (or a resumed one) would
+    differ in the last bits (measured: 2 threads gave different weights after 6 steps)."""
+    return not hasattr(model, "module") and not _stochastic(model) and not torch.is_grad_enabled()
 
 
 def _stochastic(model) -> bool:

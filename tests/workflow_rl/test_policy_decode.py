@@ -174,10 +174,13 @@ def test_completion_logits_predict_each_token_from_its_prefix(policy):
     assert (logits[1, 0] - full[len(prompt) - 1]).abs().max() < 1e-5
 
 
-def test_prompt_pass_is_shared_only_without_dropout_or_ddp_wrapper(policy):
+@torch.no_grad()
+def test_prompt_pass_is_shared_only_without_dropout_ddp_wrapper_or_grad(policy):
     model = copy.deepcopy(policy.model)
     model.train()
     assert _shareable(model)  # the tiny policy has no dropout: groups share their prompt pass
+    with torch.enable_grad():
+        assert not _shareable(model)  # its backward would not be bit-reproducible across threads
     model.config.attention_dropout = 0.1
     assert not _shareable(model)  # a shared pass would give the whole group one dropout draw
     model.eval()
