@@ -40,8 +40,7 @@ class LoopConfig:
     temperature: float = _f(1.0, "Sampling temperature of the policy (training uses the same T).")
     max_new_tokens: int = _f(80, "Longest completion the policy may sample.")
     lr: float = _f(1e-4, "Learner learning rate (0 = the control loop: parameters stay bit-identical).")
-    beta: float = _f(0.0, "KL coefficient to the starting policy of each round (k3): anchors the tokens every "
-                          "program shares while the learner moves the few that choose operators.")
+    beta: float = _f(0.0, "KL coefficient (k3) to the policy each round's training starts from (0 = no reference pass).")
     epochs: int = _f(2, "Learner passes over each round's samples.")
     drop_zero_std: bool = _f(True, "Train only on groups whose rewards differ (DAPO dynamic sampling): an "
                                    "all-equal group has zero advantage and would only cost compute.")

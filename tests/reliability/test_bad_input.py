@@ -247,9 +247,8 @@ def test_bad_input_as_subprocess(db):
 
 
 def test_temperature_zero_for_rl_sampling_is_refused_by_the_configs():
-    """T = 0 (greedy) has no sampling distribution to train on. ``workflow-rl loop`` exposes no
-    --temperature option yet (the parametrized CLI case skips), so the configs the commands build
-    are checked directly: each names the value and the fix."""
+    """T = 0 (greedy) has no sampling distribution to train on: the configs the commands build
+    refuse it directly too (the CLI case above runs ``loop --temperature 0``), naming the value and the fix."""
     from workflow_rl.errors import WorkflowRLError
     from workflow_rl.loop_config import LoopConfig
     from workflow_rl.trainer_config import TrainConfig

@@ -46,7 +46,9 @@ def register(app: typer.Typer) -> None:
         mutation_fraction: Annotated[float, typer.Option(help=H("mutation_fraction"))] = LoopConfig.mutation_fraction,
         train_problems: Annotated[int, typer.Option(help=H("train_problems"))] = LoopConfig.train_problems,
         group_size: Annotated[int, typer.Option(help=H("group_size"))] = LoopConfig.group_size,
+        temperature: Annotated[float, typer.Option(help=H("temperature"))] = LoopConfig.temperature,
         lr: Annotated[float, typer.Option(help=H("lr"))] = LoopConfig.lr,
+        beta: Annotated[float, typer.Option(help=H("beta"))] = LoopConfig.beta,
         epochs: Annotated[int, typer.Option(help=H("epochs"))] = LoopConfig.epochs,
         out_dir: Annotated[str | None, typer.Option(help=H("out_dir"))] = None,
         workers: Annotated[int | None, typer.Option(help=H("workers"))] = None,
@@ -55,7 +57,8 @@ def register(app: typer.Typer) -> None:
         config = LoopConfig(
             run=run, benchmark=benchmark, rounds=rounds, policy=policy, seed=seed, search_budget=search_budget,
             children=children, selection=selection, mutation_fraction=mutation_fraction,
-            train_problems=train_problems, group_size=group_size, lr=lr, epochs=epochs, out_dir=out_dir,
+            train_problems=train_problems, group_size=group_size, temperature=temperature, lr=lr, beta=beta,
+            epochs=epochs, out_dir=out_dir,
             workers=workers,
         )
         from workflow_rl.loop import run_loop
