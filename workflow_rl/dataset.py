@@ -162,36 +162,35 @@ def load_samples(
                 continue
             rewards[(wf.id, problem.id)].append(float(ev.reward))
             rows[(wf.id, problem.id)] = (wf, problem)
-        gens = {
-            (g.workflow_id, g.problem_id): g
-            for g in s.scalars(select(Generation).where(Generation.run_id == run.id).order_by(Generation.id))
-        }
+        # Every generation row is one sample: a program the policy drew twice for one prompt
+        # counts twice in its group (its probability is part of the group's statistics).
+        gens: dict[tuple[int, int], list[Generation]] = defaultdict(list)
+        for g in s.scalars(select(Generation).where(Generation.run_id == run.id).order_by(Generation.id)):
+            gens[(g.workflow_id, g.problem_id)].append(g)
         samples: list[Sample] = []
         prompts: dict[int, tuple[str, tuple[int, ...]]] = {}
         for key, (wf, problem) in rows.items():
             reward = sum(rewards[key]) / len(rewards[key])
-            gen = gens.get(key)
-            sampled_here = (
-                wf.source == "policy" and gen is not None and gen.sampler != "mutation"
-                and gen.completion_text == wf.code
-            )
-            if sampled_here:
-                sample = _policy_sample(gen, wf, problem, reward, tokenizer, filt)
+            sampled = [g for g in gens.get(key, ()) if wf.source == "policy" and g.sampler != "mutation"
+                       and g.completion_text == wf.code]
+            if sampled:
+                batch = [_policy_sample(g, wf, problem, reward, tokenizer, filt) for g in sampled]
             else:
                 if problem.id not in prompts:
                     text = spec.render(problem.text)
                     prompts[problem.id] = (text, tuple(tokenizer.encode(text)))
                 prompt, prompt_ids = prompts[problem.id]
-                sample = Sample(
+                batch = [Sample(
                     prompt=prompt, completion=wf.code, reward=reward, group_id=f"p{problem.id}",
                     source="search", workflow_id=wf.id, problem_id=problem.id, prompt_token_ids=prompt_ids,
                     completion_token_ids=tuple(tokenizer.completion_ids(wf.code)), behavior_logprobs=None,
                     policy_version=None, temperature=filt.search_temperature,
-                )
-            if filt.max_completion_tokens is not None and len(sample.completion_token_ids) > filt.max_completion_tokens:
-                stats.dropped["too_long"] += 1
-                continue
-            samples.append(sample)
+                )]
+            for sample in batch:
+                if filt.max_completion_tokens is not None and len(sample.completion_token_ids) > filt.max_completion_tokens:
+                    stats.dropped["too_long"] += 1
+                    continue
+                samples.append(sample)
         samples += _invalid_policy_samples(s, run.id, gens, rows, filt, tokenizer, stats)
     return _filter_groups(samples, filt, stats)
 
@@ -205,7 +204,7 @@ def _invalid_policy_samples(session, run_id: int, gens, evaluated, filt: Dataset
     push away from valid-but-wrong programs would move probability onto invalid ones.
     """
     out = []
-    for (wid, pid), gen in gens.items():
+    for (wid, pid), rows in gens.items():
         if (wid, pid) in evaluated:
             continue
         wf, problem = session.get(Workflow, wid), session.get(Problem, pid)
@@ -213,14 +212,15 @@ def _invalid_policy_samples(session, run_id: int, gens, evaluated, filt: Dataset
             continue
         if filt.rounds is not None and wf.round not in filt.rounds:
             continue
-        if gen.sampler == "mutation" or gen.completion_text != wf.code:
-            continue
-        sample = _policy_sample(gen, wf, problem, 0.0, tokenizer, filt)
-        if filt.max_completion_tokens is not None and len(sample.completion_token_ids) > filt.max_completion_tokens:
-            stats.dropped["too_long"] += 1
-            continue
-        stats.invalid_policy += 1
-        out.append(sample)
+        for gen in rows:
+            if gen.sampler == "mutation" or gen.completion_text != wf.code:
+                continue
+            sample = _policy_sample(gen, wf, problem, 0.0, tokenizer, filt)
+            if filt.max_completion_tokens is not None and len(sample.completion_token_ids) > filt.max_completion_tokens:
+                stats.dropped["too_long"] += 1
+                continue
+            stats.invalid_policy += 1
+            out.append(sample)
     return out
 
 

@@ -223,22 +223,23 @@ async def collect_train_data(
         rng.randrange(2**31))
     todo: dict[int, tuple[str, set[int]]] = {}  # workflow id -> (code, problems to run it on)
     valid = 0
+    groups = [f"{round_run_name(config.run, round_)}:p{pid}" for pid in pids]
     with session_scope(engine) as s:
+        # One row per sample, duplicates included (a program drawn twice counts twice in its GRPO
+        # group); a re-run of this phase (same seed, same samples) replaces the rows it wrote.
+        s.execute(delete(Generation).where(Generation.run_id == run_id, Generation.group_key.in_(groups)))
         for sample in samples:
             pid = pids[sample.prompt_index]
             wf = _store_workflow(s, run_id, sample.text, bench.operator_names, round_, version)
-            group = f"{round_run_name(config.run, round_)}:p{pid}"
-            exists = s.scalar(select(Generation.id).where(
-                Generation.workflow_id == wf.id, Generation.problem_id == pid, Generation.group_key == group))
-            if exists is None:
-                add_generation(
-                    s, run_id=run_id, workflow_id=wf.id, problem_id=pid, parent_workflow_id=None, group_key=group,
-                    prompt_text=prompts[sample.prompt_index], prompt_token_ids=list(sample.prompt_token_ids),
-                    completion_text=sample.text, completion_token_ids=list(sample.completion_token_ids),
-                    behavior_logprobs=list(sample.behavior_logprobs), temperature=sample.temperature,
-                    top_p=sample.top_p, top_k=0, sampler=SAMPLER, policy_version=version,
-                    truncated=sample.truncated,
-                )
+            group = groups[sample.prompt_index]
+            add_generation(
+                s, run_id=run_id, workflow_id=wf.id, problem_id=pid, parent_workflow_id=None, group_key=group,
+                prompt_text=prompts[sample.prompt_index], prompt_token_ids=list(sample.prompt_token_ids),
+                completion_text=sample.text, completion_token_ids=list(sample.completion_token_ids),
+                behavior_logprobs=list(sample.behavior_logprobs), temperature=sample.temperature,
+                top_p=sample.top_p, top_k=0, sampler=SAMPLER, policy_version=version,
+                truncated=sample.truncated,
+            )
             if wf.valid:  # invalid programs are stored with their error, never run (as in search)
                 valid += 1
                 todo.setdefault(wf.id, (wf.code, set()))[1].add(pid)

@@ -156,3 +156,22 @@ def test_invalid_policy_programs_are_reward_zero_policy_samples(with_policy, pol
     hit = [x for x in samples if (x.workflow_id, x.problem_id) == key]
     assert len(hit) == 1 and hit[0].source == "policy" and hit[0].reward == 0.0
     assert hit[0].behavior_logprobs and stats.invalid_policy == 1
+
+
+def test_a_program_sampled_twice_counts_twice_in_its_group(with_policy, policy):
+    """Each generation row is one sample: the same program drawn twice for one prompt is two
+    members of the GRPO group (its frequency is part of the group's mean and weights)."""
+    from storage.repo import add_generation
+
+    url, _ = with_policy
+    engine = open_db(url)
+    before, _ = load_samples(engine, DatasetFilter(run=RUN), policy)
+    with session_scope(engine) as s:
+        gen = s.scalars(select(Generation).order_by(Generation.id)).first()
+        fields = {c.name: getattr(gen, c.name) for c in Generation.__table__.columns if c.name != "id"}
+        add_generation(s, **fields)
+        key = (gen.workflow_id, gen.problem_id, gen.group_key)
+    after, _ = load_samples(engine, DatasetFilter(run=RUN), policy)
+    assert len(after) == len(before) + 1
+    twins = [x for x in after if (x.workflow_id, x.problem_id) == key[:2] and x.group_id.endswith(key[2])]
+    assert len(twins) == 2 and twins[0] == twins[1] and twins[0].source == "policy"
