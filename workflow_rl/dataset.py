@@ -171,8 +171,7 @@ def load_samples(
         prompts: dict[int, tuple[str, tuple[int, ...]]] = {}
         for key, (wf, problem) in rows.items():
             reward = sum(rewards[key]) / len(rewards[key])
-            sampled = [g for g in gens.get(key, ()) if wf.source == "policy" and g.sampler != "mutation"
-                       and g.completion_text == wf.code]
+            sampled = _sampled_by_policy(wf, gens.get(key, ()))
             if sampled:
                 batch = [_policy_sample(g, wf, problem, reward, tokenizer, filt) for g in sampled]
             else:
@@ -186,16 +185,28 @@ def load_samples(
                     completion_token_ids=tuple(tokenizer.completion_ids(wf.code)), behavior_logprobs=None,
                     policy_version=None, temperature=filt.search_temperature,
                 )]
-            for sample in batch:
-                if filt.max_completion_tokens is not None and len(sample.completion_token_ids) > filt.max_completion_tokens:
-                    stats.dropped["too_long"] += 1
-                    continue
-                samples.append(sample)
-        samples += _invalid_policy_samples(s, run.id, gens, rows, filt, tokenizer, stats)
+            samples += _fitting(batch, filt, stats)
+        samples += _invalid_policy_samples(s, run.id, filt, tokenizer, stats)
     return _filter_groups(samples, filt, stats)
 
 
-def _invalid_policy_samples(session, run_id: int, gens, evaluated, filt: DatasetFilter, tokenizer,
+def _sampled_by_policy(wf: Workflow, gens) -> list[Generation]:
+    """The generations that are exactly this policy-written workflow as sampled (rule 11)."""
+    if wf.source != "policy":
+        return []
+    return [g for g in gens if g.sampler != "mutation" and g.completion_text == wf.code]
+
+
+def _fitting(batch: list[Sample], filt: DatasetFilter, stats: DatasetStats) -> list[Sample]:
+    """``batch`` without completions longer than ``filt.max_completion_tokens`` (counted, never cut)."""
+    if filt.max_completion_tokens is None:
+        return batch
+    kept = [x for x in batch if len(x.completion_token_ids) <= filt.max_completion_tokens]
+    stats.dropped["too_long"] += len(batch) - len(kept)
+    return kept
+
+
+def _invalid_policy_samples(session, run_id: int, filt: DatasetFilter, tokenizer,
                             stats: DatasetStats) -> list[Sample]:
     """Reward-0 policy samples for programs the policy wrote that failed validation (never run).
 
@@ -203,25 +214,20 @@ def _invalid_policy_samples(session, run_id: int, gens, evaluated, filt: Dataset
     used as sampled). Leaving them out would never tell the policy that invalid code is bad: the
     push away from valid-but-wrong programs would move probability onto invalid ones.
     """
-    out = []
-    for (wid, pid), rows in gens.items():
-        if (wid, pid) in evaluated:
-            continue
-        wf, problem = session.get(Workflow, wid), session.get(Problem, pid)
-        if wf is None or wf.valid or wf.source != "policy" or problem is None or problem.split != "train":
-            continue
-        if filt.rounds is not None and wf.round not in filt.rounds:
-            continue
-        for gen in rows:
-            if gen.sampler == "mutation" or gen.completion_text != wf.code:
-                continue
-            sample = _policy_sample(gen, wf, problem, 0.0, tokenizer, filt)
-            if filt.max_completion_tokens is not None and len(sample.completion_token_ids) > filt.max_completion_tokens:
-                stats.dropped["too_long"] += 1
-                continue
-            stats.invalid_policy += 1
-            out.append(sample)
-    return out
+    query = (
+        select(Generation, Workflow, Problem)
+        .join(Workflow, Generation.workflow_id == Workflow.id)
+        .join(Problem, Generation.problem_id == Problem.id)
+        .where(Generation.run_id == run_id, Workflow.valid.is_(False), Problem.split == "train")
+        .order_by(Generation.id)
+    )
+    if filt.rounds is not None:
+        query = query.where(Workflow.round.in_(list(filt.rounds)))
+    batch = [_policy_sample(gen, wf, problem, 0.0, tokenizer, filt)
+             for gen, wf, problem in session.execute(query) if _sampled_by_policy(wf, [gen])]
+    kept = _fitting(batch, filt, stats)
+    stats.invalid_policy += len(kept)
+    return kept
 
 
 def _filter_groups(samples: list[Sample], filt: DatasetFilter, stats: DatasetStats):

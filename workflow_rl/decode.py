@@ -5,10 +5,9 @@ left-padded (positions counted from each row's first real token, so a padded row
 it would alone), completions follow them. Logits are only ever computed where they are needed
 (``logits_to_keep``): the last prompt position and the completion positions.
 
-Rows that share a prompt (a GRPO group) share its forward pass: the prompt is run once, its KV
-cache is gathered to the rows, and only the completions are run per row. With grad this is the
-same function (the prompt's activations feed every row of the group, and autograd sums their
-gradients), just without recomputing the prompt ``G`` times.
+Rows that share a prompt (a GRPO group) share its forward pass when no gradient is needed
+(sampling, scoring): the prompt is run once, its KV cache is gathered to the rows, and only the
+completions are run per row. With grad each row runs its own prompt (see :func:`_shareable`).
 """
 
 from __future__ import annotations
