@@ -42,6 +42,7 @@ from workflow_rl.errors import WorkflowRLError
 from workflow_rl.evaluation import BenchmarkEvaluator
 from workflow_rl.loop_config import LoopConfig
 from workflow_rl.policy import Policy
+from workflow_rl.policy_graft import GraftProposer
 from workflow_rl.policy_proposer import SAMPLER, MixedProposer, PolicyProposer
 
 RESUME_FREE = ("rounds", "workers", "cache_dir")
@@ -170,10 +171,12 @@ async def _search(engine, config: LoopConfig, info: BenchmarkInfo, evaluator, po
     if r == 0:
         proposer: Any = MutationProposer()
     else:
-        proposer = MixedProposer(
-            PolicyProposer(policy, version, config.temperature, config.max_new_tokens),
-            MutationProposer(), config.mutation_fraction,
-        )
+        if config.policy_children == "graft":
+            writer: Any = GraftProposer(policy, version, config.temperature, config.max_new_tokens,
+                                        config.graft_samples)
+        else:
+            writer = PolicyProposer(policy, version, config.temperature, config.max_new_tokens)
+        proposer = MixedProposer(writer, MutationProposer(), config.mutation_fraction)
     try:
         search_config = SearchConfig(
             benchmark=info.name, proposer="mutation" if r == 0 else "policy", selection=config.selection,

@@ -120,7 +120,7 @@ class MixedProposer:
     """Policy children plus a fraction of children from another proposer (exploration).
 
     Each of the ``n`` slots is given to ``other`` with probability ``other_fraction`` (seeded), so
-    the split is deterministic per expansion. Priors: the policy's children share
+    the split is deterministic per expansion; slots the policy leaves empty go to ``other`` too. Priors: the policy's children share
     ``n_policy / n`` of the mass by their sequence probabilities; the others get ``1 / n`` each.
     """
 
@@ -140,6 +140,9 @@ class MixedProposer:
         n_other = sum(rng.random() < self.other_fraction for _ in range(n))
         n_policy = n - n_other
         policy_children = await self.policy.propose(context, n_policy, rng.randrange(2**31)) if n_policy else []
+        # A policy proposer may return fewer children than asked (graft mode: no verified branch);
+        # the other proposer fills the empty slots so every expansion still offers n children.
+        n_other = n - len(policy_children)
         other_children = await self.other.propose(context, n_other, rng.randrange(2**31)) if n_other else []
         total = len(policy_children) + len(other_children)
         if not total:

@@ -21,13 +21,18 @@ def tiny_config(out_dir, rounds: int, **over) -> LoopConfig:
     """Budgets small enough for a unit test (seconds per phase on a CPU)."""
     values = dict(run="t", rounds=rounds, search_budget=40, search_batch=10, children=2, train_problems=3,
                   group_size=2, top_workflows=2, extra_workflows=1, max_new_tokens=24, epochs=1, batch_size=8,
-                  micro_batch_size=8, mutation_fraction=0.5, out_dir=str(out_dir), workers=1)
+                  micro_batch_size=8, mutation_fraction=0.5, policy_children="rewrite", out_dir=str(out_dir),
+                  workers=1)
     return LoopConfig(**{**values, **over})
 
 
 @pytest.fixture(scope="module")
 def loop_db(tmp_path_factory):
-    """A loop run for one round, then continued to two rounds by re-running with --rounds 2."""
+    """A loop run for one round, then continued to two rounds by re-running with --rounds 2.
+
+    Rewrite mode: every policy child of the search is an exact policy sample with a generation row
+    (graft mode is tested on its own below).
+    """
     root = tmp_path_factory.mktemp("loop")
     db = str(root / "loop.db")
     first = run_loop(tiny_config(root / "runs", 1), db)
@@ -109,6 +114,29 @@ def test_loop_config_errors_state_the_fix(tmp_path):
         tiny_config(tmp_path, 1, run="a/b")
     with pytest.raises(WorkflowRLError, match="lr=-1"):
         tiny_config(tmp_path, 1, lr=-1.0)
+    with pytest.raises(WorkflowRLError, match="'graft' or 'rewrite'"):
+        tiny_config(tmp_path, 1, policy_children="splice")
+
+
+def test_graft_mode_children_contain_round_one_policy_branches(tmp_path):
+    """Graft mode: round 1's policy-written children are the parent plus verified branches; they are
+    search data (no generation row) that records the checkpoint whose samples they contain."""
+    db = str(tmp_path / "graft.db")
+    result = run_loop(tiny_config(tmp_path / "runs", 2, run="g", policy_children="graft", graft_samples=16,
+                                  search_budget=60, max_new_tokens=48, top_workflows=0, extra_workflows=0), db)
+    ckpt0 = result.rounds[0].checkpoint_id
+    engine = open_db(db)
+    with session_scope(engine) as s:
+        r1 = s.scalar(select(Run.id).where(Run.name == "g/r1"))
+        grafts = s.scalars(select(Workflow).join(SearchNode, SearchNode.workflow_id == Workflow.id)
+                           .where(SearchNode.run_id == r1, Workflow.checkpoint_id.is_not(None))).all()
+        assert grafts, "no policy branch was verified in round 1"
+        for wf in grafts:
+            assert (wf.source, wf.checkpoint_id, wf.valid) == ("mutation", ckpt0, True)
+            assert wf.code.lstrip().startswith("async def solve") and "    if '" in wf.code
+        search_gens = s.scalars(select(Generation).where(Generation.run_id == r1,
+                                                          Generation.group_key.like("%:sim%"))).all()
+        assert search_gens == []  # edits of the parent are never trained as policy samples (rule 11)
 
 
 def test_interrupted_round_is_redone_without_duplicates(loop_db):

@@ -105,3 +105,18 @@ def test_mixed_proposer_shares_and_priors(policy):
     assert all(math.isfinite(c.prior) for c in mixed)
     with pytest.raises(ValueError):
         MixedProposer(policy_prop, _Fixed(), 1.5)
+
+
+class _Empty:
+    """A policy-side proposer that found nothing to propose (graft mode with no verified branch)."""
+
+    name = "empty"
+
+    async def propose(self, context, n, seed):
+        return []
+
+
+def test_mixed_proposer_fills_slots_the_policy_left_empty():
+    children = asyncio.run(MixedProposer(_Empty(), _Fixed(), 0.0).propose(_context(), 4, seed=1))
+    assert [c.source for c in children] == ["mutation"] * 4
+    assert sum(c.prior for c in children) == pytest.approx(1.0)

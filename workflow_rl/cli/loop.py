@@ -14,13 +14,17 @@ from workflow_rl.loop_config import LoopConfig
 H = LoopConfig.help
 
 
-def policy_eval_command(db: str, policy: str, split: str, benchmark: str, best_of: int,
+def policy_eval_command(db, policy: str, split: str, benchmark: str, best_of: int,
                         workers: int | None = None) -> None:
     """``eval --policy``: the policy writes one workflow per problem of ``split``; print accuracy and cost."""
     from workflow_rl.policy_eval import evaluate_policy
 
     if split not in ("train", "validation", "test"):
         raise WorkflowRLError(f"--split {split!r}: use train, validation or test")
+    if policy.isdigit():  # a checkpoint id names a row of an existing database: never create one
+        from workflow_rl.cli.db import open_existing
+
+        db = open_existing(db)
     console = Console()
     with console.status(f"policy {policy} writing and running one workflow per {split} problem"):
         result = evaluate_policy(db, policy, split=split, benchmark=benchmark, best_of=best_of, workers=workers)
@@ -44,6 +48,7 @@ def register(app: typer.Typer) -> None:
         children: Annotated[int, typer.Option(help=H("children"))] = LoopConfig.children,
         selection: Annotated[str, typer.Option(help=H("selection"))] = LoopConfig.selection,
         mutation_fraction: Annotated[float, typer.Option(help=H("mutation_fraction"))] = LoopConfig.mutation_fraction,
+        policy_children: Annotated[str, typer.Option(help=H("policy_children"))] = LoopConfig.policy_children,
         train_problems: Annotated[int, typer.Option(help=H("train_problems"))] = LoopConfig.train_problems,
         group_size: Annotated[int, typer.Option(help=H("group_size"))] = LoopConfig.group_size,
         temperature: Annotated[float, typer.Option(help=H("temperature"))] = LoopConfig.temperature,
@@ -56,7 +61,7 @@ def register(app: typer.Typer) -> None:
         """Search -> train -> policy-steered search -> train ...; re-run the same command to continue."""
         config = LoopConfig(
             run=run, benchmark=benchmark, rounds=rounds, policy=policy, seed=seed, search_budget=search_budget,
-            children=children, selection=selection, mutation_fraction=mutation_fraction,
+            children=children, selection=selection, mutation_fraction=mutation_fraction, policy_children=policy_children,
             train_problems=train_problems, group_size=group_size, temperature=temperature, lr=lr, beta=beta,
             epochs=epochs, out_dir=out_dir,
             workers=workers,

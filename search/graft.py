@@ -1,0 +1,125 @@
+"""Grafts: a straight-line program written for ONE problem becomes a routing branch of a parent.
+
+A per-query program (what a policy trained on per-problem prompts writes) solves one kind of
+problem; a search node is a task-level workflow. :func:`graft` joins them:
+``if "<cue>" in problem: <the program's statements>`` is inserted at the top of the parent's
+``solve``, with the cue the word of the failing problem that best separates the failures the
+program solves from those it does not and from the problems the parent solved
+(:func:`best_cue`). The branch ends in a ``return``, so its variables never leak into the
+parent's own path.
+
+:func:`solves_example` runs such a program on the failing problem with the host's *tool*
+operators (the same check the mutation proposer's routing edit makes), so a branch is only
+grafted when it produces that problem's expected answer.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+from typing import Any
+
+from search.base import FailedExample
+from search.routing import WORD, run_pipeline, same_answer
+
+
+def straight_line(code: str) -> tuple[list[ast.stmt], str, str] | None:
+    """``(statements, problem name, ops name)`` of a straight-line ``solve``, or None.
+
+    Straight-line = only ``name = <expr>`` assignments, then one final ``return <expr>``
+    (a docstring is skipped). Anything else (branches, loops, several returns) is not grafted.
+    """
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return None
+    fn = next((n for n in tree.body if isinstance(n, ast.AsyncFunctionDef)), None)
+    if fn is None or len(fn.args.args) != 2:
+        return None
+    body = list(fn.body)
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]
+    if not body or not isinstance(body[-1], ast.Return) or body[-1].value is None:
+        return None
+    for stmt in body[:-1]:
+        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)):
+            return None
+    return body, fn.args.args[0].arg, fn.args.args[1].arg
+
+
+async def run_straight_line(statements: list[ast.stmt], problem_name: str, text: str) -> Any:
+    """Run straight-line statements on ``text`` with tool operators only (``LookupError`` otherwise)."""
+    env: dict[str, Any] = {}
+
+    async def value(expr: ast.expr) -> Any:
+        if isinstance(expr, ast.Name) and expr.id in env:
+            return env[expr.id]
+        if isinstance(expr, ast.Await):
+            return await value(expr.value)
+        if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute):
+            # Arguments may be variables; bind them as constants and let run_pipeline call the op.
+            bound = ast.Call(func=expr.func, args=[ast.Constant(await value(a)) for a in expr.args], keywords=[])
+            return await run_pipeline(bound, problem_name, text)
+        if isinstance(expr, ast.Subscript):
+            return (await value(expr.value))[await value(expr.slice)]
+        if isinstance(expr, ast.List):
+            return [await value(e) for e in expr.elts]
+        return await run_pipeline(expr, problem_name, text)
+
+    for stmt in statements[:-1]:
+        env[stmt.targets[0].id] = await value(stmt.value)  # type: ignore[attr-defined]
+    return await value(statements[-1].value)  # type: ignore[attr-defined]
+
+
+async def solves_example(statements: list[ast.stmt], problem_name: str, failure: FailedExample) -> bool:
+    """True when the statements produce the failing example's expected answer (tool operators only)."""
+    try:
+        return same_answer(await run_straight_line(statements, problem_name, failure.problem), failure.expected)
+    except Exception:  # noqa: BLE001 - an operator error, an LLM operator, a bad index: "does not solve it"
+        return False
+
+
+async def best_cue(
+    statements: list[ast.stmt], problem_name: str, target: FailedExample, failures: list[FailedExample],
+    passes: list[str], taken: set[str],
+) -> str | None:
+    """The word of ``target`` that best routes exactly the problems the statements solve.
+
+    Each word of the target is scored on the parent's evidence: +1 per failing problem containing
+    it that the statements solve, -1 per failing problem containing it that they do not, -1 per
+    solved problem containing it (routing it away from the parent could break it). The best
+    positive score wins (ties: earliest in the target's text); words in ``taken`` are skipped.
+    """
+    solved = {f.problem_id: await solves_example(statements, problem_name, f) for f in failures}
+    best: tuple[int, str] | None = None
+    for word in dict.fromkeys(WORD.findall(target.problem)):
+        if word in taken:
+            continue
+        score = sum(1 if solved[f.problem_id] else -1 for f in failures if word in f.problem)
+        score -= sum(word in text for text in passes)
+        if score > 0 and (best is None or score > best[0]):
+            best = (score, word)
+    return None if best is None else best[1]
+
+
+def graft(parent_code: str, branches: list[tuple[str, list[ast.stmt]]]) -> str | None:
+    """The parent with ``if cue in problem: <statements>`` branches at the top of ``solve``.
+
+    ``branches`` holds ``(cue, statements)``; earlier branches take precedence. The validator fixes
+    the signature to ``solve(problem, ops)``, so the statements' names already match the parent's.
+    None if the parent has no two-argument async ``solve``.
+    """
+    try:
+        tree = ast.parse(parent_code)
+    except SyntaxError:
+        return None
+    fn = next((n for n in tree.body if isinstance(n, ast.AsyncFunctionDef)), None)
+    if fn is None or len(fn.args.args) != 2:
+        return None
+    problem = fn.args.args[0].arg
+    docstring = isinstance(fn.body[0], ast.Expr) and isinstance(getattr(fn.body[0], "value", None), ast.Constant)
+    at = 1 if docstring else 0
+    for cue, statements in reversed(branches):
+        test = ast.Compare(left=ast.Constant(cue), ops=[ast.In()], comparators=[ast.Name(id=problem, ctx=ast.Load())])
+        fn.body.insert(at, ast.If(test=test, body=[copy.deepcopy(s) for s in statements], orelse=[]))
+    return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
