@@ -111,3 +111,12 @@ def test_console_script(tmp_path: Path):
     proc = run("--db", str(db), "sql", "--format", "csv", "SELECT COUNT(*) AS n FROM leaderboard")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["n", "0"]
+
+
+def test_eval_of_a_stored_id_never_creates_a_database(tmp_path: Path):
+    """`eval 5` and `eval --policy 3` name rows of an existing database: a typo in --db is an error."""
+    db = tmp_path / "typo.db"
+    for args in (["eval", "5"], ["eval", "--policy", "3"]):
+        result = runner.invoke(app, ["--db", str(db), *args])
+        assert result.exit_code == 1 and isinstance(result.exception, WorkflowRLError)
+        assert "no database at" in str(result.exception) and not db.exists()

@@ -52,7 +52,7 @@ def _table(columns: list[str], rows: list[tuple[Any, ...]], title: str | None = 
     return table
 
 
-def _open_existing(db: str) -> Engine:
+def open_existing(db: str) -> Engine:
     """Open a database that must already exist (a typo in --db must not create a stray empty file)."""
     try:
         url = make_url(normalize_url(db))
@@ -89,7 +89,7 @@ def sql(
     """Run one SQL statement and print its rows (read-only unless --write; views: see README)."""
     if fmt not in ("table", "csv", "json"):
         raise WorkflowRLError(f"--format {fmt!r} is not one of table, csv, json")
-    engine = _open_existing(ctx.obj["db"])
+    engine = open_existing(ctx.obj["db"])
     try:
         result = execute_sql(engine, query, write=write)
     finally:
@@ -118,7 +118,7 @@ FROM runs r ORDER BY r.id
 
 def runs(ctx: typer.Context) -> None:
     """List runs with their workflow and evaluation counts and best validation reward."""
-    engine = _open_existing(ctx.obj["db"])
+    engine = open_existing(ctx.obj["db"])
     try:
         with read_session_scope(engine) as session:
             result = session.execute(text(_RUNS_SQL))
@@ -136,7 +136,7 @@ def show(
     workflow_id: Annotated[int, typer.Argument(help="Workflow id (see the leaderboard view).")],
 ) -> None:
     """Show a workflow: code (highlighted), scores per split, lineage and how it was generated."""
-    engine = _open_existing(ctx.obj["db"])
+    engine = open_existing(ctx.obj["db"])
     try:
         with read_session_scope(engine) as session:
             workflow = repo.get_workflow(session, workflow_id)

@@ -270,9 +270,10 @@ async def evaluate_stored(db: str, workflow_id: int, split: str, repeats: int = 
                           workers: int | None = None):
     """Evaluate stored workflow ``workflow_id`` on ``split`` of its run's benchmark (stores the rows)."""
     from workflow_rl.benchmarks.options import build_benchmark
+    from workflow_rl.cli.db import open_existing
     from workflow_rl.evaluation import BenchmarkEvaluator
 
-    engine = open_db(db)
+    engine = open_existing(db)  # a workflow id names a row of an existing database: never create one
     with session_scope(engine) as session:
         workflow = session.get(Workflow, workflow_id)
         if workflow is None:
