@@ -164,7 +164,8 @@ def test_unreachable_llm_endpoint(db, capsys):
     url = f"http://127.0.0.1:{_closed_port()}/v1#some-model"
     before = sqlite_file_dump(db)
     for argv in (["search", "--run", "llm", "--proposer", "llm", "--optimizer", url, "--budget", "8"],
-                 ["search", "--run", "he", "--benchmark", "humaneval", "--executor", url, "--budget", "4"]):
+                 ["search", "--run", "he", "--benchmark", "humaneval", "--executor", url, "--budget", "4"],
+                 ["eval", "1", "--executor", url]):
         code, err = _main(["--db", str(db), *argv], capsys)
         _check(code, err, ("127.0.0.1", "--"))
         assert sqlite_file_dump(db) == before

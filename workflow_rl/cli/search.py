@@ -259,6 +259,8 @@ def register(app: typer.Typer) -> None:
             raise WorkflowRLError(f"--split {split!r}: use train, validation or test")
         if repeats < 1:
             raise WorkflowRLError(f"--repeats {repeats}: use 1 or more")
+        if executor:  # before any database work, as `search` does
+            require_reachable(executor, "--executor")
         batch = asyncio.run(evaluate_stored(ctx.obj["db"], workflow_id, split, repeats, executor, workers))
         rewards = [r.reward for r in batch.records]
         console = Console()
