@@ -3,9 +3,13 @@
 Round ``r`` (0-based) has three phases, each recorded in the loop run's ``runs.state`` as soon as
 it is finished, so re-running the same command continues where it stopped:
 
-1. **search** (run ``<loop>/r<r>``): round 0 uses mutations; round ``r >= 1`` samples children
-   from round ``r-1``'s checkpoint (:class:`~workflow_rl.policy_proposer.MixedProposer`: policy
-   children with exact generations, plus a fraction of mutations). Search resumes by itself.
+1. **search** (run ``<loop>/r<r>``): round 0 uses mutations; round ``r >= 1`` draws children
+   from round ``r-1``'s checkpoint plus a fraction of mutations
+   (:class:`~workflow_rl.policy_proposer.MixedProposer`). ``policy_children="graft"`` (default):
+   the policy writes per-problem programs for the parent's failures and verified ones become
+   routing branches of the parent (:mod:`workflow_rl.policy_graft`, search data);
+   ``"rewrite"``: the policy rewrites the parent from the expansion prompt, each child an exact
+   policy sample with its generation. Search resumes by itself.
 2. **data**: on ``train_problems`` train problems drawn for this round, the same policy samples
    ``group_size`` workflows per problem from the per-problem prompt (one GRPO group per problem,
    exact token ids and behavior logprobs), and the best and a few random search workflows are run
@@ -148,7 +152,7 @@ async def _rounds(engine, config: LoopConfig, bench, loop_id, state, say, on_sea
             say(f"round {r}: loading policy {'base ' + start if version is None else f'checkpoint {version}'}")
             policy = Policy.load(start, cache_dir=config.cache_dir)
             if rs["phase"] == "search":
-                say(f"round {r}: search ({'mutation' if r == 0 else 'policy + mutation'})")
+                say(f"round {r}: search ({'mutation' if r == 0 else f'policy {config.policy_children} + mutation'})")
                 result = await _search(engine, config, info, evaluator, policy, version, r, on_search)
                 rs.update(phase="data", best_score=result.progress.best_score,
                           evaluations=result.progress.evaluations, search_run_id=result.run_id)
