@@ -76,11 +76,20 @@ def _micro_batches(batch: list[int], config: TrainConfig, accelerator: Accelerat
 
 
 @torch.no_grad()
-def old_logprobs(policy, accelerator, samples, batch, config) -> list[torch.Tensor]:
-    """Logprobs of the batch under the model *before* the update (no grad), per micro-batch."""
+def old_logprobs(policy, accelerator, samples, batch, config, start_old=None) -> list[torch.Tensor | None]:
+    """Logprobs of the batch under the model *before* the update (no grad), per micro-batch.
+
+    A micro-batch of policy samples only gets None: their ``old`` is ``start_old`` (the sampling
+    policy's), so a forward pass over them would be thrown away.
+    """
     policy.model.eval()
-    return [_forward(policy, accelerator, [samples[i] for i in mb])[0].float()
-            for mb in _micro_batches(batch, config, accelerator)]
+    out: list[torch.Tensor | None] = []
+    for mb in _micro_batches(batch, config, accelerator):
+        if start_old is not None and all(start_old[i] is not None for i in mb):
+            out.append(None)
+            continue
+        out.append(_forward(policy, accelerator, [samples[i] for i in mb])[0].float())
+    return out
 
 
 @torch.no_grad()
@@ -114,7 +123,7 @@ def grpo_step(
     advantages: torch.Tensor,
     batch: list[int],
     config: TrainConfig,
-    old: list[torch.Tensor] | None,
+    old: list[torch.Tensor | None] | None,
     ref_model: torch.nn.Module | None = None,
     start_old: list[tuple[float, ...] | None] | None = None,
 ) -> dict[str, float]:
@@ -143,7 +152,7 @@ def grpo_step(
         logp = logp.float()
         width = logp.shape[1]
         mask = completion_mask(lens, width, [s.truncated for s in rows], config.mask_truncated).to(logp.device)
-        old_mb = logp.detach() if old is None else old[k].to(logp.device)
+        old_mb = logp.detach() if old is None or old[k] is None else old[k].to(logp.device)
         has_behavior = torch.tensor([s.behavior_logprobs is not None for s in rows], device=logp.device)
         if start_old is not None:
             fixed = _pad([start_old[i] for i in mb], width).to(logp.device)
@@ -357,7 +366,8 @@ def train(
         for b in range(batch0 if epoch == epoch0 else 0, len(batches)):
             first_it = iter0 if (epoch, b) == (epoch0, batch0) else 0
             if first_it == 0:
-                old = None if config.num_iterations == 1 else old_logprobs(policy, accelerator, samples, batches[b], config)
+                old = (None if config.num_iterations == 1
+                       else old_logprobs(policy, accelerator, samples, batches[b], config, start_old))
             for it in range(first_it, config.num_iterations):
                 if step >= total:
                     position = (epoch, b, it)

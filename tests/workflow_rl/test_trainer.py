@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -223,3 +224,23 @@ def test_later_steps_on_the_same_rollouts_are_clipped_against_the_sampling_polic
     assert first["samples/policy"] > 0
     assert first["ratio/mean"] == pytest.approx(1.0, abs=1e-5) and first["clip/low"] + first["clip/high"] == 0
     assert max(m["ratio/std"] for m in later) > 0.01
+
+
+def test_old_logprobs_skip_micro_batches_of_policy_samples_only(db, cache):
+    """With num_iterations > 1 the batch's old logprobs are only needed for search rows: policy rows
+    use the sampling policy's (start_old), so an all-policy micro-batch costs no forward pass."""
+    from accelerate import Accelerator
+
+    from workflow_rl.trainer import old_logprobs
+
+    url, _ = db
+    policy = Policy.load("builtin:tiny", cache_dir=cache)
+    samples, _ = load_samples(open_db(url), DatasetFilter(run=RUN), policy)
+    config = _cfg(Path("unused"), cache, batch_size=8, micro_batch_size=4)
+    batch = list(range(8))
+    start_old = [(0.0,) * len(s.completion_token_ids) for s in samples]
+    start_old[5] = None  # one search row in the second micro-batch
+    out = old_logprobs(policy, Accelerator(cpu=True), samples, batch, config, start_old)
+    assert out[0] is None and out[1] is not None and out[1].shape[0] == 4
+    full = old_logprobs(policy, Accelerator(cpu=True), samples, batch, config)
+    assert torch.equal(out[1], full[1])
