@@ -5,11 +5,12 @@ it is finished, so re-running the same command continues where it stopped:
 
 1. **search** (run ``<loop>/r<r>``): round 0 uses mutations; round ``r >= 1`` draws children
    from round ``r-1``'s checkpoint plus a fraction of mutations
-   (:class:`~workflow_rl.policy_proposer.MixedProposer`). ``policy_children="graft"`` (default):
+   (:class:`~workflow_rl.policy_proposer.MixedProposer`). ``policy_children="graft"`` (the
+   ``auto`` default on benchmarks whose operators are all tools, such as calc):
    the policy writes per-problem programs for the parent's failures and verified ones become
    routing branches of the parent (:mod:`workflow_rl.policy_graft`, search data);
-   ``"rewrite"``: the policy rewrites the parent from the expansion prompt, each child an exact
-   policy sample with its generation. Search resumes by itself.
+   ``"rewrite"`` (``auto`` with LLM operators): the policy rewrites the parent from the expansion
+   prompt, each child an exact policy sample with its generation. Search resumes by itself.
 2. **data**: on ``train_problems`` train problems drawn for this round, the same policy samples
    ``group_size`` workflows per problem from the per-problem prompt (one GRPO group per problem,
    exact token ids and behavior logprobs), and the best and a few random search workflows are run
@@ -152,7 +153,8 @@ async def _rounds(engine, config: LoopConfig, bench, loop_id, state, say, on_sea
             say(f"round {r}: loading policy {'base ' + start if version is None else f'checkpoint {version}'}")
             policy = Policy.load(start, cache_dir=config.cache_dir)
             if rs["phase"] == "search":
-                say(f"round {r}: search ({'mutation' if r == 0 else f'policy {config.policy_children} + mutation'})")
+                mode = "mutation" if r == 0 else f"policy {children_mode(config, info.operator_names)} + mutation"
+                say(f"round {r}: search ({mode})")
                 result = await _search(engine, config, info, evaluator, policy, version, r, on_search)
                 rs.update(phase="data", best_score=result.progress.best_score,
                           evaluations=result.progress.evaluations, search_run_id=result.run_id)
@@ -175,7 +177,7 @@ async def _search(engine, config: LoopConfig, info: BenchmarkInfo, evaluator, po
     if r == 0:
         proposer: Any = MutationProposer()
     else:
-        if config.policy_children == "graft":
+        if children_mode(config, info.operator_names) == "graft":
             writer: Any = GraftProposer(policy, version, config.temperature, config.max_new_tokens,
                                         config.graft_samples)
         else:
@@ -192,6 +194,17 @@ async def _search(engine, config: LoopConfig, info: BenchmarkInfo, evaluator, po
     search = Search(engine, search_config, info, evaluator, proposer)
     callback = None if on_search is None else (lambda progress: on_search(r, progress))
     return await search.run(round_run_name(config.run, r), callback)
+
+
+def children_mode(config: LoopConfig, operator_names) -> str:
+    """``graft`` or ``rewrite``: ``auto`` grafts when every operator is a tool (branches are checked
+    on the host without LLM calls; a program calling an LLM operator could never be verified)."""
+    if config.policy_children != "auto":
+        return config.policy_children
+    from operators.registry import get_operators
+
+    tools_only = all(op.kind == "tool" for op in get_operators(list(operator_names)).values())
+    return "graft" if tools_only else "rewrite"
 
 
 def _problem_texts(engine: Engine, ids: list[int]) -> dict[int, str]:

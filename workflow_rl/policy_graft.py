@@ -4,11 +4,12 @@ The learner trains the policy on per-problem prompts (problem in, one workflow o
 policy never sees the expansion prompt (parent code + failure notes) in training, so the children
 it writes there are mostly not even valid programs (measured on calc with builtin:tiny: 0 valid of
 36 in a round). Graft mode asks the policy what it was trained for: for each distinct problem the
-parent failed (up to ``max_failures``), ``samples`` programs are drawn from that problem's
-per-problem prompt (:func:`workflow_rl.prompts.policy_prompt_for`, the prompt training uses). The
-first straight-line sample that yields the failing problem's expected answer on the host (tool
-operators only, as the mutation proposer's routing check) becomes a branch
-``if "<cue>" in problem: ...`` of the parent (:mod:`search.graft`). A child holds the verified
+parent failed (up to ``max_failures``), ``samples`` programs per child are drawn from that
+problem's per-problem prompt (:func:`workflow_rl.prompts.policy_prompt_for`, the prompt training
+uses); the first child tries the policy's greedy program first. The first straight-line program
+that yields the failing problem's expected answer on the host (tool operators only, as the
+mutation proposer's routing check) becomes a branch ``if "<cue>" in problem: ...`` of the parent
+(:mod:`search.graft`). A child holds the verified
 branches of every failure it found one for, so a better policy makes bigger steps per evaluation.
 
 Children are edits of the parent, not what the policy sampled, so they are search data (DESIGN
@@ -69,12 +70,16 @@ class GraftProposer:
         k = self.samples
         drawn = await asyncio.to_thread(
             self.policy.sample, prompts, n * k, self.temperature, 1.0, self.max_new_tokens, seed)
+        # The policy's greedy program per failure is tried first by child 0: it is what training
+        # sharpens fastest (a trained policy's argmax is right far more often than one sample at T).
+        greedy = await asyncio.to_thread(self.policy.sample, prompts, 1, 0.0, 1.0, self.max_new_tokens, seed)
         out: list[Candidate] = []
         seen = {context.parent_code.strip()}
         for child in range(n):
             branches, notes, taken = [], [], set()
             for i, failure in enumerate(failures):
-                for sample in drawn[i * n * k + child * k: i * n * k + (child + 1) * k]:
+                tries = ([greedy[i]] if child == 0 else []) + drawn[i * n * k + child * k: i * n * k + (child + 1) * k]
+                for sample in tries:
                     body = straight_line(sample.text)
                     if body is None or not await solves_example(body[0], body[1], failure):
                         continue

@@ -114,7 +114,7 @@ def test_loop_config_errors_state_the_fix(tmp_path):
         tiny_config(tmp_path, 1, run="a/b")
     with pytest.raises(WorkflowRLError, match="lr=-1"):
         tiny_config(tmp_path, 1, lr=-1.0)
-    with pytest.raises(WorkflowRLError, match="'graft' or 'rewrite'"):
+    with pytest.raises(WorkflowRLError, match="'auto', 'graft' or 'rewrite'"):
         tiny_config(tmp_path, 1, policy_children="splice")
 
 
@@ -188,3 +188,16 @@ def test_eval_policy_writes_runs_and_stores_one_workflow_per_problem(loop_db):
             assert {g.policy_version for g in gens} == {greedy.checkpoint_id}
     with pytest.raises(WorkflowRLError, match="best_of=0"):
         evaluate_policy(db, ckpt, "test", bench, best_of=0)
+
+
+def test_auto_children_graft_only_where_every_operator_is_a_tool(tmp_path):
+    from workflow_rl.benchmarks import get_benchmark
+    from workflow_rl.loop import children_mode
+
+    calc = tuple(get_benchmark("calc").operator_names)
+    humaneval = tuple(get_benchmark("humaneval").operator_names)  # LLM operators: no host check
+    auto = tiny_config(tmp_path, 1, policy_children="auto")
+    assert (children_mode(auto, calc), children_mode(auto, humaneval)) == ("graft", "rewrite")
+    for mode in ("graft", "rewrite"):
+        assert children_mode(tiny_config(tmp_path, 1, policy_children=mode), humaneval) == mode
+    assert LoopConfig.policy_children == "auto"
