@@ -23,19 +23,26 @@ from search.base import FailedExample
 from search.routing import WORD, run_pipeline, same_answer
 
 
+def _solve_def(code: str) -> tuple[ast.Module, ast.AsyncFunctionDef] | None:
+    """``code`` parsed, and its two-argument ``async def`` (None on a syntax error or without one)."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return None
+    fn = next((n for n in tree.body if isinstance(n, ast.AsyncFunctionDef)), None)
+    return (tree, fn) if fn is not None and len(fn.args.args) == 2 else None
+
+
 def straight_line(code: str) -> tuple[list[ast.stmt], str, str] | None:
     """``(statements, problem name, ops name)`` of a straight-line ``solve``, or None.
 
     Straight-line = only ``name = <expr>`` assignments, then one final ``return <expr>``
     (a docstring is skipped). Anything else (branches, loops, several returns) is not grafted.
     """
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
+    parsed = _solve_def(code)
+    if parsed is None:
         return None
-    fn = next((n for n in tree.body if isinstance(n, ast.AsyncFunctionDef)), None)
-    if fn is None or len(fn.args.args) != 2:
-        return None
+    fn = parsed[1]
     body = list(fn.body)
     if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
         body = body[1:]
@@ -109,13 +116,10 @@ def graft(parent_code: str, branches: list[tuple[str, list[ast.stmt]]]) -> str |
     the signature to ``solve(problem, ops)``, so the statements' names already match the parent's.
     None if the parent has no two-argument async ``solve``.
     """
-    try:
-        tree = ast.parse(parent_code)
-    except SyntaxError:
+    parsed = _solve_def(parent_code)
+    if parsed is None:
         return None
-    fn = next((n for n in tree.body if isinstance(n, ast.AsyncFunctionDef)), None)
-    if fn is None or len(fn.args.args) != 2:
-        return None
+    tree, fn = parsed
     problem = fn.args.args[0].arg
     docstring = isinstance(fn.body[0], ast.Expr) and isinstance(getattr(fn.body[0], "value", None), ast.Constant)
     at = 1 if docstring else 0

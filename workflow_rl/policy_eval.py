@@ -16,7 +16,8 @@ from pathlib import Path
 
 from sqlalchemy import Engine, select
 
-from operators.validate import WorkflowValidationError, code_hash, validate_workflow
+from operators.validate import code_hash
+from search.mutations import validation_error
 from storage.engine import open_db, session_scope
 from storage.models import PolicyCheckpoint, Problem, Run
 from storage.repo import add_generation, add_workflow, get_or_create_run
@@ -60,11 +61,7 @@ def resolve_checkpoint(engine: Engine, checkpoint: str) -> tuple[str, int | None
 
 def _pick(samples: list[PolicySample], operator_names) -> PolicySample:
     def valid(sample: PolicySample) -> bool:
-        try:
-            validate_workflow(sample.text, operator_names)
-        except WorkflowValidationError:
-            return False
-        return True
+        return _is_valid(sample.text, operator_names)
 
     def mean_logprob(sample: PolicySample) -> float:
         return sum(sample.behavior_logprobs) / max(len(sample.behavior_logprobs), 1)
@@ -73,11 +70,7 @@ def _pick(samples: list[PolicySample], operator_names) -> PolicySample:
 
 
 def _is_valid(code: str, operator_names) -> bool:
-    try:
-        validate_workflow(code, operator_names)
-    except WorkflowValidationError:
-        return False
-    return True
+    return validation_error(code, tuple(operator_names)) is None
 
 
 async def _evaluate_policy(

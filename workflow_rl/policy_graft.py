@@ -23,9 +23,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from operators.validate import WorkflowValidationError, validate_workflow
 from search.base import Candidate, ProposalContext
 from search.graft import best_cue, graft, solves_example, straight_line
+from search.mutations import validation_error
 from workflow_rl.policy import Policy
 from workflow_rl.prompts import policy_prompt_for
 
@@ -91,7 +91,7 @@ class GraftProposer:
                     notes.append(cue)
                     break
             code = graft(context.parent_code, branches) if branches else None
-            if code is None or code.strip() in seen or not _valid(code, context.operator_names):
+            if code is None or code.strip() in seen or validation_error(code, context.operator_names) is not None:
                 continue
             seen.add(code.strip())
             out.append(Candidate(
@@ -103,10 +103,3 @@ class GraftProposer:
         # how likely the policy found them.
         return [replace(c, prior=1.0 / len(out)) for c in out]
 
-
-def _valid(code: str, operator_names) -> bool:
-    try:
-        validate_workflow(code, operator_names)
-    except WorkflowValidationError:
-        return False
-    return True
