@@ -8,8 +8,9 @@ and the same loop with lr = 0, then prints:
 (c) the same for the lr = 0 loop (its parameters never move: it must match the untrained policy);
 (d) evaluations the policy-steered round 1 needs to reach round 0's best validation score, over
     what round 0 needed (both searches use the same seed, so the same validation batches). The
-    same ratio of the lr = 0 loop is printed beside it: invalid policy children are never run, so
-    a policy round can spend its budget differently without having learned anything.
+    same ratio of the lr = 0 loop is printed beside it: a policy round differs from a mutation
+    round even without learning (other children, other proposers), so only the gap between the two
+    is what training bought.
 
 Ends with ``RESULT policy_minus_search=...``, ``RESULT lr0_drift=...``, ``RESULT steered_evals_ratio=...``.
 Usage: ``python benchmarks/bench_learning.py [--seeds 0 1 2] [--policy builtin:tiny] [--out DIR]``.
