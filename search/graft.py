@@ -57,25 +57,9 @@ def straight_line(code: str) -> tuple[list[ast.stmt], str, str] | None:
 async def run_straight_line(statements: list[ast.stmt], problem_name: str, text: str) -> Any:
     """Run straight-line statements on ``text`` with tool operators only (``LookupError`` otherwise)."""
     env: dict[str, Any] = {}
-
-    async def value(expr: ast.expr) -> Any:
-        if isinstance(expr, ast.Name) and expr.id in env:
-            return env[expr.id]
-        if isinstance(expr, ast.Await):
-            return await value(expr.value)
-        if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute):
-            # Arguments may be variables; bind them as constants and let run_pipeline call the op.
-            bound = ast.Call(func=expr.func, args=[ast.Constant(await value(a)) for a in expr.args], keywords=[])
-            return await run_pipeline(bound, problem_name, text)
-        if isinstance(expr, ast.Subscript):
-            return (await value(expr.value))[await value(expr.slice)]
-        if isinstance(expr, ast.List):
-            return [await value(e) for e in expr.elts]
-        return await run_pipeline(expr, problem_name, text)
-
     for stmt in statements[:-1]:
-        env[stmt.targets[0].id] = await value(stmt.value)  # type: ignore[attr-defined]
-    return await value(statements[-1].value)  # type: ignore[attr-defined]
+        env[stmt.targets[0].id] = await run_pipeline(stmt.value, problem_name, text, env)  # type: ignore[attr-defined]
+    return await run_pipeline(statements[-1].value, problem_name, text, env)  # type: ignore[attr-defined]
 
 
 async def solves_example(statements: list[ast.stmt], problem_name: str, failure: FailedExample) -> bool:

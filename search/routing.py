@@ -161,29 +161,36 @@ def multi_arg_call(
     return call(op, args)  # type: ignore[arg-type]
 
 
-async def run_pipeline(expr: ast.expr, problem_name: str, text: str) -> Any:
-    """Evaluate a generated pipeline expression on ``text`` with the host's *tool* operators.
+async def run_pipeline(expr: ast.expr, problem_name: str, text: str, env: dict[str, Any] | None = None) -> Any:
+    """Evaluate a pipeline expression on ``text`` with the host's *tool* operators.
 
-    Only the shapes :func:`route_branch` builds are understood (operator calls, the problem name,
-    constants, subscripts); an LLM operator or anything else raises ``LookupError``.
+    Understood: operator calls, the problem name, variables bound in ``env`` (they shadow the
+    problem name, as an assignment would), constants, subscripts and list displays; an LLM
+    operator or anything else raises ``LookupError``.
     """
     from operators.base import OpContext
     from operators.registry import get_operators
 
+    async def run(e: ast.expr) -> Any:
+        return await run_pipeline(e, problem_name, text, env)
+
     if isinstance(expr, ast.Await):
-        return await run_pipeline(expr.value, problem_name, text)
+        return await run(expr.value)
     if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute):
         op = get_operators([expr.func.attr])[expr.func.attr]
         if op.kind != "tool":
             raise LookupError(f"{op.name} is not a tool operator")
-        args = [await run_pipeline(a, problem_name, text) for a in expr.args]
-        return await op.fn(OpContext(), *args)
+        return await op.fn(OpContext(), *[await run(a) for a in expr.args])
+    if isinstance(expr, ast.Name) and env is not None and expr.id in env:
+        return env[expr.id]
     if isinstance(expr, ast.Name) and expr.id == problem_name:
         return text
     if isinstance(expr, ast.Constant):
         return expr.value
     if isinstance(expr, ast.Subscript):
-        return (await run_pipeline(expr.value, problem_name, text))[await run_pipeline(expr.slice, problem_name, text)]
+        return (await run(expr.value))[await run(expr.slice)]
+    if isinstance(expr, ast.List):
+        return [await run(e) for e in expr.elts]
     raise LookupError(f"cannot run {ast.unparse(expr)}")
 
 

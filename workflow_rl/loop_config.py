@@ -30,12 +30,12 @@ class LoopConfig:
     search_batch: int = _f(20, "Validation problems per expansion.")
     children: int = _f(4, "G: children per expansion (a policy expansion is one GRPO group).")
     selection: str = _f("puct", "Node selection of every round (uct, puct, aflow, random).")
-    policy_children: str = _f("auto", "How the policy writes search children from round 1 on: 'graft' (it writes "
-                                      "per-problem programs for the parent's failures, as trained; those verified on their "
-                                      "failure with tool operators become routing branches of the parent), 'rewrite' (it "
-                                      "rewrites the parent from the expansion prompt; each child is an exact policy sample, "
-                                      "one GRPO group) or 'auto' (graft when every operator of the benchmark is a tool, "
-                                      "so a branch can be checked without LLM calls; else rewrite).")
+    policy_children: str = _f(
+        "auto", "How the policy writes search children from round 1 on: 'graft' (it writes per-problem "
+        "programs for the parent's failures, as trained; those verified on their failure with tool operators "
+        "become routing branches of the parent), 'rewrite' (it rewrites the parent from the expansion prompt; "
+        "each child is an exact policy sample, one GRPO group) or 'auto' (graft when every operator of the "
+        "benchmark is a tool, so a branch can be checked without LLM calls; else rewrite).")
     graft_samples: int = _f(4, "Graft mode: programs drawn per failing problem and child.")
     mutation_fraction: float = _f(0.25, "Share of children written by mutations in policy-steered rounds.")
     train_problems: int = _f(128, "Train problems drawn per round for the learner's samples.")
@@ -63,8 +63,8 @@ class LoopConfig:
             raise WorkflowRLError(f"run={self.run!r}: use a non-empty name without '/' (round runs add /r<N>)")
         if self.policy_children not in ("auto", "graft", "rewrite"):
             raise WorkflowRLError(f"policy_children={self.policy_children!r}: use 'auto', 'graft' or 'rewrite'")
-        for name in ("rounds", "graft_samples", "search_budget", "search_batch", "children", "train_problems", "group_size",
-                     "max_new_tokens", "epochs", "batch_size", "micro_batch_size"):
+        for name in ("rounds", "graft_samples", "search_budget", "search_batch", "children", "train_problems",
+                     "group_size", "max_new_tokens", "epochs", "batch_size", "micro_batch_size"):
             if getattr(self, name) < 1:
                 raise WorkflowRLError(f"{name}={getattr(self, name)} must be >= 1")
         if self.group_size < 2:

@@ -60,13 +60,10 @@ def resolve_checkpoint(engine: Engine, checkpoint: str) -> tuple[str, int | None
 
 
 def _pick(samples: list[PolicySample], operator_names) -> PolicySample:
-    def valid(sample: PolicySample) -> bool:
-        return _is_valid(sample.text, operator_names)
-
     def mean_logprob(sample: PolicySample) -> float:
         return sum(sample.behavior_logprobs) / max(len(sample.behavior_logprobs), 1)
 
-    return max(samples, key=lambda x: (valid(x), mean_logprob(x)))
+    return max(samples, key=lambda x: (_is_valid(x.text, operator_names), mean_logprob(x)))
 
 
 def _is_valid(code: str, operator_names) -> bool:

@@ -9,8 +9,8 @@ problem's per-problem prompt (:func:`workflow_rl.prompts.policy_prompt_for`, the
 uses); the first child tries the policy's greedy program first. The first straight-line program
 that yields the failing problem's expected answer on the host (tool operators only, as the
 mutation proposer's routing check) becomes a branch ``if "<cue>" in problem: ...`` of the parent
-(:mod:`search.graft`). A child holds the verified
-branches of every failure it found one for, so a better policy makes bigger steps per evaluation.
+(:mod:`search.graft`). A child holds the verified branches of every failure it found one for, so
+a better policy makes bigger steps per evaluation.
 
 Children are edits of the parent, not what the policy sampled, so they are search data (DESIGN
 rule 11): source ``mutation``, no generation row; their ``policy_version`` records the checkpoint
@@ -78,7 +78,8 @@ class GraftProposer:
         for child in range(n):
             branches, notes, taken = [], [], set()
             for i, failure in enumerate(failures):
-                tries = ([greedy[i]] if child == 0 else []) + drawn[i * n * k + child * k: i * n * k + (child + 1) * k]
+                first = i * n * k + child * k
+                tries = ([greedy[i]] if child == 0 else []) + drawn[first: first + k]
                 for sample in tries:
                     body = straight_line(sample.text)
                     if body is None or not await solves_example(body[0], body[1], failure):
@@ -102,4 +103,3 @@ class GraftProposer:
         # Uniform PUCT priors: the children differ in which failures got a verified branch, not in
         # how likely the policy found them.
         return [replace(c, prior=1.0 / len(out)) for c in out]
-

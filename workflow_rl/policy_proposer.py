@@ -120,8 +120,9 @@ class MixedProposer:
     """Policy children plus a fraction of children from another proposer (exploration).
 
     Each of the ``n`` slots is given to ``other`` with probability ``other_fraction`` (seeded), so
-    the split is deterministic per expansion; slots the policy leaves empty go to ``other`` too. Priors: the policy's children share
-    ``n_policy / n`` of the mass by their sequence probabilities; the others get ``1 / n`` each.
+    the split is deterministic per expansion; slots the policy leaves empty go to ``other`` too.
+    Priors: the policy's children share ``n_policy / n`` of the mass by their sequence
+    probabilities; the others get ``1 / n`` each.
     """
 
     name = "mixed"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -11,10 +11,13 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from workflow_rl.errors import WorkflowRLError
 from workflow_rl.loop_config import LoopConfig
 
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
 H = LoopConfig.help
 
 
-def policy_eval_command(db, policy: str, split: str, benchmark: str, best_of: int,
+def policy_eval_command(db: str | Engine, policy: str, split: str, benchmark: str, best_of: int,
                         workers: int | None = None) -> None:
     """``eval --policy``: the policy writes one workflow per problem of ``split``; print accuracy and cost."""
     from workflow_rl.policy_eval import evaluate_policy
