@@ -58,6 +58,12 @@ class DatasetFilter:
     group_by_prompt: bool = True  # policy siblings of one prompt form their own group
     search_temperature: float = 1.0  # temperature search samples are trained at (policy's sampling T)
     max_completion_tokens: int | None = None  # longer completions are dropped (counted), never cut
+    search_samples: str = "all"  # "positive" / "contrast": which search samples are kept (see _filter_groups)
+
+    def __post_init__(self) -> None:
+        """Reject an unknown ``search_samples`` mode (a typo would silently train on everything)."""
+        if self.search_samples not in ("all", "positive", "contrast"):
+            raise ValueError(f"search_samples={self.search_samples!r}: use 'all', 'positive' or 'contrast'")
 
 
 @dataclass
@@ -230,10 +236,28 @@ def _invalid_policy_samples(session, run_id: int, filt: DatasetFilter, tokenizer
     return kept
 
 
+def _mean(members: list[Sample]) -> float:
+    return sum(x.reward for x in members) / len(members)
+
+
 def _filter_groups(samples: list[Sample], filt: DatasetFilter, stats: DatasetStats):
     groups: dict[str, list[Sample]] = defaultdict(list)
     for sample in samples:
         groups[sample.group_id].append(sample)
+    if filt.search_samples != "all":
+        # Search samples are trained at ratio 1 (no trust region, DESIGN rule 8): pushing down
+        # programs the policy never wrote moves its mass onto invalid code. "positive" keeps the
+        # search samples that beat their group's mean; "contrast" keeps every sample of a search
+        # program that beats its group's mean somewhere, so the same program is also pushed down
+        # on the problems it fails (which problem gets which program), and nothing else.
+        winners = {(x.workflow_id, g) for g, members in groups.items()
+                   for x in members if x.source == "search" and x.reward > _mean(members)}
+        useful = {wid for wid, _ in winners}
+        for g, members in groups.items():
+            keep = [x for x in members if x.source != "search"
+                    or ((x.workflow_id, g) in winners if filt.search_samples == "positive" else x.workflow_id in useful)]
+            stats.dropped["search_filtered"] += len(members) - len(keep)
+            groups[g] = keep
     kept: list[Sample] = []
     sized = {g: members for g, members in groups.items() if len(members) >= filt.min_group_size}
     stats.dropped["small_group"] += sum(len(m) for g, m in groups.items() if g not in sized)

@@ -13,8 +13,11 @@ it is finished, so re-running the same command continues where it stopped:
    prompt, each child an exact policy sample with its generation. Search resumes by itself.
 2. **data**: on ``train_problems`` train problems drawn for this round, the same policy samples
    ``group_size`` workflows per problem from the per-problem prompt (one GRPO group per problem,
-   exact token ids and behavior logprobs), and the best and a few random search workflows are run
-   on the same problems (search data: trained with ratio 1, DESIGN rule 8). Validation and test
+   exact token ids and behavior logprobs), and optionally the best and a few random search
+   workflows (``top_workflows``, ``extra_workflows``) and the straight-line branches of the
+   search workflows in canonical form (``search_branches``: per-problem programs the search found,
+   which join the policy's group of their problem) are run on the same problems (search data:
+   trained with ratio 1, DESIGN rule 8; ``search_samples`` picks which are kept). Validation and test
    problems never enter training. Idempotent: workflows are unique per code hash, generations per
    (workflow, problem, group) and evaluations are reused.
 3. **train**: :func:`workflow_rl.trainer.train` on the round run, starting from the previous
@@ -275,12 +278,44 @@ async def collect_train_data(
     chosen += rng.sample(rest, min(config.extra_workflows, len(rest)))
     for wid, code in chosen:
         todo.setdefault(wid, (code, set()))[1].update(pids)
+    if config.search_branches:
+        for wid, code in _store_branches(engine, run_id, ranked, bench.operator_names, round_, config.search_branches):
+            todo.setdefault(wid, (code, set()))[1].update(pids)
     evaluations = 0
     for wid, (code, problems) in sorted(todo.items()):
         batch = await evaluator.evaluate(run_id, wid, code, sorted(problems), 1)
         evaluations += len(batch.records)
     return {"policy_samples": len(samples), "policy_valid": valid, "search_workflows": len(chosen),
             "evaluations": evaluations}
+
+
+def _store_branches(engine, run_id: int, ranked, operator_names, round_: int, limit: int) -> list[tuple[int, str]]:
+    """The first ``limit`` distinct valid branch programs of the ranked search workflows, stored."""
+    from search.graft import branch_programs, canonical
+    from search.signatures import load_signatures
+
+    returns = {name: sig.returns for name, sig in load_signatures(tuple(operator_names)).items()}
+    picked: dict[str, int] = {}
+    for wid, code in ranked:
+        for program in (canonical(p, returns) for p in branch_programs(code)):
+            if program in picked:
+                continue
+            try:
+                validate_workflow(program, operator_names)
+            except WorkflowValidationError:
+                continue
+            picked[program] = wid
+            if len(picked) >= limit:
+                break
+        if len(picked) >= limit:
+            break
+    out = []
+    with session_scope(engine) as s:
+        for program, parent in picked.items():
+            wf = add_workflow(s, run_id, program, "mutation", code_hash=code_hash(program), round=round_,
+                              parent_id=parent, graph_hash=workflow_graph_hash(program))
+            out.append((wf.id, program))
+    return out
 
 
 def _train(engine, config: LoopConfig, rs: dict[str, Any], r: int, start: str, out_dir: Path, on_step):
@@ -296,7 +331,8 @@ def _train(engine, config: LoopConfig, rs: dict[str, Any], r: int, start: str, o
         lr=config.lr, epochs=config.epochs, batch_size=config.batch_size,
         micro_batch_size=config.micro_batch_size, seed=config.seed + r,
         search_temperature=config.temperature, drop_zero_std=config.drop_zero_std,
-        beta=config.beta,
+        beta=config.beta, group_by_prompt=not config.search_branches,
+        search_samples=config.search_samples if config.search_branches else "all",
     )
     callback = None if on_step is None else (lambda step, total, metrics: on_step(r, step, total, metrics))
     try:

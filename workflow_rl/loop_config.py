@@ -43,6 +43,12 @@ class LoopConfig:
                              "first, so a bigger group is likelier to hold a success).")
     top_workflows: int = _f(0, "Best search workflows (by validation score) run on the round's train problems "
                               "(0 = pure on-policy GRPO; search positives in a policy group swamp it).")
+    search_branches: int = _f(0, "Distinct straight-line branches of the round's search workflows (best first, in "
+                                 "canonical form) run on its train problems; each joins the policy's group of its problem "
+                                 "as a per-problem search sample (0 = none: on calc with builtin:tiny it did not raise "
+                                 "test accuracy, see README).")
+    search_samples: str = _f("positive", "With search_branches > 0: which of the round's search samples are trained "
+                                         "('positive', 'contrast' or 'all'; see train --help).")
     extra_workflows: int = _f(0, "Further random search workflows run on them (contrast for the advantages).")
     temperature: float = _f(1.0, "Sampling temperature of the policy (training uses the same T).")
     max_new_tokens: int = _f(80, "Longest completion the policy may sample.")
@@ -69,8 +75,10 @@ class LoopConfig:
                 raise WorkflowRLError(f"{name}={getattr(self, name)} must be >= 1")
         if self.group_size < 2:
             raise WorkflowRLError(f"group_size={self.group_size}: a GRPO group needs >= 2 samples")
-        if self.top_workflows < 0 or self.extra_workflows < 0:
-            raise WorkflowRLError("top_workflows and extra_workflows must be >= 0")
+        if self.search_samples not in ("all", "positive", "contrast"):
+            raise WorkflowRLError(f"search_samples={self.search_samples!r}: use 'positive', 'contrast' or 'all'")
+        if min(self.top_workflows, self.extra_workflows, self.search_branches) < 0:
+            raise WorkflowRLError("top_workflows, extra_workflows and search_branches must be >= 0")
         if not 0.0 <= self.mutation_fraction <= 1.0:
             raise WorkflowRLError(f"mutation_fraction={self.mutation_fraction} must be in [0, 1]")
         if self.temperature <= 0:

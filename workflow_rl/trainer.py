@@ -311,7 +311,8 @@ def train(
     samples, stats = load_samples(engine, DatasetFilter(
         run=config.run, rounds=config.rounds, min_group_size=config.min_group_size,
         drop_zero_std=config.drop_zero_std, search_temperature=config.search_temperature,
-        max_completion_tokens=config.max_completion_tokens), policy)
+        max_completion_tokens=config.max_completion_tokens, group_by_prompt=config.group_by_prompt,
+        search_samples=config.search_samples), policy)
     if not samples:
         raise NoTrainSamples(f"run {config.run!r} has no usable train samples ({dict(stats.dropped)} dropped); "
                               "search on the train split first or lower --min-group-size")

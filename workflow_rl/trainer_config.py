@@ -51,6 +51,11 @@ class TrainConfig:
     max_completion_tokens: int = _f(512, "Samples with longer completions are dropped (counted), never cut.")
     min_group_size: int = _f(2, "Groups with fewer samples are dropped (a group of one has no baseline).")
     drop_zero_std: bool = _f(False, "Drop groups whose rewards are all equal (DAPO dynamic sampling).")
+    group_by_prompt: bool = _f(True, "Policy samples of one prompt form their own group (False: one group per problem, "
+                                     "search samples of the problem included).")
+    search_samples: str = _f("all", "Which search samples are trained: 'all'; 'positive' (those whose reward beats their "
+                                    "group's mean); 'contrast' (every sample of a search program that beats its group's mean "
+                                    "on some problem: pushed up where it wins, down where it fails).")
     search_temperature: float = _f(1.0, "Temperature search samples (no behavior logprobs) are trained at.")
     allow_stale: bool = _f(False, "Accept policy samples drawn by another policy version than the start policy.")
     seed: int = _f(0, "Seed of sample order, init and everything random.")
@@ -91,7 +96,7 @@ class TrainConfig:
         if self.beta < 0:
             raise WorkflowRLError(f"beta={self.beta} is negative: use beta >= 0")
         choices = {"adv_scale": ("group", "batch", "none"), "agg": ("token", "sequence", "constant"),
-                   "kl_kind": ("k1", "k2", "k3")}
+                   "kl_kind": ("k1", "k2", "k3"), "search_samples": ("all", "positive", "contrast")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise WorkflowRLError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")

@@ -175,3 +175,27 @@ def test_a_program_sampled_twice_counts_twice_in_its_group(with_policy, policy):
     assert len(after) == len(before) + 1
     twins = [x for x in after if (x.workflow_id, x.problem_id) == key[:2] and x.group_id.endswith(key[2])]
     assert len(twins) == 2 and twins[0] == twins[1] and twins[0].source == "policy"
+
+
+def test_positive_search_samples_join_the_policy_group_of_their_problem(with_policy, policy):
+    """``search_samples="positive"`` keeps only search programs above their group's mean reward
+    (ratio-1 samples are never pushed down), and ``group_by_prompt=False`` puts them in the same
+    group as the policy's samples of that problem."""
+    url, _ = with_policy
+    engine = open_db(url)
+    everything, _ = load_samples(engine, DatasetFilter(run=RUN, min_group_size=1, group_by_prompt=False), policy)
+    samples, stats = load_samples(engine, DatasetFilter(run=RUN, min_group_size=1, group_by_prompt=False,
+                                                        search_samples="positive"), policy)
+    groups: dict[str, list] = {}
+    for x in everything:
+        groups.setdefault(x.group_id, []).append(x)
+    mean = {g: sum(x.reward for x in m) / len(m) for g, m in groups.items()}
+    expected = [x for x in everything if x.source == "policy" or x.reward > mean[x.group_id]]
+    assert samples == expected
+    assert stats.dropped["search_filtered"] == len(everything) - len(expected) > 0
+    searched = [x for x in samples if x.source == "search"]
+    assert searched and all(x.reward == 1.0 for x in searched)  # calc: the one recipe that solves it
+    mixed = {x.group_id for x in samples if x.source == "policy"} & {x.group_id for x in searched}
+    assert mixed  # a problem's policy samples and its search winners share one group
+    with pytest.raises(ValueError, match="search_samples"):
+        DatasetFilter(run=RUN, search_samples="best")

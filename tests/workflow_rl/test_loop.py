@@ -21,7 +21,7 @@ def tiny_config(out_dir, rounds: int, **over) -> LoopConfig:
     """Budgets small enough for a unit test (seconds per phase on a CPU)."""
     values = dict(run="t", rounds=rounds, search_budget=40, search_batch=10, children=2, train_problems=3,
                   group_size=2, top_workflows=2, extra_workflows=1, max_new_tokens=24, epochs=1, batch_size=8,
-                  micro_batch_size=8, mutation_fraction=0.5, policy_children="rewrite", out_dir=str(out_dir),
+                  micro_batch_size=8, mutation_fraction=0.5, policy_children="rewrite", search_branches=4, out_dir=str(out_dir),
                   workers=1)
     return LoopConfig(**{**values, **over})
 
@@ -116,6 +116,10 @@ def test_loop_config_errors_state_the_fix(tmp_path):
         tiny_config(tmp_path, 1, lr=-1.0)
     with pytest.raises(WorkflowRLError, match="'auto', 'graft' or 'rewrite'"):
         tiny_config(tmp_path, 1, policy_children="splice")
+    with pytest.raises(WorkflowRLError, match="'positive', 'contrast' or 'all'"):
+        tiny_config(tmp_path, 1, search_samples="best")
+    with pytest.raises(WorkflowRLError, match="search_branches must be >= 0"):
+        tiny_config(tmp_path, 1, search_branches=-1)
 
 
 def test_graft_mode_children_contain_round_one_policy_branches(tmp_path):
@@ -201,3 +205,57 @@ def test_auto_children_graft_only_where_every_operator_is_a_tool(tmp_path):
     for mode in ("graft", "rewrite"):
         assert children_mode(tiny_config(tmp_path, 1, policy_children=mode), humaneval) == mode
     assert LoopConfig.policy_children == "auto"
+
+
+def test_search_branches_run_on_the_rounds_train_problems(loop_db):
+    """Every straight-line branch of round 0's valid search workflows, canonical, is a workflow of
+    the round that ran on exactly the round's train problems (the learner's per-problem search samples)."""
+    from search.graft import branch_programs, canonical
+    from search.signatures import load_signatures
+    from storage.models import Evaluation, Problem
+    from workflow_rl.benchmarks.calc import CALC_OPERATORS
+
+    db, _, _ = loop_db
+    returns = {n: s.returns for n, s in load_signatures(CALC_OPERATORS).items()}
+    engine = open_db(db)
+    with session_scope(engine) as s:
+        r0 = s.scalar(select(Run.id).where(Run.name == "t/r0"))
+        codes = s.scalars(select(Workflow.code).join(SearchNode, SearchNode.workflow_id == Workflow.id)
+                          .where(SearchNode.run_id == r0, Workflow.valid.is_(True))).all()
+        train = set(s.scalars(select(Generation.problem_id).where(Generation.run_id == r0)))
+        programs = {canonical(b, returns) for code in codes for b in branch_programs(code)}
+        assert programs and len(train) == 3
+        for program in programs:
+            wf = s.scalar(select(Workflow).where(Workflow.run_id == r0, Workflow.code == program))
+            ran = set(s.scalars(select(Evaluation.problem_id).join(Problem, Problem.id == Evaluation.problem_id)
+                                .where(Evaluation.workflow_id == wf.id, Problem.split == "train")))
+            assert ran == train
+
+
+def test_store_branches_keeps_provenance_and_the_limit(tmp_path):
+    """Branches of a routed search workflow are stored in canonical form, source mutation, parent = the
+    workflow they came from; duplicates and invalid programs are skipped; at most ``limit``."""
+    from storage.repo import add_workflow, get_or_create_run
+    from workflow_rl.benchmarks.calc import CALC_OPERATORS
+    from workflow_rl.loop import _store_branches
+
+    routed = """async def solve(problem, ops):
+    if 'median' in problem:
+        return await ops.median(await ops.extract_list(problem))
+    if 'shout' in problem:
+        return await ops.no_such_operator(problem)
+    expression = await ops.extract_expression(problem)
+    return await ops.calculate(expression)
+"""
+    seed = "async def solve(problem, ops):\n    text = await ops.extract_expression(problem)\n    return await ops.calculate(text)\n"
+    engine = open_db(str(tmp_path / "b.db"))
+    with session_scope(engine) as s:
+        run = get_or_create_run(s, "b", "calc").id
+        first, second = (add_workflow(s, run, code, "mutation").id for code in (routed, seed + "# the seed\n"))
+    stored = _store_branches(engine, run, [(first, routed), (second, seed)], CALC_OPERATORS, 0, limit=5)
+    median = "async def solve(problem, ops):\n    values = await ops.extract_list(problem)\n    return await ops.median(values)\n"
+    assert [code for _, code in stored] == [median, seed]
+    with session_scope(engine) as s:
+        rows = [s.get(Workflow, wid) for wid, _ in stored]
+        assert [(w.source, w.parent_id, w.round) for w in rows] == [("mutation", first, 0), ("mutation", first, 0)]
+    assert len(_store_branches(engine, run, [(first, routed)], CALC_OPERATORS, 0, limit=1)) == 1

@@ -52,7 +52,8 @@ def _params(model) -> dict[str, torch.Tensor]:
     ("kw", "message"),
     [({"min_group_size": 1}, "group of 1"), ({"search_temperature": 0.0}, "temperature > 0"),
      ({"lr": -1.0}, "negative"), ({"batch_size": 6, "micro_batch_size": 4}, "multiple"),
-     ({"agg": "mean"}, "token, sequence, constant"), ({"run": ""}, "--run")],
+     ({"agg": "mean"}, "token, sequence, constant"), ({"run": ""}, "--run"),
+     ({"search_samples": "best"}, "all, positive, contrast")],
 )
 def test_config_errors_state_value_and_fix(kw, message):
     with pytest.raises(WorkflowRLError, match=message):

@@ -52,6 +52,8 @@ def register(app: typer.Typer) -> None:
         selection: Annotated[str, typer.Option(help=H("selection"))] = LoopConfig.selection,
         mutation_fraction: Annotated[float, typer.Option(help=H("mutation_fraction"))] = LoopConfig.mutation_fraction,
         policy_children: Annotated[str, typer.Option(help=H("policy_children"))] = LoopConfig.policy_children,
+        search_branches: Annotated[int, typer.Option(help=H("search_branches"))] = LoopConfig.search_branches,
+        search_samples: Annotated[str, typer.Option(help=H("search_samples"))] = LoopConfig.search_samples,
         train_problems: Annotated[int, typer.Option(help=H("train_problems"))] = LoopConfig.train_problems,
         group_size: Annotated[int, typer.Option(help=H("group_size"))] = LoopConfig.group_size,
         temperature: Annotated[float, typer.Option(help=H("temperature"))] = LoopConfig.temperature,
@@ -65,7 +67,7 @@ def register(app: typer.Typer) -> None:
         config = LoopConfig(
             run=run, benchmark=benchmark, rounds=rounds, policy=policy, seed=seed, search_budget=search_budget,
             children=children, selection=selection, mutation_fraction=mutation_fraction, policy_children=policy_children,
-            train_problems=train_problems, group_size=group_size, temperature=temperature, lr=lr, beta=beta,
+            search_branches=search_branches, search_samples=search_samples, train_problems=train_problems, group_size=group_size, temperature=temperature, lr=lr, beta=beta,
             epochs=epochs, out_dir=out_dir,
             workers=workers,
         )

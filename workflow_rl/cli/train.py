@@ -35,6 +35,9 @@ def train_command(
     tis_cap: Annotated[float, typer.Option("--tis-cap", help=_H("tis_cap"))] = 2.0,
     min_group_size: Annotated[int, typer.Option("--min-group-size", help=_H("min_group_size"))] = 2,
     drop_zero_std: Annotated[bool, typer.Option("--drop-zero-std", help=_H("drop_zero_std"))] = False,
+    group_by_prompt: Annotated[bool, typer.Option("--group-by-prompt/--group-by-problem",
+                                                  help=_H("group_by_prompt"))] = True,
+    search_samples: Annotated[str, typer.Option("--search-samples", help=_H("search_samples"))] = "all",
     allow_stale: Annotated[bool, typer.Option("--allow-stale", help=_H("allow_stale"))] = False,
     round_: Annotated[int, typer.Option("--round", help=_H("round"))] = 0,
     out_dir: Annotated[str | None, typer.Option("--out", help=_H("out_dir"))] = None,
@@ -56,6 +59,7 @@ def train_command(
         warmup_steps=warmup_steps, max_grad_norm=max_grad_norm, agg=agg, adv_scale=adv_scale,
         eps_low=eps_low, eps_high=eps_high, beta=beta, kl_kind=kl_kind, tis_cap=tis_cap,
         min_group_size=min_group_size, drop_zero_std=drop_zero_std, allow_stale=allow_stale,
+        group_by_prompt=group_by_prompt, search_samples=search_samples,
         round=round_, out_dir=out_dir, cache_dir=cache_dir, save_every=save_every, seed=seed, resume=resume,
     )
     console = Console(stderr=True)
