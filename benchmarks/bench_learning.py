@@ -4,7 +4,10 @@ For each seed it runs the default loop (round 0 = mutation search, then policy-s
 and the same loop with lr = 0, then prints:
 
 (a) test accuracy of the best task-level workflow found by round-0 search;
-(b) test accuracy of the per-query policy after the loop (greedy, one workflow per problem);
+(b) test accuracy of the per-query policy after the loop, one workflow per problem: greedy, and
+    best-of-k with execution filtering (k samples ranked by the policy's mean logprob, the first
+    that runs without an error kept; the reference answer is never looked at). The RESULT line
+    uses best-of-k (``--best-of 1`` makes it greedy);
 (c) the same for the lr = 0 loop (its parameters never move: it must match the untrained policy);
 (d) evaluations the policy-steered round 1 needs to reach round 0's best validation score, over
     what round 0 needed (both searches use the same seed, so the same validation batches). The
@@ -60,13 +63,24 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--policy", default="builtin:tiny", help="Starting policy of every loop (default builtin:tiny).")
     parser.add_argument("--out", default=None, help="Directory for the database and checkpoints (default: temp).")
+    parser.add_argument("--best-of", type=int, default=32, help="k of the execution-filtered (b) and (c) (1 = greedy).")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-learning-"))
     out.mkdir(parents=True, exist_ok=True)
     db = str(out / "bench.db")
     engine = open_db(db)
     t0 = time.perf_counter()
-    untrained = evaluate_policy(engine, args.policy, split="test", run="eval/untrained/test").accuracy
+    k = args.best_of
+
+    def per_query(checkpoint: str, name: str) -> tuple[float, float]:
+        """(greedy, best-of-k execution-filtered) test accuracy of a policy."""
+        greedy = evaluate_policy(engine, checkpoint, "test", run=f"eval/{name}/test").accuracy
+        if k == 1:
+            return greedy, greedy
+        return greedy, evaluate_policy(engine, checkpoint, "test", best_of=k, selection="runs",
+                                       run=f"eval/{name}/test/k{k}-runs").accuracy
+
+    untrained_g, untrained = per_query(args.policy, "untrained")
     rows = []
     for seed in args.seeds:
         t = time.perf_counter()
@@ -76,32 +90,33 @@ def main() -> None:
                                       out_dir=str(out / f"lr0-s{seed}")), engine)
         code, val = best_workflow(engine, round_run_name(loop.run, 0))
         a = evaluate_code(engine, code, "test", run=f"eval/r0-best-s{seed}/test").accuracy
-        b = evaluate_policy(engine, str(loop.final_checkpoint.checkpoint_id), "test",
-                            run=f"eval/loop-s{seed}/test").accuracy
-        c = evaluate_policy(engine, str(control.final_checkpoint.checkpoint_id), "test",
-                            run=f"eval/lr0-s{seed}/test").accuracy
+        b_g, b = per_query(str(loop.final_checkpoint.checkpoint_id), f"loop-s{seed}")
+        c_g, c = per_query(str(control.final_checkpoint.checkpoint_id), f"lr0-s{seed}")
         need0, need1, total1 = steered_ratio(engine, loop.run)
         ratio = (need1 if need1 is not None else total1) / max(need0 or 1, 1)
         # The same ratio for the lr = 0 control: how much of (d) the training itself explains.
         c0, c1, ctotal1 = steered_ratio(engine, control.run)
         control_ratio = (c1 if c1 is not None else ctotal1) / max(c0 or 1, 1)
-        rows.append((seed, val, a, b, c, need0, need1, total1, ratio, time.perf_counter() - t, control_ratio))
+        rows.append((seed, val, a, b, c, need0, need1, total1, ratio, time.perf_counter() - t, control_ratio, b_g, c_g))
     print(f"calc, seeds {args.seeds}, policy {args.policy}, LoopConfig defaults (rounds={LoopConfig.rounds}, lr={LoopConfig.lr}), "
-          f"untrained policy test accuracy {untrained:.3f}")
-    print(f"{'seed':>4} {'r0 best val':>11} {'(a) r0 test':>11} {'(b) policy':>10} {'(c) lr=0':>9} "
+          f"untrained policy test accuracy {untrained_g:.3f} greedy, {untrained:.3f} best-of-{k} (runs)")
+    print(f"{'seed':>4} {'r0 best val':>11} {'(a) r0 test':>11} {'(b) greedy':>10} {f'(b) k={k}':>9} "
+          f"{'(c) greedy':>10} {f'(c) k={k}':>9} "
           f"{'r0 evals':>8} {'r1 evals':>9} {'(d) ratio':>9} {'lr0 ratio':>9} {'loop+ctl s':>10}")
-    for seed, val, a, b, c, need0, need1, total1, ratio, secs, control_ratio in rows:
+    for seed, val, a, b, c, need0, need1, total1, ratio, secs, control_ratio, b_g, c_g in rows:
         r1 = str(need1) if need1 is not None else f">{total1}"
-        print(f"{seed:>4} {val:>11.3f} {a:>11.3f} {b:>10.3f} {c:>9.3f} {need0!s:>8} {r1:>9} {ratio:>9.2f} "
+        print(f"{seed:>4} {val:>11.3f} {a:>11.3f} {b_g:>10.3f} {b:>9.3f} {c_g:>10.3f} {c:>9.3f} {need0!s:>8} {r1:>9} {ratio:>9.2f} "
               f"{control_ratio:>9.2f} {secs:>10.0f}")
     mean = statistics.fmean
     a_m, b_m, c_m = mean(r[2] for r in rows), mean(r[3] for r in rows), mean(r[4] for r in rows)
     reached = all(r[6] is not None for r in rows)
-    print(f"mean: (a) {a_m:.3f}  (b) {b_m:.3f}  (c) {c_m:.3f}  untrained {untrained:.3f}; "
+    bg_m = mean(r[11] for r in rows)
+    print(f"mean: (a) {a_m:.3f}  (b) greedy {bg_m:.3f}, best-of-{k} {b_m:.3f}  (c) {c_m:.3f}  untrained {untrained:.3f}; "
           f"steered round reached round 0's best in {sum(r[6] is not None for r in rows)}/{len(rows)} seeds"
           f"{'' if reached else ' (ratio uses the whole round-1 budget where not reached: a lower bound)'}; "
           f"total {time.perf_counter() - t0:.0f}s; data in {out}")
     print(f"RESULT policy_minus_search={b_m - a_m:.3f}")
+    print(f"RESULT policy_greedy_minus_search={bg_m - a_m:.3f}")
     print(f"RESULT lr0_drift={abs(c_m - untrained):.3f}")
     print(f"RESULT steered_evals_ratio={mean(r[8] for r in rows):.3f}")
 

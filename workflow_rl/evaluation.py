@@ -104,6 +104,19 @@ class BenchmarkEvaluator:
 
     # ------------------------------------------------------------------ evaluation
 
+    async def execute(self, items: Sequence[tuple[str, int]]) -> list[ExecutionResult]:
+        """Run ``(code, problem id)`` pairs in the sandbox: no scoring, nothing stored.
+
+        The reference answer is never looked at, so callers may use the results to *choose*
+        among candidate workflows (e.g. keep one that runs without an error).
+        """
+        try:
+            return list(await self.sandbox.run_many((code, self._problems[pid].text, self._context(pid))
+                                                    for code, pid in items))
+        except InfrastructureError as exc:
+            reason = " ".join(str(exc).split())
+            raise WorkflowRLError(f"LLM endpoint unavailable: {reason}; fix the endpoint and rerun") from None
+
     async def evaluate(
         self, run_id: int, workflow_id: int, code: str, problem_ids: Sequence[int], repeats: int = 1
     ) -> EvalBatch:

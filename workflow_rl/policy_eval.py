@@ -1,8 +1,11 @@
 """``eval --policy``: the policy writes one workflow per problem; each runs on its own problem.
 
 Greedy decoding by default; ``best_of = k > 1`` samples ``k`` workflows per problem at the given
-temperature and keeps the valid one the policy itself finds most likely (highest mean token
-logprob): choosing by reward would peek at the answers. Every workflow, its generation and every
+temperature and ranks them valid first, then by the policy's own mean token logprob. ``selection``
+picks from that ranking: ``"logprob"`` keeps the first; ``"runs"`` runs them in rank order and
+keeps the first that finishes without an error and with a non-empty output (execution
+filtering, as code generators filter samples that crash). Neither looks at the reference answer:
+choosing by reward would peek at it. Every workflow, its generation and every
 execution are stored in an ``eval`` run, and the accuracy and cost are stored in its state, so
 ``workflow-rl sql`` can compare policies later. Also: :func:`evaluate_code` runs one task-level
 workflow on a whole split (the baseline the per-query policy is compared with).
@@ -59,11 +62,45 @@ def resolve_checkpoint(engine: Engine, checkpoint: str) -> tuple[str, int | None
     return checkpoint, None  # a base model (builtin:tiny, a model directory, an HF id)
 
 
-def _pick(samples: list[PolicySample], operator_names) -> PolicySample:
+SELECTIONS = ("logprob", "runs")
+"""How best-of-k chooses among its samples (see the module docstring)."""
+
+
+def _ranked(samples: list[PolicySample], operator_names) -> list[PolicySample]:
+    """Valid programs first, then by mean token logprob (stable: sampling order breaks ties)."""
     def mean_logprob(sample: PolicySample) -> float:
         return sum(sample.behavior_logprobs) / max(len(sample.behavior_logprobs), 1)
 
-    return max(samples, key=lambda x: (_is_valid(x.text, operator_names), mean_logprob(x)))
+    return sorted(samples, key=lambda x: (_is_valid(x.text, operator_names), mean_logprob(x)), reverse=True)
+
+
+def _pick(samples: list[PolicySample], operator_names) -> PolicySample:
+    return _ranked(samples, operator_names)[0]
+
+
+async def _first_that_runs(
+    evaluator: BenchmarkEvaluator, ranked: list[list[PolicySample]], pids: list[int], operator_names,
+) -> tuple[list[PolicySample], list[float | None]]:
+    """Per problem, the first valid candidate whose run returns a non-empty output without an error
+    (the top-ranked one where none does), and the cost of every selection run.
+
+    Runs go in waves: all problems' next candidate at once, so the sandbox stays busy.
+    """
+    chosen = [r[0] for r in ranked]
+    todo = {i: [c for c in r if _is_valid(c.text, operator_names)] for i, r in enumerate(ranked)}
+    todo = {i: c for i, c in todo.items() if c}
+    costs: list[float | None] = []
+    while todo:
+        wave = [(i, todo[i].pop(0)) for i in sorted(todo)]
+        results = await evaluator.execute([(c.text, pids[i]) for i, c in wave])
+        for (i, candidate), result in zip(wave, results, strict=True):
+            costs.append(result.usage.cost)
+            if result.ok and (result.output or "").strip():
+                chosen[i] = candidate
+                del todo[i]
+            elif not todo[i]:
+                del todo[i]
+    return chosen, costs
 
 
 def _is_valid(code: str, operator_names) -> bool:
@@ -72,7 +109,7 @@ def _is_valid(code: str, operator_names) -> bool:
 
 async def _evaluate_policy(
     engine: Engine, bench, policy: Policy, checkpoint_id: int | None, split: str, run_name: str,
-    best_of: int, temperature: float, max_new_tokens: int, seed: int, workers: int | None,
+    best_of: int, temperature: float, max_new_tokens: int, seed: int, workers: int | None, selection: str = "logprob",
 ) -> PolicyEvalResult:
     async with BenchmarkEvaluator(engine, bench, None, workers) as evaluator:
         pids = evaluator.problem_ids(split)
@@ -86,7 +123,10 @@ async def _evaluate_policy(
         greedy = best_of == 1
         samples = await asyncio.to_thread(
             policy.sample, prompts, best_of, 0.0 if greedy else temperature, 1.0, max_new_tokens, seed)
-        chosen = [_pick(samples[i * best_of:(i + 1) * best_of], bench.operator_names) for i in range(len(pids))]
+        ranked = [_ranked(samples[i * best_of:(i + 1) * best_of], bench.operator_names) for i in range(len(pids))]
+        chosen, costs = [r[0] for r in ranked], []
+        if selection == "runs" and not greedy:
+            chosen, costs = await _first_that_runs(evaluator, ranked, pids, bench.operator_names)
         by_code: dict[int, tuple[str, list[int]]] = {}
         valid = 0
         with session_scope(engine) as s:
@@ -107,7 +147,6 @@ async def _evaluate_policy(
                     )
                 by_code.setdefault(wf.id, (wf.code, []))[1].append(pid)
         rewards: list[float] = []
-        costs: list[float | None] = []
         for wid, (code, problems) in sorted(by_code.items()):
             batch = await evaluator.evaluate(run_id, wid, code, problems, 1)
             rewards += [r.reward for r in batch.records]
@@ -117,7 +156,8 @@ async def _evaluate_policy(
         cost=None if any(c is None for c in costs) else float(sum(costs)), valid_fraction=valid / len(pids),
         checkpoint_id=checkpoint_id,
     )
-    _finish(engine, run_id, {**asdict(result), "best_of": best_of, "temperature": 0.0 if greedy else temperature})
+    _finish(engine, run_id, {**asdict(result), "best_of": best_of, "temperature": 0.0 if greedy else temperature,
+                             "selection": selection})
     return result
 
 
@@ -148,20 +188,25 @@ def evaluate_policy(
     seed: int = 0,
     cache_dir: str | None = None,
     workers: int | None = None,
+    selection: str = "logprob",
 ) -> PolicyEvalResult:
     """Let the policy ``checkpoint`` (id, path or base name) write and run one workflow per problem.
 
-    ``benchmark`` is a registered name or a benchmark object (e.g. a smaller ``CalcBenchmark``).
+    ``benchmark`` is a registered name or a benchmark object (e.g. a smaller ``CalcBenchmark``);
+    ``selection`` is how best-of-k chooses (``"logprob"`` or ``"runs"``, see the module docstring).
     """
     if best_of < 1:
         raise WorkflowRLError(f"best_of={best_of} must be >= 1 (1 = greedy)")
+    if selection not in SELECTIONS:
+        raise WorkflowRLError(f"selection={selection!r}: use {' or '.join(SELECTIONS)}")
     engine = open_db(db) if isinstance(db, str) else db
     path, checkpoint_id = resolve_checkpoint(engine, checkpoint)
     bench = get_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
     policy = Policy.load(path, cache_dir=cache_dir)
-    name = run or f"eval/policy-{checkpoint_id if checkpoint_id is not None else Path(path).name}/{split}/k{best_of}"
+    suffix = f"k{best_of}" + ("-runs" if selection == "runs" and best_of > 1 else "")
+    name = run or f"eval/policy-{checkpoint_id if checkpoint_id is not None else Path(path).name}/{split}/{suffix}"
     return asyncio.run(_evaluate_policy(engine, bench, policy, checkpoint_id, split, name, best_of,
-                                        temperature, max_new_tokens, seed, workers))
+                                        temperature, max_new_tokens, seed, workers, selection))
 
 
 def evaluate_code(

@@ -243,7 +243,10 @@ def register(app: typer.Typer) -> None:
         policy: Annotated[str | None, typer.Option(
             help="Instead of a workflow: a policy checkpoint (id or path) that writes one workflow per problem.")] = None,
         benchmark: Annotated[str, typer.Option(help="Benchmark of --policy.")] = "calc",
-        best_of: Annotated[int, typer.Option(help="--policy: 1 = greedy, k > 1 = most likely valid of k samples.")] = 1,
+        best_of: Annotated[int, typer.Option(help="--policy: 1 = greedy, k > 1 = sample k workflows per problem.")] = 1,
+        select: Annotated[str, typer.Option(
+            help="--policy with --best-of k: 'logprob' keeps the most likely valid sample; 'runs' runs them in that "
+                 "order and keeps the first that finishes without an error (never looks at the answer).")] = "logprob",
         repeats: Annotated[int, typer.Option(help="Executions per problem.")] = 1,
         executor: Annotated[str | None, typer.Option(help="URL#MODEL for LLM operators.")] = None,
         workers: Annotated[int | None, typer.Option(help="Sandbox worker processes.")] = None,
@@ -252,7 +255,7 @@ def register(app: typer.Typer) -> None:
         if policy is not None:
             from workflow_rl.cli.loop import policy_eval_command
 
-            return policy_eval_command(ctx.obj["db"], policy, split, benchmark, best_of, workers)
+            return policy_eval_command(ctx.obj["db"], policy, split, benchmark, best_of, workers, select)
         if workflow_id is None:
             raise WorkflowRLError("give a WORKFLOW_ID or --policy CHECKPOINT")
         if split not in ("train", "validation", "test"):
