@@ -198,7 +198,7 @@ def evaluate_policy(
     if best_of < 1:
         raise WorkflowRLError(f"best_of={best_of} must be >= 1 (1 = greedy)")
     if selection not in SELECTIONS:
-        raise WorkflowRLError(f"selection={selection!r}: use {' or '.join(SELECTIONS)}")
+        raise WorkflowRLError(f"selection (--select) {selection!r}: use {' or '.join(SELECTIONS)}")
     engine = open_db(db) if isinstance(db, str) else db
     path, checkpoint_id = resolve_checkpoint(engine, checkpoint)
     bench = get_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
