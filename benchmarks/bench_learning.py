@@ -5,9 +5,10 @@ and the same loop with lr = 0, then prints:
 
 (a) test accuracy of the best task-level workflow found by round-0 search;
 (b) test accuracy of the per-query policy after the loop, one workflow per problem: greedy, and
-    best-of-k with execution filtering (k samples ranked by the policy's mean logprob, the first
-    that runs without an error kept; the reference answer is never looked at). The RESULT line
-    uses best-of-k (``--best-of 1`` makes it greedy);
+    best-of-k (``--best-of``, 32) chosen by ``--selection`` (default ``validated``: among the k
+    samples that run on the test problem, the program most often right on the *validation* split
+    when it ran, the split search selects (a) on; ``runs``: the likeliest sample that runs). No
+    test answer is read. The RESULT line uses best-of-k (``--best-of 1`` makes it greedy);
 (c) the same for the lr = 0 loop (its parameters never move: it must match the untrained policy);
 (d) evaluations the policy-steered round 1 needs to reach round 0's best validation score, over
     what round 0 needed (both searches use the same seed, so the same validation batches). The
@@ -63,7 +64,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--policy", default="builtin:tiny", help="Starting policy of every loop (default builtin:tiny).")
     parser.add_argument("--out", default=None, help="Directory for the database and checkpoints (default: temp).")
-    parser.add_argument("--best-of", type=int, default=32, help="k of the execution-filtered (b) and (c) (1 = greedy).")
+    parser.add_argument("--best-of", type=int, default=32, help="k of best-of-k (b) and (c) (1 = greedy only).")
+    parser.add_argument("--selection", default="validated", choices=["validated", "runs", "logprob"],
+                        help="How best-of-k chooses (see workflow_rl.policy_eval).")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-learning-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -73,12 +76,12 @@ def main() -> None:
     k = args.best_of
 
     def per_query(checkpoint: str, name: str) -> tuple[float, float]:
-        """(greedy, best-of-k execution-filtered) test accuracy of a policy."""
+        """(greedy, best-of-k) test accuracy of a policy."""
         greedy = evaluate_policy(engine, checkpoint, "test", run=f"eval/{name}/test").accuracy
         if k == 1:
             return greedy, greedy
-        return greedy, evaluate_policy(engine, checkpoint, "test", best_of=k, selection="runs",
-                                       run=f"eval/{name}/test/k{k}-runs").accuracy
+        return greedy, evaluate_policy(engine, checkpoint, "test", best_of=k, selection=args.selection,
+                                       run=f"eval/{name}/test/k{k}-{args.selection}").accuracy
 
     untrained_g, untrained = per_query(args.policy, "untrained")
     rows = []
@@ -99,7 +102,7 @@ def main() -> None:
         control_ratio = (c1 if c1 is not None else ctotal1) / max(c0 or 1, 1)
         rows.append((seed, val, a, b, c, need0, need1, total1, ratio, time.perf_counter() - t, control_ratio, b_g, c_g))
     print(f"calc, seeds {args.seeds}, policy {args.policy}, LoopConfig defaults (rounds={LoopConfig.rounds}, lr={LoopConfig.lr}), "
-          f"untrained policy test accuracy {untrained_g:.3f} greedy, {untrained:.3f} best-of-{k} (runs)")
+          f"untrained policy test accuracy {untrained_g:.3f} greedy, {untrained:.3f} best-of-{k} ({args.selection})")
     print(f"{'seed':>4} {'r0 best val':>11} {'(a) r0 test':>11} {'(b) greedy':>10} {f'(b) k={k}':>9} "
           f"{'(c) greedy':>10} {f'(c) k={k}':>9} "
           f"{'r0 evals':>8} {'r1 evals':>9} {'(d) ratio':>9} {'lr0 ratio':>9} {'loop+ctl s':>10}")

@@ -4,8 +4,11 @@ Greedy decoding by default; ``best_of = k > 1`` samples ``k`` workflows per prob
 temperature and ranks them valid first, then by the policy's own mean token logprob. ``selection``
 picks from that ranking: ``"logprob"`` keeps the first; ``"runs"`` runs them in rank order and
 keeps the first that finishes without an error and with a non-empty output (execution
-filtering, as code generators filter samples that crash). Neither looks at the reference answer:
-choosing by reward would peek at it. Every workflow, its generation and every
+filtering, as code generators filter samples that crash); ``"validated"`` runs them all and,
+among those that ran, keeps the program whose runs on the *validation* split were most often right
+when they ran (Laplace-smoothed precision; rank breaks ties), the same split search selects
+task-level workflows on. None looks at the evaluated problem's answer: choosing by reward would
+peek at it (``validated`` is refused on the validation split itself for that reason). Every workflow, its generation and every
 execution are stored in an ``eval`` run, and the accuracy and cost are stored in its state, so
 ``workflow-rl sql`` can compare policies later. Also: :func:`evaluate_code` runs one task-level
 workflow on a whole split (the baseline the per-query policy is compared with).
@@ -62,7 +65,7 @@ def resolve_checkpoint(engine: Engine, checkpoint: str) -> tuple[str, int | None
     return checkpoint, None  # a base model (builtin:tiny, a model directory, an HF id)
 
 
-SELECTIONS = ("logprob", "runs")
+SELECTIONS = ("logprob", "runs", "validated")
 """How best-of-k chooses among its samples (see the module docstring)."""
 
 
@@ -107,6 +110,37 @@ def _is_valid(code: str, operator_names) -> bool:
     return validation_error(code, tuple(operator_names)) is None
 
 
+async def _validated(
+    evaluator: BenchmarkEvaluator, engine: Engine, run_name: str, ranked: list[list[PolicySample]], pids: list[int],
+    operator_names,
+) -> tuple[list[PolicySample], list[float | None]]:
+    """Per problem, among the valid candidates that run on it, the one with the best validation
+    precision ``(right + 1) / (ran + 2)``; validation runs are stored in the run ``<run>/validation``."""
+    chosen = [r[0] for r in ranked]
+    candidates = [[c for c in r if _is_valid(c.text, operator_names)] for r in ranked]
+    items = [(i, c) for i, cands in enumerate(candidates) for c in cands]
+    results = await evaluator.execute([(c.text, pids[i]) for i, c in items])
+    costs: list[float | None] = [r.usage.cost for r in results]
+    ran: dict[int, list[PolicySample]] = {}
+    for (i, c), result in zip(items, results, strict=True):
+        if result.ok and (result.output or "").strip():
+            ran.setdefault(i, []).append(c)
+    precision: dict[str, float] = {}
+    validation = evaluator.problem_ids("validation")
+    with session_scope(engine) as s:
+        run_id = get_or_create_run(s, f"{run_name}/validation", evaluator.benchmark.name, kind="eval").id
+    for code in sorted({c.text for cands in ran.values() for c in cands}):
+        with session_scope(engine) as s:
+            wid = add_workflow(s, run_id, code, "policy", code_hash=code_hash(code), valid=True).id
+        batch = await evaluator.evaluate(run_id, wid, code, validation, 1)
+        costs += [r.cost for r in batch.records]
+        finished = [r for r in batch.records if r.error in (None, "wrong_answer")]
+        precision[code] = (sum(r.reward for r in finished) + 1.0) / (len(finished) + 2.0)
+    for i, cands in ran.items():
+        chosen[i] = max(enumerate(cands), key=lambda jc: (precision[jc[1].text], -jc[0]))[1]
+    return chosen, costs
+
+
 async def _evaluate_policy(
     engine: Engine, bench, policy: Policy, checkpoint_id: int | None, split: str, run_name: str,
     best_of: int, temperature: float, max_new_tokens: int, seed: int, workers: int | None, selection: str = "logprob",
@@ -127,6 +161,8 @@ async def _evaluate_policy(
         chosen, costs = [r[0] for r in ranked], []
         if selection == "runs" and not greedy:
             chosen, costs = await _first_that_runs(evaluator, ranked, pids, bench.operator_names)
+        elif selection == "validated" and not greedy:
+            chosen, costs = await _validated(evaluator, engine, run_name, ranked, pids, bench.operator_names)
         by_code: dict[int, tuple[str, list[int]]] = {}
         valid = 0
         with session_scope(engine) as s:
@@ -193,17 +229,21 @@ def evaluate_policy(
     """Let the policy ``checkpoint`` (id, path or base name) write and run one workflow per problem.
 
     ``benchmark`` is a registered name or a benchmark object (e.g. a smaller ``CalcBenchmark``);
-    ``selection`` is how best-of-k chooses (``"logprob"`` or ``"runs"``, see the module docstring).
+    ``selection`` is how best-of-k chooses (``"logprob"``, ``"runs"`` or ``"validated"``, see the module
+    docstring).
     """
     if best_of < 1:
         raise WorkflowRLError(f"best_of={best_of} must be >= 1 (1 = greedy)")
     if selection not in SELECTIONS:
-        raise WorkflowRLError(f"selection (--select) {selection!r}: use {' or '.join(SELECTIONS)}")
+        raise WorkflowRLError(f"selection (--select) {selection!r}: use {', '.join(SELECTIONS)}")
+    if selection == "validated" and split == "validation":
+        raise WorkflowRLError("selection (--select) 'validated' ranks programs by their validation runs, so it would "
+                              "read the answers of the problems it is scored on: use it on test (or train)")
     engine = open_db(db) if isinstance(db, str) else db
     path, checkpoint_id = resolve_checkpoint(engine, checkpoint)
     bench = get_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
     policy = Policy.load(path, cache_dir=cache_dir)
-    suffix = f"k{best_of}" + ("-runs" if selection == "runs" and best_of > 1 else "")
+    suffix = f"k{best_of}" + (f"-{selection}" if selection != "logprob" and best_of > 1 else "")
     name = run or f"eval/policy-{checkpoint_id if checkpoint_id is not None else Path(path).name}/{split}/{suffix}"
     return asyncio.run(_evaluate_policy(engine, bench, policy, checkpoint_id, split, name, best_of,
                                         temperature, max_new_tokens, seed, workers, selection))

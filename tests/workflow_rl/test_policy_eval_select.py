@@ -17,10 +17,14 @@ from workflow_rl.policy_eval import evaluate_policy
 
 @dataclass
 class WrongReferences(CalcBenchmark):
-    """calc with every reference replaced: a selection that read answers would choose differently."""
+    """calc with the references of ``wrong`` splits replaced: a selection that read those answers
+    would choose differently."""
+
+    wrong: tuple[str, ...] = ("train", "validation", "test")
 
     def problems(self, split: str) -> list[BenchProblem]:
-        return [replace(p, reference="no such answer") for p in super().problems(split)]
+        problems = super().problems(split)
+        return [replace(p, reference="no such answer") for p in problems] if split in self.wrong else problems
 
 
 def _chosen(db: str, run: str) -> dict[int, tuple[str, str | None]]:
@@ -58,7 +62,7 @@ def test_runs_selection_keeps_the_likeliest_program_that_runs(tmp_path, tiny_cac
                             selection="runs", **common)
     assert [c for c, _ in _chosen(other, blind.run).values()] == [c for c, _ in by_runs.values()]
     assert blind.accuracy == 0.0
-    with pytest.raises(WorkflowRLError, match="'best': use logprob or runs"):
+    with pytest.raises(WorkflowRLError, match="'best': use logprob, runs, validated"):
         evaluate_policy(db, "builtin:tiny", "test", bench, selection="best", **common)
 
 
@@ -76,4 +80,44 @@ def test_cli_select_runs_and_bad_select(tmp_path, tiny_cache, monkeypatch):
     assert "eval/policy-builtin:tiny/validation/k2-runs" in " ".join(ok.output.split())
     bad = runner.invoke(app, ["--db", db, "eval", "--policy", "builtin:tiny", "--best-of", "2", "--select", "best"])
     assert bad.exit_code == 1 and isinstance(bad.exception, WorkflowRLError)
-    assert "(--select) 'best': use logprob or runs" in str(bad.exception)
+    assert "(--select) 'best': use logprob, runs, validated" in str(bad.exception)
+
+
+def test_validated_selection_prefers_programs_right_on_validation(tmp_path, tiny_cache):
+    """Among candidates that run on a test problem, ``validated`` keeps the one whose validation runs
+    were most often right; it reads validation answers only (wrong *test* references change nothing)
+    and is refused on the validation split."""
+    bench = CalcBenchmark(test_size=8, validation_size=12)
+    db = str(tmp_path / "v.db")
+    common = dict(best_of=6, max_new_tokens=48, workers=1, cache_dir=tiny_cache)
+    runs = evaluate_policy(db, "builtin:tiny", "test", bench, run="eval/runs", selection="runs", **common)
+    validated = evaluate_policy(db, "builtin:tiny", "test", bench, run="eval/val", selection="validated", **common)
+    by_runs, by_val = _chosen(db, runs.run), _chosen(db, validated.run)
+    # a problem with a program that runs keeps one that runs (maybe another than the likeliest)
+    for pid, (_, kind) in by_runs.items():
+        assert _ran(by_val[pid][1]) == _ran(kind)
+    from storage.models import Workflow
+
+    engine = open_db(db)
+    with session_scope(engine) as s:  # every program that ran was scored on the validation split
+        run_id = s.scalar(select(Run.id).where(Run.name == "eval/val/validation"))
+        rows = s.execute(select(Evaluation, Workflow.code).join(Workflow, Workflow.id == Evaluation.workflow_id)
+                         .where(Evaluation.run_id == run_id)).all()
+    counts: dict[str, list[float]] = {}
+    for e, code in rows:
+        right_ran = counts.setdefault(code, [0.0, 0.0])
+        if _ran(e.error_kind):
+            right_ran[0] += e.reward
+            right_ran[1] += 1
+    assert rows and len(rows) == 12 * len(counts)
+    precision = {code: (right + 1) / (ran + 2) for code, (right, ran) in counts.items()}
+    for pid, (code, kind) in by_runs.items():  # the likeliest program that runs was a candidate too
+        if _ran(kind):
+            assert precision[by_val[pid][0]] >= precision[code]
+    other = str(tmp_path / "wrong-test.db")
+    blind = evaluate_policy(other, "builtin:tiny", "test", WrongReferences(test_size=8, validation_size=12,
+                                                                           wrong=("test",)),
+                            run="eval/val", selection="validated", **common)
+    assert [c for c, _ in _chosen(other, blind.run).values()] == [c for c, _ in by_val.values()]
+    with pytest.raises(WorkflowRLError, match="'validated' ranks programs by their validation runs"):
+        evaluate_policy(db, "builtin:tiny", "validation", bench, selection="validated", **common)

@@ -246,7 +246,9 @@ def register(app: typer.Typer) -> None:
         best_of: Annotated[int, typer.Option(help="--policy: 1 = greedy, k > 1 = sample k workflows per problem.")] = 1,
         select: Annotated[str, typer.Option(
             help="--policy with --best-of k: 'logprob' keeps the most likely valid sample; 'runs' runs them in that "
-                 "order and keeps the first that finishes without an error (never looks at the answer).")] = "logprob",
+                 "order and keeps the first that finishes without an error; 'validated' keeps, of those that run, the "
+                 "program most often right on the validation split (not with --split validation). None reads the "
+                 "answer of the problem being scored.")] = "logprob",
         repeats: Annotated[int, typer.Option(help="Executions per problem.")] = 1,
         executor: Annotated[str | None, typer.Option(help="URL#MODEL for LLM operators.")] = None,
         workers: Annotated[int | None, typer.Option(help="Sandbox worker processes.")] = None,
