@@ -250,8 +250,9 @@ def _filter_groups(samples: list[Sample], filt: DatasetFilter, stats: DatasetSta
         # search samples that beat their group's mean; "contrast" keeps every sample of a search
         # program that beats its group's mean somewhere, so the same program is also pushed down
         # on the problems it fails (which problem gets which program), and nothing else.
+        means = {g: _mean(members) for g, members in groups.items()}
         winners = {(x.workflow_id, g) for g, members in groups.items()
-                   for x in members if x.source == "search" and x.reward > _mean(members)}
+                   for x in members if x.source == "search" and x.reward > means[g]}
         useful = {wid for wid, _ in winners}
         for g, members in groups.items():
             keep = [x for x in members if x.source != "search"
