@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -111,6 +112,13 @@ class ScriptedOpenAIServer:
             """Threaded server with a deep listen backlog."""
 
             request_queue_size = 256  # the default backlog of 5 resets bursts of concurrent connects
+
+            def handle_error(self, request, client_address) -> None:  # noqa: ANN001 (socketserver API)
+                """Stay quiet when a client hung up (it gave up during an outage): socketserver would
+                print a traceback to stderr, which is not the server failing."""
+                if isinstance(sys.exc_info()[1], ConnectionError):
+                    return
+                super().handle_error(request, client_address)
 
         self._httpd = Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
