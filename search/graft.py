@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
+import re
+from collections import Counter
 from typing import Any
 
 from search.base import FailedExample
-from search.routing import WORD, run_pipeline, same_answer
+from search.routing import WORD, run_pipeline, same_answer, stems
 
 
 def _solve_def(code: str) -> tuple[ast.Module, ast.AsyncFunctionDef] | None:
@@ -33,8 +36,33 @@ def _solve_def(code: str) -> tuple[ast.Module, ast.AsyncFunctionDef] | None:
     return (tree, fn) if fn is not None and len(fn.args.args) == 2 else None
 
 
-def straight_line(code: str) -> tuple[list[ast.stmt], str, str] | None:
-    """``(statements, problem name, ops name)`` of a straight-line ``solve``, or None.
+def _has_docstring(body: list[ast.stmt]) -> bool:
+    return bool(body) and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+
+
+def _without_docstring(body: list[ast.stmt]) -> list[ast.stmt]:
+    return list(body[1:] if _has_docstring(body) else body)
+
+
+def _is_straight(body: list[ast.stmt]) -> bool:
+    """Only single-name assignments, then one ``return <expr>``."""
+    if not body or not isinstance(body[-1], ast.Return) or body[-1].value is None:
+        return False
+    return all(isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name)
+               for s in body[:-1])
+
+
+def op_call_name(node: ast.AST | None, ops_name: str) -> str | None:
+    """``X`` when ``node`` is ``await <ops_name>.X(...)``, else None."""
+    if (isinstance(node, ast.Await) and isinstance(node.value, ast.Call)
+            and isinstance(node.value.func, ast.Attribute) and isinstance(node.value.func.value, ast.Name)
+            and node.value.func.value.id == ops_name):
+        return node.value.func.attr
+    return None
+
+
+def straight_line(code: str) -> tuple[list[ast.stmt], str] | None:
+    """``(statements, problem name)`` of a straight-line ``solve``, or None.
 
     Straight-line = only ``name = <expr>`` assignments, then one final ``return <expr>``
     (a docstring is skipped). Anything else (branches, loops, several returns) is not grafted.
@@ -43,15 +71,8 @@ def straight_line(code: str) -> tuple[list[ast.stmt], str, str] | None:
     if parsed is None:
         return None
     fn = parsed[1]
-    body = list(fn.body)
-    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-        body = body[1:]
-    if not body or not isinstance(body[-1], ast.Return) or body[-1].value is None:
-        return None
-    for stmt in body[:-1]:
-        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)):
-            return None
-    return body, fn.args.args[0].arg, fn.args.args[1].arg
+    body = _without_docstring(fn.body)
+    return (body, fn.args.args[0].arg) if _is_straight(body) else None
 
 
 async def run_straight_line(statements: list[ast.stmt], problem_name: str, text: str) -> Any:
@@ -70,27 +91,59 @@ async def solves_example(statements: list[ast.stmt], problem_name: str, failure:
         return False
 
 
+QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|“[^”]*”|‘[^’]*’")
+"""Quoted spans: the data a problem works on (the word to reverse), never a routing cue."""
+
+
+@functools.cache
+def _operator_docs() -> dict[str, frozenset[str]]:
+    """Stems of each registered operator's name and description, the common ones removed."""
+    from operators.registry import get_operators
+
+    docs = {name: stems(name.replace("_", " ") + " " + op.description) for name, op in get_operators().items()}
+    counts = Counter(stem for d in docs.values() for stem in d)
+    common = {stem for stem, c in counts.items() if c > max(1, len(docs) // 4)}
+    return {name: frozenset(d - common) for name, d in docs.items()}
+
+
+def operator_stems(statements: list[ast.stmt]) -> set[str]:
+    """Word stems of the names and descriptions of the operators the statements call.
+
+    Stems shared by more than a quarter of all registered descriptions ('returns', 'number') are
+    dropped: they name no kind of problem.
+    """
+    docs = _operator_docs()
+    called = {n.func.attr for s in statements for n in ast.walk(s)
+              if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+    return set().union(*(docs[name] for name in called if name in docs))
+
+
 async def best_cue(
     statements: list[ast.stmt], problem_name: str, target: FailedExample, failures: list[FailedExample],
     passes: list[str], taken: set[str],
 ) -> str | None:
     """The word of ``target`` that best routes exactly the problems the statements solve.
 
-    Each word of the target is scored on the parent's evidence: +1 per failing problem containing
-    it that the statements solve, -1 per failing problem containing it that they do not, -1 per
-    solved problem containing it (routing it away from the parent could break it). The best
-    positive score wins (ties: earliest in the target's text); words in ``taken`` are skipped.
+    Each word of the target outside quotes is scored on the parent's evidence: +1 per failing
+    problem containing it that the statements solve, -1 per failing problem containing it that
+    they do not, -1 per solved problem containing it (routing it away from the parent could break
+    it). The best positive score wins. Ties, common with few failures, go to the word that names
+    what the statements' operators do ('median' for ``ops.median``, 'largest' for ``ops.max_list``:
+    such words recur in the problems of that kind, a name or a number word does not), then to the
+    earliest; words in ``taken`` are skipped.
     """
     solved = {f.problem_id: await solves_example(statements, problem_name, f) for f in failures}
-    best: tuple[int, str] | None = None
-    for word in dict.fromkeys(WORD.findall(target.problem)):
+    relevant = operator_stems(statements)
+    best: tuple[int, int, str] | None = None
+    for word in dict.fromkeys(WORD.findall(QUOTED.sub(" ", target.problem))):
         if word in taken:
             continue
         score = sum(1 if solved[f.problem_id] else -1 for f in failures if word in f.problem)
         score -= sum(word in text for text in passes)
-        if score > 0 and (best is None or score > best[0]):
-            best = (score, word)
-    return None if best is None else best[1]
+        names = len(stems(word) & relevant)
+        if score > 0 and (best is None or (score, names) > best[:2]):
+            best = (score, names, word)
+    return None if best is None else best[2]
 
 
 def graft(parent_code: str, branches: list[tuple[str, list[ast.stmt]]]) -> str | None:
@@ -105,8 +158,7 @@ def graft(parent_code: str, branches: list[tuple[str, list[ast.stmt]]]) -> str |
         return None
     tree, fn = parsed
     problem = fn.args.args[0].arg
-    docstring = isinstance(fn.body[0], ast.Expr) and isinstance(getattr(fn.body[0], "value", None), ast.Constant)
-    at = 1 if docstring else 0
+    at = 1 if _has_docstring(fn.body) else 0
     for cue, statements in reversed(branches):
         test = ast.Compare(left=ast.Constant(cue), ops=[ast.In()], comparators=[ast.Name(id=problem, ctx=ast.Load())])
         fn.body.insert(at, ast.If(test=test, body=[copy.deepcopy(s) for s in statements], orelse=[]))
@@ -124,9 +176,7 @@ def branch_programs(code: str) -> list[str]:
     if parsed is None:
         return []
     fn = parsed[1]
-    body = list(fn.body)
-    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-        body = body[1:]
+    body = _without_docstring(fn.body)
     found: list[list[ast.stmt]] = []
     i = 0
     while i < len(body) and isinstance(body[i], ast.If):
@@ -140,13 +190,6 @@ def branch_programs(code: str) -> list[str]:
                                      decorator_list=[], returns=None, type_params=[])
         out.append(ast.unparse(ast.fix_missing_locations(ast.Module(body=[solve], type_ignores=[]))) + "\n")
     return list(dict.fromkeys(out))
-
-
-def _is_straight(body: list[ast.stmt]) -> bool:
-    if not body or not isinstance(body[-1], ast.Return) or body[-1].value is None:
-        return False
-    return all(isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name)
-               for s in body[:-1])
 
 
 HOIST_NAMES = {"list": "values", "str": "text", "number": "value", "int": "count"}
@@ -170,11 +213,7 @@ def flatten(code: str, returns: dict[str, str]) -> str:
     used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
 
     def op_name(node: ast.expr) -> str | None:
-        if (isinstance(node, ast.Await) and isinstance(node.value, ast.Call)
-                and isinstance(node.value.func, ast.Attribute) and isinstance(node.value.func.value, ast.Name)
-                and node.value.func.value.id == ops_name):
-            return node.value.func.attr
-        return None
+        return op_call_name(node, ops_name)
 
     def hoist(node: ast.expr, out: list[ast.stmt], live: set[str]) -> ast.expr:
         if op_name(node) is None:
@@ -236,9 +275,7 @@ def canonical(code: str, returns: dict[str, str]) -> str:
         if not (isinstance(stmt, ast.Assign) and isinstance(stmt.targets[0], ast.Name)):
             continue
         old = stmt.targets[0].id
-        call = stmt.value.value if isinstance(stmt.value, ast.Await) else None
-        op = (call.func.attr if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
-              and isinstance(call.func.value, ast.Name) and call.func.value.id == ops_name else None)
+        op = op_call_name(stmt.value, ops_name)
         new = HOIST_NAMES.get(returns.get(op or "", ""))
         busy = new in holder and holder[new] != old and last_use.get(holder[new], -1) > i
         if new is None or busy or (new in original and new != old):

@@ -64,7 +64,7 @@ def pipelines(sigs: dict[str, OpSignature], max_len: int = 3) -> list[list[list[
     return by_len
 
 
-def _stems(text: str) -> set[str]:
+def stems(text: str) -> set[str]:
     """Lower-case word stems (first 5 letters of words of 4+ letters): 'solves' ~ 'solve'."""
     return {w[:5] for w in re.findall(r"[a-z]+", text.lower()) if len(w) >= 4}
 
@@ -78,10 +78,10 @@ def description_relevance(text: str, sigs: dict[str, OpSignature]) -> dict[str, 
     from operators.registry import get_operators
 
     ops = get_operators(list(sigs))
-    docs = {n: _stems(n.replace("_", " ") + " " + ops[n].description) for n in sigs}
+    docs = {n: stems(n.replace("_", " ") + " " + ops[n].description) for n in sigs}
     counts = Counter(stem for d in docs.values() for stem in d)
     common = {stem for stem, c in counts.items() if c > max(1, len(docs) // 4)}
-    words = _stems(text) - common
+    words = stems(text) - common
     return {n: len(words & docs[n]) for n in sigs}
 
 

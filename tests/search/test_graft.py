@@ -31,8 +31,8 @@ OPS = ("calculate", "extract_expression", "extract_list", "median", "mean", "ext
 
 
 def test_straight_line_accepts_assignments_then_return_only():
-    body, problem, ops = straight_line(MEDIAN)
-    assert (len(body), problem, ops) == (2, "problem", "ops")
+    body, problem = straight_line(MEDIAN)
+    assert (len(body), problem) == (2, "problem")
     branching = "async def solve(problem, ops):\n    if 'x' in problem:\n        return 1\n    return 2\n"
     assert straight_line(branching) is None
     assert straight_line("async def solve(problem, ops):\n    x = 1\n") is None  # no final return
@@ -40,19 +40,19 @@ def test_straight_line_accepts_assignments_then_return_only():
 
 
 def test_run_straight_line_uses_variables_and_tool_operators():
-    body, problem, _ = straight_line(MEDIAN)
+    body, problem = straight_line(MEDIAN)
     assert asyncio.run(run_straight_line(body, problem, FAIL.problem)) in ("4", 4)
     assert asyncio.run(solves_example(body, problem, FAIL))
-    mean_body, p, _ = straight_line(MEDIAN.replace("median", "mean"))
+    mean_body, p = straight_line(MEDIAN.replace("median", "mean"))
     assert not asyncio.run(solves_example(mean_body, p, FAIL))  # mean is 14/3, not the expected 4
-    quoted, p, _ = straight_line("async def solve(problem, ops):\n    t = await ops.extract_quoted(problem)\n"
+    quoted, p = straight_line("async def solve(problem, ops):\n    t = await ops.extract_quoted(problem)\n"
                                  "    return await ops.upper(t)\n")
     assert not asyncio.run(solves_example(quoted, p, FAIL))  # no quoted text: an error is "not solved"
 
 
 def test_graft_routes_the_cue_first_after_the_docstring():
-    body, _, _ = straight_line(MEDIAN)
-    upper, _, _ = straight_line("async def solve(problem, ops):\n    return await ops.upper(problem)\n")
+    body, _ = straight_line(MEDIAN)
+    upper, _ = straight_line("async def solve(problem, ops):\n    return await ops.upper(problem)\n")
     code = graft(PARENT, [("median", body), ("capital", upper)])
     validate_workflow(code, OPS)
     lines = [line.strip() for line in code.splitlines()]
@@ -84,7 +84,7 @@ def test_graft_routes_the_cue_first_after_the_docstring():
 
 
 def test_best_cue_routes_what_the_program_solves_and_nothing_it_breaks():
-    body, problem, _ = straight_line(MEDIAN)
+    body, problem = straight_line(MEDIAN)
     failures = [FAIL,
                 FailedExample(2, "Find the median of 3, 5 and 8.", "5", "16"),
                 FailedExample(3, "Find the mean of [2, 4, 9].", "5", "15")]
@@ -92,8 +92,21 @@ def test_best_cue_routes_what_the_program_solves_and_nothing_it_breaks():
     # 'Find', 'the', 'of' are in the mean failure (not solved) and a pass: 'median' scores +2
     assert asyncio.run(best_cue(body, problem, FAIL, failures, passes, set())) == "median"
     assert asyncio.run(best_cue(body, problem, FAIL, failures, passes, {"median"})) is None
-    # without the mean failure and the pass, the earliest of the best words wins
-    assert asyncio.run(best_cue(body, problem, FAIL, failures[:2], [], set())) == "Find"
+    # without the mean failure and the pass, 'Find', 'the' and 'median' tie at +2: the word that
+    # names what the program's operators do wins, not the earliest
+    assert asyncio.run(best_cue(body, problem, FAIL, failures[:2], [], set())) == "median"
+    # no word names an operator: the earliest of the best
+    assert asyncio.run(best_cue(body, problem, FAIL, failures[:2], [], {"median"})) == "Find"
+
+
+def test_best_cue_never_picks_a_quoted_word():
+    body, problem = straight_line("async def solve(problem, ops):\n    text = await ops.extract_quoted(problem)\n"
+                                  "    return await ops.upper(text)\n")
+    target = FailedExample(4, "Make 'kodu' shout.", "KODU", "0")
+    assert asyncio.run(solves_example(body, problem, target))
+    # 'kodu' is the data this problem works on; no other problem will contain it
+    assert asyncio.run(best_cue(body, problem, target, [target], [], set())) == "Make"
+    assert asyncio.run(best_cue(body, problem, target, [target], [], {"Make", "shout"})) is None
 
 
 ROUTED = """async def solve(problem, ops):
