@@ -36,8 +36,10 @@ class LoopConfig:
         "become routing branches of the parent), 'rewrite' (it rewrites the parent from the expansion prompt; "
         "each child is an exact policy sample, one GRPO group) or 'auto' (graft when every operator of the "
         "benchmark is a tool, so a branch can be checked without LLM calls; else rewrite).")
-    graft_samples: int = _f(4, "Graft mode: programs drawn per failing problem and child.")
-    mutation_fraction: float = _f(0.25, "Share of children written by mutations in policy-steered rounds.")
+    graft_samples: int = _f(64, "Graft mode: programs the policy samples per failing problem of an expanded "
+                             "node (plus its greedy one); the verified ones are shared by the children.")
+    mutation_fraction: float = _f(0.25, "Share of child slots given to mutations in policy-steered rounds (all of them "
+                                  "where the policy proposes nothing).")
     train_problems: int = _f(128, "Train problems drawn per round for the learner's samples.")
     group_size: int = _f(16, "Policy samples per train problem (one GRPO group per problem; rewards are sparse at "
                              "first, so a bigger group is likelier to hold a success).")

@@ -4,13 +4,15 @@ The learner trains the policy on per-problem prompts (problem in, one workflow o
 policy never sees the expansion prompt (parent code + failure notes) in training, so the children
 it writes there are mostly not even valid programs (measured on calc with builtin:tiny: 0 valid of
 36 in a round). Graft mode asks the policy what it was trained for: for each distinct problem the
-parent failed (up to ``max_failures``), ``samples`` programs per child are drawn from that
-problem's per-problem prompt (:func:`workflow_rl.prompts.policy_prompt_for`, the prompt training
-uses); the first child tries the policy's greedy program first. The first straight-line program
-that yields the failing problem's expected answer on the host (tool operators only, as the
-mutation proposer's routing check) becomes a branch ``if "<cue>" in problem: ...`` of the parent
-(:mod:`search.graft`). A child holds the verified branches of every failure it found one for, so
-a better policy makes bigger steps per evaluation.
+parent failed (up to ``max_failures``), the policy's greedy program and ``samples`` sampled ones
+are drawn from that problem's per-problem prompt (:func:`workflow_rl.prompts.policy_prompt_for`,
+the prompt training uses). The distinct straight-line programs that yield the failing problem's
+expected answer on the host (tool operators only, as the mutation proposer's routing check) are
+its solutions; one becomes a branch ``if "<cue>" in problem: ...`` of the parent
+(:mod:`search.graft`). Every child holds a branch for every failure with a solution (child ``c``
+takes solution ``c``, cycling), so a better policy makes bigger steps per evaluation; children
+differ only where a failure has several solutions, so there are often fewer than ``n`` (the
+mixed proposer does not pad them, see :class:`workflow_rl.policy_proposer.MixedProposer`).
 
 Children are edits of the parent, not what the policy sampled, so they are search data (DESIGN
 rule 11): source ``mutation``, no generation row; their ``policy_version`` records the checkpoint
@@ -41,10 +43,11 @@ class GraftProposer:
         checkpoint_id: int | None,
         temperature: float = 1.0,
         max_new_tokens: int = 80,
-        samples: int = 4,
+        samples: int = 64,
         max_failures: int = 6,
     ):
-        """``samples`` programs per failing problem and child; at most ``max_failures`` problems."""
+        """``samples`` programs drawn per failing problem (shared by the children); at most
+        ``max_failures`` problems."""
         if temperature <= 0 or samples < 1 or max_failures < 1:
             raise ValueError(f"temperature={temperature}, samples={samples}, max_failures={max_failures}: "
                              "need T > 0 and at least one sample of one failure")
@@ -56,7 +59,7 @@ class GraftProposer:
         self.max_failures = max_failures
 
     async def propose(self, context: ProposalContext, n: int, seed: int) -> list[Candidate]:
-        """Up to ``n`` distinct children (fewer when the policy solves none of the failures)."""
+        """Up to ``n`` distinct children (none when the policy solves none of the failures)."""
         seen_ids: set[int] = set()
         failures = []
         for f in context.failures:  # one per problem: a problem failed twice (repeats) is one target
@@ -69,26 +72,36 @@ class GraftProposer:
         prompts = [policy_prompt_for(context.task_description, context.operator_names, f.problem) for f in failures]
         k = self.samples
         drawn = await asyncio.to_thread(
-            self.policy.sample, prompts, n * k, self.temperature, 1.0, self.max_new_tokens, seed)
-        # The policy's greedy program per failure is tried first by child 0: it is what training
-        # sharpens fastest (a trained policy's argmax is right far more often than one sample at T).
+            self.policy.sample, prompts, k, self.temperature, 1.0, self.max_new_tokens, seed)
+        # The policy's greedy program per failure is its first solution when it solves it: it is
+        # what training sharpens fastest (a trained argmax is right far more often than one sample).
         greedy = await asyncio.to_thread(self.policy.sample, prompts, 1, 0.0, 1.0, self.max_new_tokens, seed)
+        # Every program drawn for a failure (the greedy one first) is checked on it; the distinct
+        # ones that solve it are that failure's solutions. Child c takes solution c (cycling) of
+        # every solved failure, so each child holds a branch for every failure the policy solved
+        # at all: a policy that solves more takes bigger steps per evaluated child.
+        solutions: list[list[tuple[list, str]]] = []
+        for i, failure in enumerate(failures):
+            found, texts = [], set()
+            for sample in [greedy[i], *drawn[i * k: (i + 1) * k]]:
+                body = straight_line(sample.text)
+                if body is None or sample.text in texts or not await solves_example(body[0], body[1], failure):
+                    continue
+                texts.add(sample.text)
+                found.append(body)
+            solutions.append(found)
         out: list[Candidate] = []
         seen = {context.parent_code.strip()}
         for child in range(n):
             branches, notes, taken = [], [], set()
-            for i, failure in enumerate(failures):
-                first = i * n * k + child * k
-                tries = ([greedy[i]] if child == 0 else []) + drawn[first: first + k]
-                for sample in tries:
-                    body = straight_line(sample.text)
-                    if body is None or not await solves_example(body[0], body[1], failure):
-                        continue
-                    cue = await best_cue(body[0], body[1], failure, failures, list(context.passes), taken)
+            for failure, found in zip(failures, solutions, strict=True):
+                for j in range(len(found)):  # this child's solution first, then the others
+                    statements, problem_name = found[(child + j) % len(found)]
+                    cue = await best_cue(statements, problem_name, failure, failures, list(context.passes), taken)
                     if cue is None:
                         continue  # solves it, but no word routes it without breaking others
                     taken.add(cue)
-                    branches.append((cue, body[0]))
+                    branches.append((cue, statements))
                     notes.append(cue)
                     break
             code = graft(context.parent_code, branches) if branches else None

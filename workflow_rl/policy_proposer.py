@@ -120,7 +120,9 @@ class MixedProposer:
     """Policy children plus a fraction of children from another proposer (exploration).
 
     Each of the ``n`` slots is given to ``other`` with probability ``other_fraction`` (seeded), so
-    the split is deterministic per expansion; slots the policy leaves empty go to ``other`` too.
+    the split is deterministic per expansion. When the policy proposes nothing, all ``n`` slots go
+    to ``other``; fewer policy children than slots are not padded (an expansion costs one batch
+    per child, so distinct policy children alone make the cheaper step).
     Priors: the policy's children share ``n_policy / n`` of the mass by their sequence
     probabilities; the others get ``1 / n`` each.
     """
@@ -141,9 +143,12 @@ class MixedProposer:
         n_other = sum(rng.random() < self.other_fraction for _ in range(n))
         n_policy = n - n_other
         policy_children = await self.policy.propose(context, n_policy, rng.randrange(2**31)) if n_policy else []
-        # A policy proposer may return fewer children than asked (graft mode: no verified branch);
-        # the other proposer fills the empty slots so every expansion still offers n children.
-        n_other = n - len(policy_children)
+        # A policy proposer may return fewer children than asked (graft mode: its distinct verified
+        # edits, often one). Those are not padded: padding spent most of each expansion's
+        # evaluations on mutations (on calc, 3 of 4 children) and made a policy-steered round no
+        # faster than a mutation round. Only an expansion the policy left empty is filled.
+        if not policy_children:
+            n_other = n
         other_children = await self.other.propose(context, n_other, rng.randrange(2**31)) if n_other else []
         total = len(policy_children) + len(other_children)
         if not total:

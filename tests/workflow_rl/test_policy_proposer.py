@@ -120,3 +120,24 @@ def test_mixed_proposer_fills_slots_the_policy_left_empty():
     children = asyncio.run(MixedProposer(_Empty(), _Fixed(), 0.0).propose(_context(), 4, seed=1))
     assert [c.source for c in children] == ["mutation"] * 4
     assert sum(c.prior for c in children) == pytest.approx(1.0)
+
+
+class _One:
+    """A policy-side proposer with one distinct child (graft mode: the same verified branches)."""
+
+    name = "one"
+
+    async def propose(self, context, n, seed):
+        return [Candidate(code="async def solve(problem, ops):\n    return 'policy'\n", source="mutation", prior=1.0)]
+
+
+def test_mixed_proposer_does_not_pad_fewer_policy_children():
+    # every slot is the policy's; it wrote one child: the expansion is that child alone (one batch
+    # of evaluations instead of four, three of them on mutations)
+    children = asyncio.run(MixedProposer(_One(), _Fixed(), 0.0).propose(_context(), 4, seed=1))
+    assert [c.code for c in children] == ["async def solve(problem, ops):\n    return 'policy'\n"]
+    assert children[0].prior == pytest.approx(1.0)
+    # with a mutation share, the mutation slots drawn for the expansion are still filled
+    mixed = asyncio.run(MixedProposer(_One(), _Fixed(), 0.5).propose(_context(), 8, seed=3))
+    assert mixed[0].code.endswith("'policy'\n") and 1 < len(mixed) < 8
+    assert sum(c.prior for c in mixed) == pytest.approx(1.0)
