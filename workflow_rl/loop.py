@@ -295,18 +295,19 @@ def _store_branches(engine, run_id: int, ranked, operator_names, round_: int, li
     from search.signatures import load_signatures
 
     returns = {name: sig.returns for name, sig in load_signatures(tuple(operator_names)).items()}
+
+    def valid_branches():
+        for wid, code in ranked:
+            for program in (canonical(p, returns) for p in branch_programs(code)):
+                try:
+                    validate_workflow(program, operator_names)
+                except WorkflowValidationError:
+                    continue
+                yield program, wid
+
     picked: dict[str, int] = {}
-    for wid, code in ranked:
-        for program in (canonical(p, returns) for p in branch_programs(code)):
-            if program in picked:
-                continue
-            try:
-                validate_workflow(program, operator_names)
-            except WorkflowValidationError:
-                continue
-            picked[program] = wid
-            if len(picked) >= limit:
-                break
+    for program, wid in valid_branches():
+        picked.setdefault(program, wid)
         if len(picked) >= limit:
             break
     out = []

@@ -17,6 +17,7 @@ workflow on a whole split (the baseline the per-query policy is compared with).
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -107,7 +108,14 @@ async def _first_that_runs(
 
 
 def _is_valid(code: str, operator_names) -> bool:
-    return validation_error(code, tuple(operator_names)) is None
+    return _valid(code, tuple(operator_names))
+
+
+@functools.lru_cache(maxsize=8192)
+def _valid(code: str, operator_names: tuple[str, ...]) -> bool:
+    # Cached: ranking, selection and storing each ask about the same samples (best-of-32 on 100
+    # problems would otherwise parse and check up to 9,600 programs three times).
+    return validation_error(code, operator_names) is None
 
 
 async def _validated(
