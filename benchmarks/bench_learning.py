@@ -14,7 +14,8 @@ and the same loop with lr = 0, then prints:
     what round 0 needed (both searches use the same seed, so the same validation batches). The
     same ratio of the lr = 0 loop is printed beside it: a policy round differs from a mutation
     round even without learning (other children, other proposers), so only the gap between the two
-    is what training bought.
+    is what training bought. The same ratio for the last steered round (the policy trained
+    longest) and its control is printed too.
 
 Ends with ``RESULT policy_minus_search=...``, ``RESULT lr0_drift=...``, ``RESULT steered_evals_ratio=...``.
 Usage: ``python benchmarks/bench_learning.py [--seeds 0 1 2] [--policy builtin:tiny] [--out DIR]``.
@@ -49,11 +50,11 @@ def best_workflow(engine, search_run: str) -> tuple[str, float]:
         return s.get(Workflow, tree.workflow_id[best]).code, float(tree.own_score[best] or 0.0)
 
 
-def steered_ratio(engine, loop: str) -> tuple[int | None, int | None, int]:
-    """(evals round 0 needed for its best, evals round 1 needed for it, round 1's total evals)."""
+def steered_ratio(engine, loop: str, round_: int = 1) -> tuple[int | None, int | None, int]:
+    """(evals round 0 needed for its best, evals round ``round_`` needed for it, that round's total evals)."""
     with session_scope(engine) as s:
-        ids = {r: s.scalar(select(Run.id).where(Run.name == round_run_name(loop, r))) for r in (0, 1)}
-        c0, c1 = search_curve(s, ids[0]), search_curve(s, ids[1])
+        ids = {r: s.scalar(select(Run.id).where(Run.name == round_run_name(loop, r))) for r in (0, round_)}
+        c0, c1 = search_curve(s, ids[0]), search_curve(s, ids[round_])
     best0 = max(score for _, score in c0)
     return evaluations_to_reach(c0, best0), evaluations_to_reach(c1, best0), (c1[-1][0] if c1 else 0)
 
@@ -100,16 +101,22 @@ def main() -> None:
         # The same ratio for the lr = 0 control: how much of (d) the training itself explains.
         c0, c1, ctotal1 = steered_ratio(engine, control.run)
         control_ratio = (c1 if c1 is not None else ctotal1) / max(c0 or 1, 1)
-        rows.append((seed, val, a, b, c, need0, need1, total1, ratio, time.perf_counter() - t, control_ratio, b_g, c_g))
+        # The last steered round (its policy trained longest), beside its control: (need, total).
+        last = LoopConfig.rounds - 1
+        later = [steered_ratio(engine, name, last)[1:] for name in (loop.run, control.run)]
+        later_ratios = tuple((n if n is not None else t) / max(need0 or 1, 1) for n, t in later)
+        rows.append((seed, val, a, b, c, need0, need1, total1, ratio, time.perf_counter() - t, control_ratio, b_g, c_g,
+                     later_ratios))
     print(f"calc, seeds {args.seeds}, policy {args.policy}, LoopConfig defaults (rounds={LoopConfig.rounds}, lr={LoopConfig.lr}), "
           f"untrained policy test accuracy {untrained_g:.3f} greedy, {untrained:.3f} best-of-{k} ({args.selection})")
     print(f"{'seed':>4} {'r0 best val':>11} {'(a) r0 test':>11} {'(b) greedy':>10} {f'(b) k={k}':>9} "
           f"{'(c) greedy':>10} {f'(c) k={k}':>9} "
-          f"{'r0 evals':>8} {'r1 evals':>9} {'(d) ratio':>9} {'lr0 ratio':>9} {'loop+ctl s':>10}")
-    for seed, val, a, b, c, need0, need1, total1, ratio, secs, control_ratio, b_g, c_g in rows:
+          f"{'r0 evals':>8} {'r1 evals':>9} {'(d) ratio':>9} {'lr0 ratio':>9} {'last ratio':>10} {'lr0 last':>8} "
+          f"{'loop+ctl s':>10}")
+    for seed, val, a, b, c, need0, need1, total1, ratio, secs, control_ratio, b_g, c_g, later_ratios in rows:
         r1 = str(need1) if need1 is not None else f">{total1}"
         print(f"{seed:>4} {val:>11.3f} {a:>11.3f} {b_g:>10.3f} {b:>9.3f} {c_g:>10.3f} {c:>9.3f} {need0!s:>8} {r1:>9} {ratio:>9.2f} "
-              f"{control_ratio:>9.2f} {secs:>10.0f}")
+              f"{control_ratio:>9.2f} {later_ratios[0]:>10.2f} {later_ratios[1]:>8.2f} {secs:>10.0f}")
     mean = statistics.fmean
     a_m, b_m, c_m = mean(r[2] for r in rows), mean(r[3] for r in rows), mean(r[4] for r in rows)
     reached = all(r[6] is not None for r in rows)
@@ -118,6 +125,9 @@ def main() -> None:
           f"steered round reached round 0's best in {sum(r[6] is not None for r in rows)}/{len(rows)} seeds"
           f"{'' if reached else ' (ratio uses the whole round-1 budget where not reached: a lower bound)'}; "
           f"total {time.perf_counter() - t0:.0f}s; data in {out}")
+    print(f"steered rounds' ratio (d), mean: round 1 {mean(r[8] for r in rows):.3f} (lr = 0 control "
+          f"{mean(r[10] for r in rows):.3f}); round {LoopConfig.rounds - 1} {mean(r[13][0] for r in rows):.3f} "
+          f"(control {mean(r[13][1] for r in rows):.3f})")
     print(f"RESULT policy_minus_search={b_m - a_m:.3f}")
     print(f"RESULT policy_greedy_minus_search={bg_m - a_m:.3f}")
     print(f"RESULT lr0_drift={abs(c_m - untrained):.3f}")
