@@ -19,10 +19,16 @@ import ast
 import builtins
 import hashlib
 import re
+import warnings
 from collections.abc import Collection
 
 from operators.base import ENTRY_POINT
 from operators.validate_fold import MAX_INT_CONST, NotConstant, TooBig, fold
+
+# A generated program such as ``return 3x`` makes the parser print "SyntaxWarning: invalid decimal
+# literal" to stderr, once per program (a policy writes thousands). Those programs are data being
+# checked, not the user's code, so the warnings of sources parsed from strings are dropped.
+warnings.filterwarnings("ignore", category=SyntaxWarning, module="<unknown>")
 
 MAX_SOURCE_CHARS = 50_000
 """Longest accepted program source."""

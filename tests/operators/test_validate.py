@@ -151,3 +151,19 @@ def test_code_hash_ignores_formatting_and_comments():
     assert code_hash(a) != code_hash(c)
     assert len(code_hash(a)) == 64
     assert code_hash("def (") != code_hash("def ((")  # unparseable code still hashes (its raw text)
+
+
+def test_checking_generated_code_prints_no_syntax_warnings():
+    """A policy writes thousands of programs like ``3if``; the parser's SyntaxWarning for each one
+    must not flood the CLI's stderr (the plain parser does print it: the control below)."""
+    import subprocess
+    import sys
+
+    program = "async def solve(problem, ops):\n    return 3if problem else 2\n"
+    control = subprocess.run([sys.executable, "-c", f"import ast; ast.parse({program!r})"],
+                             capture_output=True, text=True, check=True)
+    assert "SyntaxWarning" in control.stderr
+    checked = subprocess.run(
+        [sys.executable, "-c", f"from operators.validate import validate_workflow as v; v({program!r}, ())"],
+        capture_output=True, text=True, check=True)
+    assert checked.stderr == ""
