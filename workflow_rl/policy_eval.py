@@ -7,7 +7,8 @@ keeps the first that finishes without an error and with a non-empty output (exec
 filtering, as code generators filter samples that crash); ``"validated"`` runs them all and,
 among those that ran, keeps the program whose runs on the *validation* split were most often right
 when they ran (Laplace-smoothed precision; rank breaks ties), the same split search selects
-task-level workflows on. None looks at the evaluated problem's answer: choosing by reward would
+task-level workflows on; ``validate_top = N`` scores only each problem's N likeliest programs that
+ran (each scored program is one validation pass: LLM calls on LLM benchmarks). None looks at the evaluated problem's answer: choosing by reward would
 peek at it (``validated`` is refused on the validation split itself for that reason). Every workflow, its generation and every
 execution are stored in an ``eval`` run, and the accuracy and cost are stored in its state, so
 ``workflow-rl sql`` can compare policies later. Also: :func:`evaluate_code` runs one task-level
@@ -120,10 +121,11 @@ def _valid(code: str, operator_names: tuple[str, ...]) -> bool:
 
 async def _validated(
     evaluator: BenchmarkEvaluator, engine: Engine, run_name: str, ranked: list[list[PolicySample]], pids: list[int],
-    operator_names,
+    operator_names, top: int = 0,
 ) -> tuple[list[PolicySample], list[float | None]]:
-    """Per problem, among the valid candidates that run on it, the one with the best validation
-    precision ``(right + 1) / (ran + 2)``; validation runs are stored in the run ``<run>/validation``."""
+    """Per problem, among the valid candidates that run on it (the ``top`` likeliest of them when
+    ``top > 0``), the one with the best validation precision ``(right + 1) / (ran + 2)``; validation
+    runs are stored in the run ``<run>/validation``."""
     chosen = [r[0] for r in ranked]
     candidates = [[c for c in r if _is_valid(c.text, operator_names)] for r in ranked]
     items = [(i, c) for i, cands in enumerate(candidates) for c in cands]
@@ -131,7 +133,9 @@ async def _validated(
     costs: list[float | None] = [r.usage.cost for r in results]
     ran: dict[int, list[PolicySample]] = {}
     for (i, c), result in zip(items, results, strict=True):
-        if result.ok and (result.output or "").strip():
+        # items are in rank order, so the cap keeps each problem's likeliest programs that ran: with
+        # LLM operators every validation pass costs calls, and the cap bounds how many there are
+        if result.ok and (result.output or "").strip() and not (top and len(ran.get(i, ())) >= top):
             ran.setdefault(i, []).append(c)
     precision: dict[str, float] = {}
     validation = evaluator.problem_ids("validation")
@@ -152,6 +156,7 @@ async def _validated(
 async def _evaluate_policy(
     engine: Engine, bench, policy: Policy, checkpoint_id: int | None, split: str, run_name: str,
     best_of: int, temperature: float, max_new_tokens: int, seed: int, workers: int | None, selection: str = "logprob",
+    validate_top: int = 0,
 ) -> PolicyEvalResult:
     async with BenchmarkEvaluator(engine, bench, None, workers) as evaluator:
         pids = evaluator.problem_ids(split)
@@ -170,7 +175,8 @@ async def _evaluate_policy(
         if selection == "runs" and not greedy:
             chosen, costs = await _first_that_runs(evaluator, ranked, pids, bench.operator_names)
         elif selection == "validated" and not greedy:
-            chosen, costs = await _validated(evaluator, engine, run_name, ranked, pids, bench.operator_names)
+            chosen, costs = await _validated(evaluator, engine, run_name, ranked, pids, bench.operator_names,
+                                             validate_top)
         by_code: dict[int, tuple[str, list[int]]] = {}
         valid = 0
         with session_scope(engine) as s:
@@ -201,7 +207,7 @@ async def _evaluate_policy(
         checkpoint_id=checkpoint_id,
     )
     _finish(engine, run_id, {**asdict(result), "best_of": best_of, "temperature": 0.0 if greedy else temperature,
-                             "selection": selection})
+                             "selection": selection, "validate_top": validate_top})
     return result
 
 
@@ -233,13 +239,19 @@ def evaluate_policy(
     cache_dir: str | None = None,
     workers: int | None = None,
     selection: str = "logprob",
+    validate_top: int = 0,
 ) -> PolicyEvalResult:
     """Let the policy ``checkpoint`` (id, path or base name) write and run one workflow per problem.
 
     ``benchmark`` is a registered name or a benchmark object (e.g. a smaller ``CalcBenchmark``);
     ``selection`` is how best-of-k chooses (``"logprob"``, ``"runs"`` or ``"validated"``, see the module
-    docstring).
+    docstring); ``validate_top`` > 0 lets ``validated`` score only each problem's likeliest programs
+    that ran (0 = all of them; 1 chooses as ``runs`` does).
     """
+    if validate_top < 0:
+        raise WorkflowRLError(f"validate_top (--validate-top) {validate_top}: use 0 (every program that ran) or more")
+    if validate_top and selection != "validated":
+        raise WorkflowRLError(f"validate_top (--validate-top) only applies to selection 'validated', not {selection!r}")
     if best_of < 1:
         raise WorkflowRLError(f"best_of={best_of} must be >= 1 (1 = greedy)")
     if selection not in SELECTIONS:
@@ -254,7 +266,7 @@ def evaluate_policy(
     suffix = f"k{best_of}" + (f"-{selection}" if selection != "logprob" and best_of > 1 else "")
     name = run or f"eval/policy-{checkpoint_id if checkpoint_id is not None else Path(path).name}/{split}/{suffix}"
     return asyncio.run(_evaluate_policy(engine, bench, policy, checkpoint_id, split, name, best_of,
-                                        temperature, max_new_tokens, seed, workers, selection))
+                                        temperature, max_new_tokens, seed, workers, selection, validate_top))
 
 
 def evaluate_code(

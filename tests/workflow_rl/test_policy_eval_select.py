@@ -81,6 +81,12 @@ def test_cli_select_runs_and_bad_select(tmp_path, tiny_cache, monkeypatch):
     bad = runner.invoke(app, ["--db", db, "eval", "--policy", "builtin:tiny", "--best-of", "2", "--select", "best"])
     assert bad.exit_code == 1 and isinstance(bad.exception, WorkflowRLError)
     assert "(--select) 'best': use logprob, runs, validated" in str(bad.exception)
+    capped = runner.invoke(app, ["--db", db, "eval", "--policy", "builtin:tiny", "--best-of", "2", "--select",
+                                 "validated", "--validate-top", "1", "--workers", "1"])
+    assert capped.exit_code == 0, capped.output
+    assert "k2-validated" in " ".join(capped.output.split())
+    stray = runner.invoke(app, ["--db", db, "eval", "--policy", "builtin:tiny", "--best-of", "2", "--validate-top", "1"])
+    assert stray.exit_code == 1 and "only applies to selection 'validated'" in str(stray.exception)
 
 
 def test_validated_selection_prefers_programs_right_on_validation(tmp_path, tiny_cache):
@@ -121,3 +127,34 @@ def test_validated_selection_prefers_programs_right_on_validation(tmp_path, tiny
     assert [c for c, _ in _chosen(other, blind.run).values()] == [c for c, _ in by_val.values()]
     with pytest.raises(WorkflowRLError, match="'validated' ranks programs by their validation runs"):
         evaluate_policy(db, "builtin:tiny", "validation", bench, selection="validated", **common)
+
+
+def test_validate_top_caps_the_validation_passes(tmp_path, tiny_cache):
+    """``validate_top=1`` scores only each problem's likeliest program that ran, so it chooses as
+    ``runs`` does; ``validate_top=2`` scores at most two per problem; bad values are refused."""
+    bench = CalcBenchmark(test_size=8, validation_size=6)
+    db = str(tmp_path / "top.db")
+    common = dict(best_of=6, max_new_tokens=48, workers=1, cache_dir=tiny_cache)
+    runs = evaluate_policy(db, "builtin:tiny", "test", bench, run="eval/runs", selection="runs", **common)
+    top1 = evaluate_policy(db, "builtin:tiny", "test", bench, run="eval/top1", selection="validated",
+                           validate_top=1, **common)
+    top2 = evaluate_policy(db, "builtin:tiny", "test", bench, run="eval/top2", selection="validated",
+                           validate_top=2, **common)
+    every = evaluate_policy(db, "builtin:tiny", "test", bench, run="eval/all", selection="validated", **common)
+    assert [c for c, _ in _chosen(db, top1.run).values()] == [c for c, _ in _chosen(db, runs.run).values()]
+    from storage.models import Workflow
+
+    engine = open_db(db)
+    with session_scope(engine) as s:
+        def scored(run: str) -> int:
+            run_id = s.scalar(select(Run.id).where(Run.name == f"{run}/validation"))
+            return len(s.scalars(select(Workflow.id).where(Workflow.run_id == run_id)).all())
+
+        n1, n2, n_all = scored(top1.run), scored(top2.run), scored(every.run)
+    ran = {c for c, k in _chosen(db, runs.run).values() if _ran(k)}
+    assert n1 == len(ran)  # one pass per distinct program chosen by `runs`
+    assert n1 <= n2 <= min(n_all, 2 * 8) and n1 < n_all  # the cap binds (more than one program ran somewhere)
+    for bad, match in ((-1, "use 0"), (2, "only applies to selection 'validated'")):
+        with pytest.raises(WorkflowRLError, match=match):
+            evaluate_policy(db, "builtin:tiny", "test", bench, selection="validated" if bad < 0 else "runs",
+                            validate_top=bad, **common)

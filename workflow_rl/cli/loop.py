@@ -18,7 +18,7 @@ H = LoopConfig.help
 
 
 def policy_eval_command(db: str | Engine, policy: str, split: str, benchmark: str, best_of: int,
-                        workers: int | None = None, selection: str = "logprob") -> None:
+                        workers: int | None = None, selection: str = "logprob", validate_top: int = 0) -> None:
     """``eval --policy``: the policy writes one workflow per problem of ``split``; print accuracy and cost."""
     from workflow_rl.policy_eval import evaluate_policy
 
@@ -31,7 +31,7 @@ def policy_eval_command(db: str | Engine, policy: str, split: str, benchmark: st
     console = Console()
     with console.status(f"policy {policy} writing and running one workflow per {split} problem"):
         result = evaluate_policy(db, policy, split=split, benchmark=benchmark, best_of=best_of, workers=workers,
-                                 selection=selection)
+                                 selection=selection, validate_top=validate_top)
     cost = "unknown" if result.cost is None else f"${result.cost:.4f}"
     console.print(f"policy {policy} on {split}: accuracy {result.accuracy:.3f} over {result.problems} problems, "
                   f"valid workflows {result.valid_fraction:.2f}, cost {cost} (stored in run {result.run!r})")

@@ -249,6 +249,9 @@ def register(app: typer.Typer) -> None:
                  "order and keeps the first that finishes without an error; 'validated' keeps, of those that run, the "
                  "program most often right on the validation split (not with --split validation). None reads the "
                  "answer of the problem being scored.")] = "logprob",
+        validate_top: Annotated[int, typer.Option(
+            help="--select validated: score only each problem's N likeliest programs that ran on the validation "
+                 "split (0 = all; each is one validation pass, which costs LLM calls on LLM benchmarks).")] = 0,
         repeats: Annotated[int, typer.Option(help="Executions per problem.")] = 1,
         executor: Annotated[str | None, typer.Option(help="URL#MODEL for LLM operators.")] = None,
         workers: Annotated[int | None, typer.Option(help="Sandbox worker processes.")] = None,
@@ -257,7 +260,8 @@ def register(app: typer.Typer) -> None:
         if policy is not None:
             from workflow_rl.cli.loop import policy_eval_command
 
-            return policy_eval_command(ctx.obj["db"], policy, split, benchmark, best_of, workers, select)
+            return policy_eval_command(ctx.obj["db"], policy, split, benchmark, best_of, workers, select,
+                                       validate_top)
         if workflow_id is None:
             raise WorkflowRLError("give a WORKFLOW_ID or --policy CHECKPOINT")
         if split not in ("train", "validation", "test"):
