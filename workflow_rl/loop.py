@@ -156,9 +156,9 @@ async def _rounds(engine, config: LoopConfig, bench, loop_id, state, say, on_sea
             say(f"round {r}: loading policy {'base ' + start if version is None else f'checkpoint {version}'}")
             policy = Policy.load(start, cache_dir=config.cache_dir)
             if rs["phase"] == "search":
-                mode = "mutation" if r == 0 else f"policy {children_mode(config, info.operator_names)} + mutation"
-                say(f"round {r}: search ({mode})")
-                result = await _search(engine, config, info, evaluator, policy, version, r, on_search)
+                mode = children_mode(config, info.operator_names)
+                say(f"round {r}: search ({'mutation' if r == 0 else f'policy {mode} + mutation'})")
+                result = await _search(engine, config, info, evaluator, policy, version, r, mode, on_search)
                 rs.update(phase="data", best_score=result.progress.best_score,
                           evaluations=result.progress.evaluations, search_run_id=result.run_id)
                 _save_state(engine, loop_id, state)
@@ -176,11 +176,11 @@ async def _rounds(engine, config: LoopConfig, bench, loop_id, state, say, on_sea
             say(f"round {r}: done, best validation {rs['best_score']:.3f}, checkpoint {ckpt_id}")
 
 
-async def _search(engine, config: LoopConfig, info: BenchmarkInfo, evaluator, policy, version, r, on_search):
+async def _search(engine, config: LoopConfig, info: BenchmarkInfo, evaluator, policy, version, r, mode, on_search):
     if r == 0:
         proposer: Any = MutationProposer()
     else:
-        if children_mode(config, info.operator_names) == "graft":
+        if mode == "graft":
             writer: Any = GraftProposer(policy, version, config.temperature, config.max_new_tokens,
                                         config.graft_samples)
         else:
