@@ -79,8 +79,9 @@ def _ranked(samples: list[PolicySample], operator_names) -> list[PolicySample]:
     return sorted(samples, key=lambda x: (_is_valid(x.text, operator_names), mean_logprob(x)), reverse=True)
 
 
-def _pick(samples: list[PolicySample], operator_names) -> PolicySample:
-    return _ranked(samples, operator_names)[0]
+def _ran(result) -> bool:
+    """A selection run finished without an error and with an output (right or wrong is not known)."""
+    return result.ok and bool((result.output or "").strip())
 
 
 async def _first_that_runs(
@@ -100,7 +101,7 @@ async def _first_that_runs(
         results = await evaluator.execute([(c.text, pids[i]) for i, c in wave])
         for (i, candidate), result in zip(wave, results, strict=True):
             costs.append(result.usage.cost)
-            if result.ok and (result.output or "").strip():
+            if _ran(result):
                 chosen[i] = candidate
                 del todo[i]
             elif not todo[i]:
@@ -135,7 +136,7 @@ async def _validated(
     for (i, c), result in zip(items, results, strict=True):
         # items are in rank order, so the cap keeps each problem's likeliest programs that ran: with
         # LLM operators every validation pass costs calls, and the cap bounds how many there are
-        if result.ok and (result.output or "").strip() and not (top and len(ran.get(i, ())) >= top):
+        if _ran(result) and not (top and len(ran.get(i, ())) >= top):
             ran.setdefault(i, []).append(c)
     precision: dict[str, float] = {}
     validation = evaluator.problem_ids("validation")
@@ -264,6 +265,7 @@ def evaluate_policy(
     bench = get_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
     policy = Policy.load(path, cache_dir=cache_dir)
     suffix = f"k{best_of}" + (f"-{selection}" if selection != "logprob" and best_of > 1 else "")
+    suffix += f"-top{validate_top}" if validate_top else ""  # a capped selection may choose otherwise
     name = run or f"eval/policy-{checkpoint_id if checkpoint_id is not None else Path(path).name}/{split}/{suffix}"
     return asyncio.run(_evaluate_policy(engine, bench, policy, checkpoint_id, split, name, best_of,
                                         temperature, max_new_tokens, seed, workers, selection, validate_top))

@@ -84,7 +84,7 @@ def test_cli_select_runs_and_bad_select(tmp_path, tiny_cache, monkeypatch):
     capped = runner.invoke(app, ["--db", db, "eval", "--policy", "builtin:tiny", "--best-of", "2", "--select",
                                  "validated", "--validate-top", "1", "--workers", "1"])
     assert capped.exit_code == 0, capped.output
-    assert "k2-validated" in " ".join(capped.output.split())
+    assert "k2-validated-top1" in " ".join(capped.output.split())  # not the uncapped run's name
     stray = runner.invoke(app, ["--db", db, "eval", "--policy", "builtin:tiny", "--best-of", "2", "--validate-top", "1"])
     assert stray.exit_code == 1 and "only applies to selection 'validated'" in str(stray.exception)
 
