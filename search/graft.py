@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import ast
 import copy
-import functools
 import re
-from collections import Counter
 from typing import Any
 
 from search.base import FailedExample
-from search.routing import WORD, run_pipeline, same_answer, stems
+from search.routing import WORD, operator_docs, run_pipeline, same_answer, stems
 
 
 def _solve_def(code: str) -> tuple[ast.Module, ast.AsyncFunctionDef] | None:
@@ -95,24 +93,15 @@ QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|“[^”]*”|‘[^’]*’")
 """Quoted spans: the data a problem works on (the word to reverse), never a routing cue."""
 
 
-@functools.cache
-def _operator_docs() -> dict[str, frozenset[str]]:
-    """Stems of each registered operator's name and description, the common ones removed."""
-    from operators.registry import get_operators
-
-    docs = {name: stems(name.replace("_", " ") + " " + op.description) for name, op in get_operators().items()}
-    counts = Counter(stem for d in docs.values() for stem in d)
-    common = {stem for stem, c in counts.items() if c > max(1, len(docs) // 4)}
-    return {name: frozenset(d - common) for name, d in docs.items()}
-
-
 def operator_stems(statements: list[ast.stmt]) -> set[str]:
     """Word stems of the names and descriptions of the operators the statements call.
 
     Stems shared by more than a quarter of all registered descriptions ('returns', 'number') are
     dropped: they name no kind of problem.
     """
-    docs = _operator_docs()
+    from operators.registry import get_operators
+
+    docs = operator_docs(tuple(get_operators()))
     called = {n.func.attr for s in statements for n in ast.walk(s)
               if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
     return set().union(*(docs[name] for name in called if name in docs))

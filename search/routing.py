@@ -12,6 +12,7 @@ and a preference for two-step extract -> compute pipelines that end in text.
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import random
 import re
@@ -69,19 +70,27 @@ def stems(text: str) -> set[str]:
     return {w[:5] for w in re.findall(r"[a-z]+", text.lower()) if len(w) >= 4}
 
 
-def description_relevance(text: str, sigs: dict[str, OpSignature]) -> dict[str, int]:
-    """Per operator: stems shared by ``text`` and the operator's name + registry description.
+@functools.cache
+def operator_docs(names: tuple[str, ...]) -> dict[str, frozenset[str]]:
+    """Per operator of ``names``: stems of its name and registry description that carry a signal.
 
-    Stems found in more than a quarter of the descriptions ('returns', 'number') carry no signal
-    and are ignored.
+    Stems found in more than a quarter of these descriptions ('returns', 'number') name no kind of
+    problem and are dropped. Cached: proposers ask for every expansion.
     """
     from operators.registry import get_operators
 
-    ops = get_operators(list(sigs))
-    docs = {n: stems(n.replace("_", " ") + " " + ops[n].description) for n in sigs}
+    ops = get_operators(list(names))
+    docs = {n: stems(n.replace("_", " ") + " " + ops[n].description) for n in names}
     counts = Counter(stem for d in docs.values() for stem in d)
     common = {stem for stem, c in counts.items() if c > max(1, len(docs) // 4)}
-    words = stems(text) - common
+    return {n: frozenset(d - common) for n, d in docs.items()}
+
+
+def description_relevance(text: str, sigs: dict[str, OpSignature]) -> dict[str, int]:
+    """Per operator: stems shared by ``text`` and the operator's name + registry description
+    (:func:`operator_docs`)."""
+    docs = operator_docs(tuple(sigs))
+    words = stems(text)
     return {n: len(words & docs[n]) for n in sigs}
 
 
