@@ -82,13 +82,14 @@ class GraftProposer:
         # at all: a policy that solves more takes bigger steps per evaluated child.
         solutions: list[list[tuple[list, str]]] = []
         for i, failure in enumerate(failures):
-            found, texts = [], set()
+            found, tried = [], set()
             for sample in [greedy[i], *drawn[i * k: (i + 1) * k]]:
-                body = straight_line(sample.text)
-                if body is None or sample.text in texts or not await solves_example(body[0], body[1], failure):
+                if sample.text in tried:  # a confident policy repeats itself: parse and run each once
                     continue
-                texts.add(sample.text)
-                found.append(body)
+                tried.add(sample.text)
+                body = straight_line(sample.text)
+                if body is not None and await solves_example(body[0], body[1], failure):
+                    found.append(body)
             solutions.append(found)
         out: list[Candidate] = []
         seen = {context.parent_code.strip()}

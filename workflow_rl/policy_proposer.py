@@ -123,8 +123,8 @@ class MixedProposer:
     the split is deterministic per expansion. When the policy proposes nothing, all ``n`` slots go
     to ``other``; fewer policy children than slots are not padded (an expansion costs one batch
     per child, so distinct policy children alone make the cheaper step).
-    Priors: the policy's children share ``n_policy / n`` of the mass by their sequence
-    probabilities; the others get ``1 / n`` each.
+    Priors: with ``m`` children in all, the policy's children share ``m_policy / m`` of the mass
+    by their own priors; the others get ``1 / m`` each.
     """
 
     name = "mixed"
