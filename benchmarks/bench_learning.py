@@ -59,6 +59,11 @@ def steered_ratio(engine, loop: str, round_: int = 1) -> tuple[int | None, int |
     return evaluations_to_reach(c0, best0), evaluations_to_reach(c1, best0), (c1[-1][0] if c1 else 0)
 
 
+def ratio_of(need: int | None, total: int, need0: int | None) -> float:
+    """(d): evaluations a steered round needed over round 0's (its whole budget where never reached)."""
+    return (need if need is not None else total) / max(need0 or 1, 1)
+
+
 def main() -> None:
     """Run the measurement and print the table and RESULT lines."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -97,14 +102,14 @@ def main() -> None:
         b_g, b = per_query(str(loop.final_checkpoint.checkpoint_id), f"loop-s{seed}")
         c_g, c = per_query(str(control.final_checkpoint.checkpoint_id), f"lr0-s{seed}")
         need0, need1, total1 = steered_ratio(engine, loop.run)
-        ratio = (need1 if need1 is not None else total1) / max(need0 or 1, 1)
+        ratio = ratio_of(need1, total1, need0)
         # The same ratio for the lr = 0 control: how much of (d) the training itself explains.
         c0, c1, ctotal1 = steered_ratio(engine, control.run)
-        control_ratio = (c1 if c1 is not None else ctotal1) / max(c0 or 1, 1)
+        control_ratio = ratio_of(c1, ctotal1, c0)
         # The last steered round (its policy trained longest), beside its control: (need, total).
         last = LoopConfig.rounds - 1
         later = [steered_ratio(engine, name, last)[1:] for name in (loop.run, control.run)]
-        later_ratios = tuple((n if n is not None else t) / max(need0 or 1, 1) for n, t in later)
+        later_ratios = tuple(ratio_of(n, t, need0) for n, t in later)
         rows.append((seed, val, a, b, c, need0, need1, total1, ratio, time.perf_counter() - t, control_ratio, b_g, c_g,
                      later_ratios))
     print(f"calc, seeds {args.seeds}, policy {args.policy}, LoopConfig defaults (rounds={LoopConfig.rounds}, lr={LoopConfig.lr}), "

@@ -21,6 +21,7 @@ from storage.engine import session_scope
 from storage.models import Evaluation, Generation, Problem, Run, Workflow
 from workflow_rl.errors import WorkflowRLError
 from workflow_rl.prompts import policy_prompt_for
+from workflow_rl.trainer_config import SEARCH_SAMPLES
 
 
 class NoTrainSamples(WorkflowRLError):
@@ -62,7 +63,7 @@ class DatasetFilter:
 
     def __post_init__(self) -> None:
         """Reject an unknown ``search_samples`` mode (a typo would silently train on everything)."""
-        if self.search_samples not in ("all", "positive", "contrast"):
+        if self.search_samples not in SEARCH_SAMPLES:
             raise ValueError(f"search_samples={self.search_samples!r}: use 'all', 'positive' or 'contrast'")
 
 

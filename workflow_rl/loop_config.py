@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from workflow_rl.errors import WorkflowRLError
+from workflow_rl.trainer_config import SEARCH_SAMPLES
 
 
 def _f(default: Any, help: str) -> Any:  # noqa: A002 - "help" mirrors typer naming
@@ -77,7 +78,7 @@ class LoopConfig:
                 raise WorkflowRLError(f"{name}={getattr(self, name)} must be >= 1")
         if self.group_size < 2:
             raise WorkflowRLError(f"group_size={self.group_size}: a GRPO group needs >= 2 samples")
-        if self.search_samples not in ("all", "positive", "contrast"):
+        if self.search_samples not in SEARCH_SAMPLES:
             raise WorkflowRLError(f"search_samples={self.search_samples!r}: use 'positive', 'contrast' or 'all'")
         if min(self.top_workflows, self.extra_workflows, self.search_branches) < 0:
             raise WorkflowRLError("top_workflows, extra_workflows and search_branches must be >= 0")

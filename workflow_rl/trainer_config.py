@@ -10,6 +10,9 @@ from dataclasses import dataclass, field, fields
 
 from workflow_rl.errors import WorkflowRLError
 
+SEARCH_SAMPLES = ("all", "positive", "contrast")
+"""Which search samples training keeps (``search_samples`` of the train and loop configs and of the dataset)."""
+
 
 def _f(default, help: str):  # noqa: A002 - "help" mirrors argparse/typer naming
     return field(default=default, metadata={"help": help})
@@ -96,7 +99,7 @@ class TrainConfig:
         if self.beta < 0:
             raise WorkflowRLError(f"beta={self.beta} is negative: use beta >= 0")
         choices = {"adv_scale": ("group", "batch", "none"), "agg": ("token", "sequence", "constant"),
-                   "kl_kind": ("k1", "k2", "k3"), "search_samples": ("all", "positive", "contrast")}
+                   "kl_kind": ("k1", "k2", "k3"), "search_samples": SEARCH_SAMPLES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise WorkflowRLError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
