@@ -16,8 +16,8 @@ audit hook and rlimits in the worker (see ``sandbox_worker``), and the host's di
 channel: frames are length-prefixed JSON (never pickle), each answer must echo the sequence
 number of the oldest unanswered message, and any violation kills the worker. A worker that stops
 answering for ``cpu_s + step_grace_s`` is killed; the execution it was running fails with
-``timeout`` and the other executions it held are restarted once on a fresh worker (their
-operator calls are repeated).
+``timeout`` and the other executions it held are restarted on a fresh worker, at most
+``MAX_RESTARTS`` times (their operator calls are repeated).
 
 ``run_code`` runs untrusted model-written Python (``run_python``, programmer, tests), which the
 validator cannot vet: each call is a fresh process with OS-level limits (``sandbox_code``).
@@ -43,6 +43,8 @@ from operators.validate import WorkflowValidationError, validate_workflow
 __all__ = ["Limits", "Sandbox", "run_inprocess"]
 
 _STARTUP_GRACE_S = 20.0
+MAX_RESTARTS = 3
+"""Most times one execution is rerun after losing its worker to another execution's fault."""
 
 
 @dataclass(frozen=True)
@@ -248,21 +250,28 @@ class Sandbox:
                 self._workers.append(self._spawn())
 
     def _restart_or_fail(self, ex: _Exec, message: str) -> None:
-        """An execution lost its worker through no fault of its own: rerun it once."""
+        """An execution lost its worker through no fault of its own: rerun it (a bounded number of times).
+
+        A bystander can lose its worker more than once when several hostile programs share the
+        pool (each kill restarts every execution the worker held), and failing it then would
+        store a reward of 0 for a neighbour's fault. Restarts stay bounded by ``MAX_RESTARTS``
+        and by the wall clock: only the first restart gets a fresh one.
+        """
         if ex.future.done():
             return
         for task in ex.tasks:
             task.cancel()
         ex.tasks.clear()
-        if ex.restarts >= 1 or self._tmp is None:
+        if ex.restarts >= MAX_RESTARTS or self._tmp is None:
             self.finish(ex, None, "crash", message)
             return
         ex.restarts += 1
         ex.epoch += 1
-        # The time lost with the dead worker was not this execution's fault: give it a fresh clock.
-        if ex.timer is not None:
-            ex.timer.cancel()
-        ex.timer = self._loop.call_later(self.limits.wall_s, self._on_deadline, ex)
+        if ex.restarts == 1:
+            # The time lost with the dead worker was not this execution's fault: a fresh clock, once.
+            if ex.timer is not None:
+                ex.timer.cancel()
+            ex.timer = self._loop.call_later(self.limits.wall_s, self._on_deadline, ex)
         self._dispatch(ex)
 
     def finish(self, ex: _Exec, output: str | None, kind: str | None, message: str | None) -> None:

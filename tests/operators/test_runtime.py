@@ -9,7 +9,7 @@ import pytest
 import operators.sandbox_host as sandbox_host
 from operators.base import OpContext, Operator, OperatorError
 from operators.registry import get_operators
-from operators.runtime import Limits, Sandbox, run_inprocess
+from operators.runtime import MAX_RESTARTS, Limits, Sandbox, run_inprocess
 from workflow_rl.benchmarks import get_benchmark
 
 FAST = Limits(wall_s=10.0, cpu_s=0.5, memory_mb=256, step_grace_s=8.0)  # grace: 2 busy shared cores
@@ -167,6 +167,28 @@ def test_uninterruptible_step_kills_the_worker_and_restarts_bystanders():
     assert [r.output for r in bystanders] == [str(i + 1) for i in range(5)]
     assert killed == 1
     assert after.output == "6"
+
+
+def test_bystanders_survive_repeated_worker_kills_up_to_the_restart_bound():
+    # Each bomb kills the only worker while the bystanders wait inside it: every kill restarts
+    # them. Up to MAX_RESTARTS kills they still finish; one more and they fail as a crash.
+    bomb = _solve("return sum(range(10**12))")
+    patient = _solve("x = await ops.slow(problem, 0.3)\nreturn await ops.add(x, 1)")
+
+    async def main(kills):
+        async with Sandbox(OPS, workers=1, limits=Limits(wall_s=60.0, cpu_s=0.3, step_grace_s=0.7)) as sb:
+            bystanders = [asyncio.ensure_future(sb.run(patient, i)) for i in range(3)]
+            await asyncio.sleep(0.1)
+            bombs = [await sb.run(bomb, 0) for _ in range(kills)]  # one after another: a kill each
+            return bombs, await asyncio.gather(*bystanders), sb.killed_workers
+
+    bombs, bystanders, killed = run(main(MAX_RESTARTS))
+    assert killed == MAX_RESTARTS and all(b.error_kind == "timeout" for b in bombs)
+    assert [r.output for r in bystanders] == ["1", "2", "3"]
+
+    bombs, bystanders, killed = run(main(MAX_RESTARTS + 1))
+    assert killed == MAX_RESTARTS + 1
+    assert all(r.error_kind == "crash" and "worker lost" in r.error_message for r in bystanders)
 
 
 def test_calc_seed_workflows_match_in_process_execution():
