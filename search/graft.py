@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import copy
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from search.base import FailedExample
@@ -89,6 +90,11 @@ async def solves_example(statements: list[ast.stmt], problem_name: str, failure:
         return False
 
 
+async def solved_map(statements: list[ast.stmt], problem_name: str, failures: list[FailedExample]) -> dict[int, bool]:
+    """Problem id -> whether the statements solve that failing example (see :func:`solves_example`)."""
+    return {f.problem_id: await solves_example(statements, problem_name, f) for f in failures}
+
+
 QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|“[^”]*”|‘[^’]*’")
 """Quoted spans: the data a problem works on (the word to reverse), never a routing cue."""
 
@@ -109,7 +115,7 @@ def operator_stems(statements: list[ast.stmt]) -> set[str]:
 
 async def best_cue(
     statements: list[ast.stmt], problem_name: str, target: FailedExample, failures: list[FailedExample],
-    passes: list[str], taken: set[str],
+    passes: list[str], taken: set[str], solved: Mapping[int, bool] | None = None,
 ) -> str | None:
     """The word of ``target`` that best routes exactly the problems the statements solve.
 
@@ -119,9 +125,11 @@ async def best_cue(
     it). The best positive score wins. Ties, common with few failures, go to the word that names
     what the statements' operators do ('median' for ``ops.median``, 'largest' for ``ops.max_list``:
     such words recur in the problems of that kind, a name or a number word does not), then to the
-    earliest; words in ``taken`` are skipped.
+    earliest; words in ``taken`` are skipped. ``solved`` (problem id -> solves it) saves running
+    the statements on ``failures`` again when the caller already knows.
     """
-    solved = {f.problem_id: await solves_example(statements, problem_name, f) for f in failures}
+    if solved is None:
+        solved = await solved_map(statements, problem_name, failures)
     relevant = operator_stems(statements)
     best: tuple[int, int, str] | None = None
     for word in dict.fromkeys(WORD.findall(QUOTED.sub(" ", target.problem))):

@@ -26,7 +26,7 @@ import asyncio
 from dataclasses import replace
 
 from search.base import Candidate, ProposalContext
-from search.graft import best_cue, graft, solves_example, straight_line
+from search.graft import best_cue, graft, solved_map, solves_example, straight_line
 from search.mutations import validation_error
 from workflow_rl.policy import Policy
 from workflow_rl.prompts import policy_prompt_for
@@ -93,12 +93,19 @@ class GraftProposer:
             solutions.append(found)
         out: list[Candidate] = []
         seen = {context.parent_code.strip()}
+        passes = list(context.passes)
+        # Which failures a solution solves (for its cue) is run once per solution, on first use:
+        # children share solutions, and most solutions are never used by any child.
+        solved: dict[tuple[int, int], dict[int, bool]] = {}
         for child in range(n):
             branches, notes, taken = [], [], set()
             for failure, found in zip(failures, solutions, strict=True):
                 for j in range(len(found)):  # this child's solution first, then the others
-                    statements, problem_name = found[(child + j) % len(found)]
-                    cue = await best_cue(statements, problem_name, failure, failures, list(context.passes), taken)
+                    key = (failure.problem_id, (child + j) % len(found))
+                    statements, problem_name = found[key[1]]
+                    if key not in solved:
+                        solved[key] = await solved_map(statements, problem_name, failures)
+                    cue = await best_cue(statements, problem_name, failure, failures, passes, taken, solved[key])
                     if cue is None:
                         continue  # solves it, but no word routes it without breaking others
                     taken.add(cue)

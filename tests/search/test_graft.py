@@ -13,6 +13,7 @@ from search.graft import (
     flatten,
     graft,
     run_straight_line,
+    solved_map,
     solves_example,
     straight_line,
 )
@@ -97,6 +98,12 @@ def test_best_cue_routes_what_the_program_solves_and_nothing_it_breaks():
     assert asyncio.run(best_cue(body, problem, FAIL, failures[:2], [], set())) == "median"
     # no word names an operator: the earliest of the best
     assert asyncio.run(best_cue(body, problem, FAIL, failures[:2], [], {"median"})) == "Find"
+    # a caller's solved map is used as given, not run again: told that the program also solves
+    # the mean failure, 'Find' scores +3 - 1 (the pass) instead of 0 and becomes the cue
+    solved = asyncio.run(solved_map(body, problem, failures))
+    assert solved == {1: True, 2: True, 3: False}
+    assert asyncio.run(best_cue(body, problem, FAIL, failures, passes, set(), solved)) == "median"
+    assert asyncio.run(best_cue(body, problem, FAIL, failures, passes, {"median"}, {**solved, 3: True})) == "Find"
 
 
 def test_best_cue_never_picks_a_quoted_word():
