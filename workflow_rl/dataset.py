@@ -241,7 +241,15 @@ def _mean(members: list[Sample]) -> float:
     return sum(x.reward for x in members) / len(members)
 
 
+def _canonical_order(sample: Sample) -> tuple:
+    # The learner shuffles by position, so the order must not depend on database ids: workflow
+    # ids depend on what else was stored first (a search that stored the same program earlier
+    # gives a policy sample an older id), which made training results move with unrelated changes.
+    return sample.problem_id, sample.source, sample.completion_token_ids
+
+
 def _filter_groups(samples: list[Sample], filt: DatasetFilter, stats: DatasetStats):
+    samples = sorted(samples, key=_canonical_order)  # stable: equal keys keep generation order
     groups: dict[str, list[Sample]] = defaultdict(list)
     for sample in samples:
         groups[sample.group_id].append(sample)

@@ -199,3 +199,35 @@ def test_positive_search_samples_join_the_policy_group_of_their_problem(with_pol
     assert mixed  # a problem's policy samples and its search winners share one group
     with pytest.raises(ValueError, match="search_samples"):
         DatasetFilter(run=RUN, search_samples="best")
+
+
+def test_sample_order_does_not_follow_workflow_ids(with_policy, policy):
+    """The learner shuffles samples by position, so their order must not depend on database ids:
+    the same programs stored under other workflow ids (a search that stored other programs first)
+    give the same samples in the same order."""
+    import dataclasses
+    import sqlite3
+
+    from storage.models import Base
+
+    url, _ = with_policy
+    engine = open_db(url)
+    before, _ = load_samples(engine, DatasetFilter(run=RUN), policy)
+    engine.dispose()
+    refs = [(t.name, c.name) for t in Base.metadata.sorted_tables for c in t.columns
+            for fk in c.foreign_keys if fk.column.table.name == "workflows" and fk.column.name == "id"]
+    assert ("evaluations", "workflow_id") in refs and ("generations", "workflow_id") in refs
+    con = sqlite3.connect(url.removeprefix("sqlite:///"))
+    con.execute("PRAGMA foreign_keys=OFF")
+    with con:  # renumber every workflow in reverse order, with every reference to it
+        for table, column in [("workflows", "id"), *refs]:
+            con.execute(f"UPDATE {table} SET {column} = 1000000 - {column} WHERE {column} IS NOT NULL")
+    con.close()
+    after, _ = load_samples(open_db(url), DatasetFilter(run=RUN), policy)
+    assert {x.workflow_id for x in after}.isdisjoint({x.workflow_id for x in before})  # renumbered
+    assert len({x.source for x in before}) == 2 and len({x.completion for x in before}) > len({x.problem_id for x in before})
+
+    def unnumbered(samples):
+        return [dataclasses.replace(x, workflow_id=0) for x in samples]
+
+    assert unnumbered(after) == unnumbered(before)
