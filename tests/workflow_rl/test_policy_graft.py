@@ -60,6 +60,26 @@ def test_children_are_the_parent_plus_branches_verified_on_their_failure(policy)
             assert targets and any(asyncio.run(solves_example(branch.body, "problem", f)) for f in targets)
 
 
+def test_each_solution_is_checked_on_the_failures_once(policy, monkeypatch):
+    """Children share solutions: which failures a solution solves is run once per solution used,
+    not once per child (the same children come out)."""
+    import workflow_rl.policy_graft as policy_graft
+
+    context = _context()
+    proposer = GraftProposer(policy, checkpoint_id=None, samples=24, max_new_tokens=48)
+    expected = asyncio.run(proposer.propose(context, 4, seed=3))
+    calls: list[str] = []
+    real = policy_graft.solved_map
+
+    async def counting(statements, problem_name, failures):
+        calls.append(ast.dump(ast.Module(statements, [])))
+        return await real(statements, problem_name, failures)
+
+    monkeypatch.setattr(policy_graft, "solved_map", counting)
+    assert asyncio.run(proposer.propose(context, 4, seed=3)) == expected
+    assert calls and len(calls) == len(set(calls))
+
+
 def test_no_failures_no_children(policy):
     proposer = GraftProposer(policy, checkpoint_id=4, samples=2, max_new_tokens=8)
     assert asyncio.run(proposer.propose(replace(_context(), failures=()), 3, seed=0)) == []
