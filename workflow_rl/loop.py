@@ -296,9 +296,13 @@ def _store_branches(engine, run_id: int, ranked, operator_names, round_: int, li
 
     returns = {name: sig.returns for name, sig in load_signatures(tuple(operator_names)).items()}
 
-    def valid_branches():
+    def valid_branches():  # distinct valid programs, each with the best workflow it came from
+        seen: set[str] = set()
         for wid, code in ranked:
             for program in (canonical(p, returns) for p in branch_programs(code)):
+                if program in seen:  # a branch repeated in several workflows is validated once
+                    continue
+                seen.add(program)
                 try:
                     validate_workflow(program, operator_names)
                 except WorkflowValidationError:
@@ -307,7 +311,7 @@ def _store_branches(engine, run_id: int, ranked, operator_names, round_: int, li
 
     picked: dict[str, int] = {}
     for program, wid in valid_branches():
-        picked.setdefault(program, wid)
+        picked[program] = wid
         if len(picked) >= limit:
             break
     out = []

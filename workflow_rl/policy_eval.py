@@ -8,8 +8,9 @@ filtering, as code generators filter samples that crash); ``"validated"`` runs t
 among those that ran, keeps the program whose runs on the *validation* split were most often right
 when they ran (Laplace-smoothed precision; rank breaks ties), the same split search selects
 task-level workflows on; ``validate_top = N`` scores only each problem's N likeliest programs that
-ran (each scored program is one validation pass: LLM calls on LLM benchmarks). None looks at the evaluated problem's answer: choosing by reward would
-peek at it (``validated`` is refused on the validation split itself for that reason). Every workflow, its generation and every
+ran (each scored program is one validation pass: LLM calls on LLM benchmarks). None looks at the
+evaluated problem's answer: choosing by reward would peek at it (``validated`` is refused on the
+validation split itself for that reason). Every workflow, its generation and every
 execution are stored in an ``eval`` run, and the accuracy and cost are stored in its state, so
 ``workflow-rl sql`` can compare policies later. Also: :func:`evaluate_code` runs one task-level
 workflow on a whole split (the baseline the per-query policy is compared with).
