@@ -55,15 +55,11 @@ def db_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_cache() -> str:
-    """One cache of the built-in tiny policy for the whole test session (built at most once).
+    """The ``cache_dir`` the learner's tests pass to ``Policy.load`` and the trainer.
 
-    The build is deterministic and written atomically, so tests share the user-level cache
-    (``$WORKFLOW_RL_CACHE`` or ``~/.cache/workflow-rl``): a fresh CI machine builds it once, and
-    the CLI processes that tests start find the same directory. Built here, before any test's
-    timed part, so no test spends its own time limit on the build.
+    ``builtin:tiny`` ships inside the package, so nothing is built here; custom tiny builds in
+    tests go to their own ``tmp_path``.
     """
-    from workflow_rl.tiny import build_tiny, default_cache_dir
+    from workflow_rl.tiny import default_cache_dir
 
-    cache = default_cache_dir()
-    build_tiny(cache)
-    return str(cache)
+    return str(default_cache_dir())

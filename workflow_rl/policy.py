@@ -25,7 +25,7 @@ import torch
 from workflow_rl.decode import completion_logits, sample_tokens
 from workflow_rl.errors import WorkflowRLError
 from workflow_rl.grpo import token_logprobs
-from workflow_rl.tiny import BUILTIN_TINY, build_tiny
+from workflow_rl.tiny import BUILTIN_TINY, shipped_tiny
 
 POLICY_META = "policy.json"
 """File naming a saved checkpoint's base model and adapter; written last, so its presence means complete."""
@@ -69,7 +69,7 @@ def _device() -> torch.device:
 def _load_base(name: str, cache_dir: str | Path | None, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = str(build_tiny(cache_dir)) if name == BUILTIN_TINY else name
+    path = str(shipped_tiny()) if name == BUILTIN_TINY else name
     if name != BUILTIN_TINY and not Path(name).exists() and ("/" not in name or name.startswith((".", "/"))):
         raise WorkflowRLError(
             f"policy {name!r} is neither a local directory nor a Hugging Face model id; "
@@ -122,7 +122,9 @@ class Policy:
             if meta["lora"] is not None:
                 from peft import PeftModel
 
-                model, tokenizer, base_path = _load_base(meta["base_path"], cache_dir, dtype)
+                # builtin:tiny by name: the package's directory moves with each install.
+                base = BUILTIN_TINY if meta["base_model"] == BUILTIN_TINY else meta["base_path"]
+                model, tokenizer, base_path = _load_base(base, cache_dir, dtype)
                 model = PeftModel.from_pretrained(model, str(ckpt / "model"), is_trainable=True)
                 spec = LoraSpec(**{**meta["lora"], "target_modules": tuple(meta["lora"]["target_modules"])})
                 return cls(model.to(device), tokenizer, meta["base_model"], base_path, spec)

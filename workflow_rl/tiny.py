@@ -8,6 +8,13 @@ code is a few dozen tokens. The weights are seeded-random, then warm-started wit
 no idea which one fits which problem, as a pre-trained base LM would. The same seed and corpus give
 bit-identical files; the result is cached under ``<cache_dir>/tiny-<hash>`` and written
 atomically (temporary directory + rename), so a half-built model is never loaded.
+
+``builtin:tiny`` itself is SHIPPED inside the package (``workflow_rl/builtin_models/tiny``, about
+2 MB), built once with the locked versions by ``python -m workflow_rl.tiny``: a fresh machine loads
+it in a second instead of building it for minutes, and every machine runs the same weights (a
+build's floating-point result can differ with the torch/transformers version or the CPU's kernels).
+The shipped ``tiny_config.json`` records the recipe's digest, and a test checks that it is the
+digest of the current recipe, so a change to the corpus or config cannot silently go unshipped.
 """
 
 from __future__ import annotations
@@ -80,6 +87,13 @@ QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| 
 
 BUILTIN_OPERATOR_MODULES = ("operators.tools", "operators.llm_ops")
 """Modules whose operators' descriptions go into the tiny tokenizer's corpus."""
+
+
+SHIPPED_TINY = Path(__file__).resolve().parent / "builtin_models" / "tiny"
+"""Where the package ships the built ``builtin:tiny`` model (weights, tokenizer, ``tiny_config.json``)."""
+
+MANIFEST = "tiny_config.json"
+"""Written last by a build: the TinyConfig, the recipe digest and the versions that built it."""
 
 
 def default_cache_dir() -> Path:
@@ -197,7 +211,7 @@ def _warm_start(model, tokenizer, documents: list[str], config: TinyConfig) -> N
     model.eval()
 
 
-def _build(target: Path, config: TinyConfig, corpus: list[str], documents: list[str]) -> None:
+def _build(target: Path, config: TinyConfig, corpus: list[str], documents: list[str], digest: str) -> None:
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
@@ -237,18 +251,37 @@ def _build(target: Path, config: TinyConfig, corpus: list[str], documents: list[
         finally:
             torch.set_num_threads(threads)
         model.save_pretrained(tmp)
-        (tmp / "tiny_config.json").write_text(json.dumps(asdict(config), indent=1))
+        (tmp / MANIFEST).write_text(json.dumps(_manifest(config, digest), indent=1) + "\n")
         for f in tmp.iterdir():  # fsync before the rename makes the directory visible
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         try:
             os.rename(tmp, target)
         except OSError:
-            if not (target / "tiny_config.json").exists():  # lost a race to a complete build: fine
+            if not (target / MANIFEST).exists():  # lost a race to a complete build: fine
                 raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _manifest(config: TinyConfig, digest: str) -> dict:
+    import tokenizers
+    import torch
+    import transformers
+
+    return {**asdict(config), "recipe_digest": digest, "build_version": BUILD_VERSION,
+            "built_with": {"torch": torch.__version__, "transformers": transformers.__version__,
+                           "tokenizers": tokenizers.__version__}}
+
+
+def recipe(config: TinyConfig | None = None, corpus: list[str] | None = None) -> tuple[TinyConfig, list[str], list[str], str]:
+    """``(config, corpus, documents, digest)`` of a tiny build; the digest names what it produces."""
+    config = config or TinyConfig()
+    corpus, documents = (tiny_corpus(n_documents=config.warm_start_documents, seed=config.seed)
+                         if corpus is None else (corpus, []))
+    digest = hashlib.sha256(json.dumps([BUILD_VERSION, asdict(config), corpus, documents]).encode()).hexdigest()[:16]
+    return config, corpus, documents, digest
 
 
 def build_tiny(
@@ -256,18 +289,61 @@ def build_tiny(
     config: TinyConfig | None = None,
     corpus: list[str] | None = None,
 ) -> Path:
-    """Return the directory of the built-in tiny model, building it once if it is not cached.
+    """Return the directory of a tiny model built from ``config`` and ``corpus``, building it once.
 
     The directory holds ``config.json``, safetensors weights and the tokenizer files, loadable
-    with ``from_pretrained(path, local_files_only=True)``.
+    with ``from_pretrained(path, local_files_only=True)``. ``builtin:tiny`` does not call this: it
+    loads :func:`shipped_tiny` (this is the recipe that made it, and what tests of the build use).
     """
-    config = config or TinyConfig()
-    corpus, documents = (tiny_corpus(n_documents=config.warm_start_documents, seed=config.seed)
-                         if corpus is None else (corpus, []))
-    digest = hashlib.sha256(json.dumps([BUILD_VERSION, asdict(config), corpus, documents]).encode()).hexdigest()[:16]
+    config, corpus, documents, digest = recipe(config, corpus)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"tiny-{digest}"
-    if not (target / "tiny_config.json").exists():
-        _build(target, config, corpus, documents)
+    if not (target / MANIFEST).exists():
+        _build(target, config, corpus, documents, digest)
     return target
+
+
+def shipped_tiny() -> Path:
+    """The directory of the ``builtin:tiny`` model shipped inside the package."""
+    if not (SHIPPED_TINY / MANIFEST).exists():
+        raise WorkflowRLError(
+            f"the built-in tiny model is missing from {SHIPPED_TINY} (a broken install?); reinstall "
+            f"workflow-rl, or rebuild it with `python -m workflow_rl.tiny`")
+    return SHIPPED_TINY
+
+
+def shipped_manifest() -> dict:
+    """The shipped model's ``tiny_config.json``: its config, recipe digest and build versions."""
+    return json.loads((shipped_tiny() / MANIFEST).read_text())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m workflow_rl.tiny [--out DIR]``: rebuild the shipped ``builtin:tiny`` model.
+
+    Run it (under the locked versions, ``requirements/lock.txt``) after changing the tiny recipe:
+    the corpus, :class:`TinyConfig` or the build procedure. It takes a few minutes on a CPU.
+    """
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(prog="python -m workflow_rl.tiny", description=main.__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(SHIPPED_TINY), help="Directory to (re)write (default: the package's).")
+    out = Path(parser.parse_args(argv).out)
+    start = time.monotonic()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # transformers' "Writing model shards" bar says nothing here
+    print(f"building the tiny model (a few minutes on a CPU) into {out}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        built = build_tiny(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        for f in sorted(built.iterdir()):  # plain copies: the build's private temp modes stay behind
+            shutil.copyfile(f, out / f.name)
+    print(f"done in {time.monotonic() - start:.0f} s: digest {json.loads((out / MANIFEST).read_text())['recipe_digest']}")
+
+
+if __name__ == "__main__":
+    main()

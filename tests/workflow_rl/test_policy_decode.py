@@ -125,10 +125,17 @@ def test_one_token_and_eos_equal_to_padding(policy):
     assert all(len(s.completion_token_ids) == len(s.behavior_logprobs) == 1 for s in one)
     assert policy.sample([], n=3) == []
     # Greedy after forcing EOS to be the argmax: the completion is exactly [EOS], stopped, kept.
+    # The premise is set up explicitly, not hoped for from the weights: a hook adds a large EOS
+    # logit at the output layer (scaling EOS's row of a tied lm_head also moved its embedding).
     model = copy.deepcopy(policy.model)
+    eos_bonus = torch.zeros(model.lm_head.out_features)
+    eos_bonus[policy.eos_token_id] = 1e4
+    model.lm_head.register_forward_hook(lambda _module, _inputs, logits: logits + eos_bonus)
+    forced_policy = Policy(model, policy.tokenizer, "", "")
     with torch.no_grad():
-        model.lm_head.weight[policy.eos_token_id] *= 50
-    forced = Policy(model, policy.tokenizer, "", "").sample(PROMPTS[:1], n=2, temperature=0.0, max_new_tokens=5)
+        ids = torch.tensor([forced_policy.encode(PROMPTS[0])])
+        assert int(model(input_ids=ids).logits[0, -1].argmax()) == policy.eos_token_id, "premise: EOS is the argmax"
+    forced = forced_policy.sample(PROMPTS[:1], n=2, temperature=0.0, max_new_tokens=5)
     for s in forced:
         assert s.completion_token_ids == (policy.eos_token_id,) and s.finish_reason == "stop" and s.text == ""
 
