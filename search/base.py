@@ -117,7 +117,7 @@ class Evaluator(Protocol):
     """Runs workflows on stored problems and persists one evaluation row per execution.
 
     Implemented by ``workflow_rl.evaluation``; ``search`` only sees this protocol so that it
-    never imports ``workflow_rl`` (dependency direction in DESIGN.md).
+    never imports ``workflow_rl`` (dependency direction in docs/design.md).
     """
 
     def validation_problems(self) -> list[ProblemRef]:

@@ -201,7 +201,7 @@ class SearchNode(Base):
 
 
 class TrainStep(Base):
-    """One optimizer step of the learner with its namespaced metrics (DESIGN rule 10)."""
+    """One optimizer step of the learner with its namespaced metrics (docs/design.md rule 10)."""
 
     __tablename__ = "train_steps"
     __table_args__ = (UniqueConstraint("run_id", "round", "step"),)

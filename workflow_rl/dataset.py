@@ -2,7 +2,7 @@
 
 One sample per (workflow, problem) of the **train** split (rewards of repeats are averaged).
 Only a completion the policy itself sampled for that problem's prompt is a *policy* sample: it
-keeps its exact stored token ids and behavior logprobs (DESIGN rules 2, 11). Everything else
+keeps its exact stored token ids and behavior logprobs (docs/design.md rules 2, 11). Everything else
 (seeds, mutations, LLM-optimizer code, policy code evaluated on another problem or edited after
 sampling) is a *search* sample: the per-problem prompt is rendered by the one prompt function and
 the code is tokenized, with no behavior logprobs (rule 8). Bad policy records are errors, never
@@ -217,7 +217,7 @@ def _invalid_policy_samples(session, run_id: int, filt: DatasetFilter, tokenizer
                             stats: DatasetStats) -> list[Sample]:
     """Reward-0 policy samples for programs the policy wrote that failed validation (never run).
 
-    They are what the policy sampled, so they belong to their group with reward 0 (DESIGN rule 11:
+    They are what the policy sampled, so they belong to their group with reward 0 (docs/design.md rule 11:
     used as sampled). Leaving them out would never tell the policy that invalid code is bad: the
     push away from valid-but-wrong programs would move probability onto invalid ones.
     """
@@ -254,7 +254,7 @@ def _filter_groups(samples: list[Sample], filt: DatasetFilter, stats: DatasetSta
     for sample in samples:
         groups[sample.group_id].append(sample)
     if filt.search_samples != "all":
-        # Search samples are trained at ratio 1 (no trust region, DESIGN rule 8): pushing down
+        # Search samples are trained at ratio 1 (no trust region, docs/design.md rule 8): pushing down
         # programs the policy never wrote moves its mass onto invalid code. "positive" keeps the
         # search samples that beat their group's mean; "contrast" keeps every sample of a search
         # program that beats its group's mean somewhere, so the same program is also pushed down

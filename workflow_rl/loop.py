@@ -17,7 +17,7 @@ it is finished, so re-running the same command continues where it stopped:
    workflows (``top_workflows``, ``extra_workflows``) and the straight-line branches of the
    search workflows in canonical form (``search_branches``: per-problem programs the search found,
    which join the policy's group of their problem) are run on the same problems (search data:
-   trained with ratio 1, DESIGN rule 8; ``search_samples`` picks which are kept). Validation and test
+   trained with ratio 1, docs/design.md rule 8; ``search_samples`` picks which are kept). Validation and test
    problems never enter training. Idempotent: workflows are unique per code hash, generations per
    (workflow, problem, group) and evaluations are reused.
 3. **train**: :func:`workflow_rl.trainer.train` on the round run, starting from the previous

@@ -1,7 +1,7 @@
 """The policy: a causal LM + tokenizer (optionally with a LoRA adapter) that samples and scores.
 
 ``Policy.sample`` records, for every sampled token, its behavior logprob ``log_softmax(logits/T)``
-from the very forward pass that sampled it (DESIGN rules 1-2), together with the exact prompt
+from the very forward pass that sampled it (docs/design.md rules 1-2), together with the exact prompt
 and completion token ids. ``Policy.score`` computes the same quantity teacher-forced, so a
 policy scoring its own samples reproduces their behavior logprobs (up to float rounding).
 

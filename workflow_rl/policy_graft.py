@@ -14,8 +14,8 @@ takes solution ``c``, cycling), so a better policy makes bigger steps per evalua
 differ only where a failure has several solutions, so there are often fewer than ``n`` (the
 mixed proposer does not pad them, see :class:`workflow_rl.policy_proposer.MixedProposer`).
 
-Children are edits of the parent, not what the policy sampled, so they are search data (DESIGN
-rule 11): source ``mutation``, no generation row; their ``policy_version`` records the checkpoint
+Children are edits of the parent, not what the policy sampled, so they are search data
+(docs/design.md rule 11): source ``mutation``, no generation row; their ``policy_version`` records the checkpoint
 whose samples they contain. The failing problems are validation problems, which never enter
 training anyway.
 """

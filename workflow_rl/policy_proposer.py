@@ -7,7 +7,7 @@ short notes on the other failures, and the parent's code. Every child carries a
 logprobs recorded while sampling, the temperature, ``top_p = 1``, ``top_k = 0`` and the policy
 version (``policy_checkpoints.id``; None = the untrained base). The search driver stores it in
 ``generations`` under one group key per expansion, which makes the siblings one GRPO group.
-The completion is used as sampled, never repaired (DESIGN rule 11): an invalid program is stored
+The completion is used as sampled, never repaired (docs/design.md rule 11): an invalid program is stored
 with its error and reward 0.
 
 PUCT priors come from the policy's sequence logprobs: siblings get ``softmax(sum of token
@@ -67,7 +67,7 @@ class PolicyProposer:
     """Samples ``n`` children per expansion from a :class:`~workflow_rl.policy.Policy`.
 
     ``checkpoint_id`` is the policy version stored with every child (None = untrained base).
-    Sampling is RL-valid: ``temperature > 0``, ``top_p = 1``, ``top_k = 0`` (DESIGN rule 1).
+    Sampling is RL-valid: ``temperature > 0``, ``top_p = 1``, ``top_k = 0`` (docs/design.md rule 1).
     """
 
     name = "policy"

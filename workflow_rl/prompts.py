@@ -1,4 +1,4 @@
-"""The one policy prompt, shared by sampling and training (DESIGN data flow step 2).
+"""The one policy prompt, shared by sampling and training (docs/design.md, one round, step 2).
 
 Short on purpose: the built-in tiny model has a small context and learns faster from short
 prompts. Operators are rendered from the registry (``describe_operators``), never hand-typed.

@@ -3,7 +3,7 @@
 - ``search.png``: per round, the best and the mean validation reward of the workflows found so far
   against the evaluations spent (workflow x problem executions, in node creation order);
 - ``training.png``: per optimizer step over all rounds: training reward, KL, clip fractions and the
-  old-vs-behavior logprob mismatch (DESIGN rule 10 metrics);
+  old-vs-behavior logprob mismatch (docs/design.md rule 10 metrics);
 - ``summary.md``: one row per round, plus the stored ``eval --policy`` results of its checkpoints.
 
 Matplotlib runs with the Agg backend (no display needed).

@@ -33,7 +33,7 @@ BUILTIN_TINY = "builtin:tiny"
 """The policy name that selects this model."""
 
 EOS_TOKEN = "<|endoftext|>"
-"""End-of-sequence token; also used as the pad token (masks come from lengths, DESIGN rule 3)."""
+"""End-of-sequence token; also used as the pad token (masks come from lengths, docs/design.md rule 3)."""
 
 # Code shapes workflows are made of, so the tokenizer has merges for them even before any
 # benchmark or seed text exists. Not a training set: the model itself starts random.

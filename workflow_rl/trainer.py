@@ -97,7 +97,7 @@ def start_logprobs(policy, accelerator, samples, config) -> list[tuple[float, ..
     """Token logprobs of every policy sample under the policy training starts from (no grad).
 
     That policy produced the data (the version check guarantees it), so these are the ``old``
-    logprobs of DESIGN rule 5 for the whole round: the clipped ratio then bounds how far every
+    logprobs of docs/design.md rule 5 for the whole round: the clipped ratio then bounds how far every
     later optimizer step on the same rollouts may move a sampled token (TRL keeps its generation-time
     old logprobs the same way). Recomputing ``old`` at the current weights before each batch would
     make every ratio 1, turn the clip off after the first step and let many steps on one set of
@@ -307,7 +307,7 @@ def train(
                          dtype=torch.float32)
     start_version = state["start_version"] if state else _version_of(engine, config.policy)
 
-    # 2. samples (train split only) and the policy-version check (DESIGN rule 4)
+    # 2. samples (train split only) and the policy-version check (docs/design.md rule 4)
     samples, stats = load_samples(engine, DatasetFilter(
         run=config.run, rounds=config.rounds, min_group_size=config.min_group_size,
         drop_zero_std=config.drop_zero_std, search_temperature=config.search_temperature,

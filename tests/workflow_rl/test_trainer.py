@@ -212,8 +212,8 @@ def test_training_on_calc_search_separates_positive_from_negative_workflows(db, 
 
 
 def test_later_steps_on_the_same_rollouts_are_clipped_against_the_sampling_policy(db, cache, tmp_path):
-    """Old logprobs of policy samples come from the policy that sampled them, computed once (DESIGN
-    rule 5): the first step is REINFORCE (ratio 1), later steps on the same rollouts see ratios away
+    """Old logprobs of policy samples come from the policy that sampled them, computed once
+    (docs/design.md rule 5): the first step is REINFORCE (ratio 1), later steps on the same rollouts see ratios away
     from 1, so the clip can bound the drift. Recomputed at the current weights before each batch,
     every ratio would be exactly 1 (std 0) and many steps on one rollout set would drift with no
     trust region (the policy collapsed to invalid code within 3 loop rounds that way)."""

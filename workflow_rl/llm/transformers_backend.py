@@ -2,7 +2,7 @@
 
 It wraps :class:`workflow_rl.policy.Policy`, whose sampler returns the exact completion token ids
 and the behavior logprobs ``log_softmax(logits / T)`` of each sampled token from the very forward
-pass that sampled it (DESIGN rules 1-2); there is no second sampler here.
+pass that sampled it (docs/design.md rules 1-2); there is no second sampler here.
 
 Request mapping: chat ``messages`` go through the tokenizer's chat template when it has one
 (else ``role: content`` lines and ``assistant:``); ``n``, ``temperature``, ``top_p``,

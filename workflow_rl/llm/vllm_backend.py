@@ -3,7 +3,7 @@
 vLLM is imported lazily, only when a :class:`VLLMClient` is built. The engine is created with
 ``logprobs_mode="processed_logprobs"``: by default vLLM returns raw (T = 1) logprobs, whereas
 GRPO needs the logprobs of the distribution that was actually sampled, ``log_softmax(logits / T)``
-(DESIGN rule 1). Requests use ``logprobs=0`` (the sampled token only), ``top_p`` as given (RL
+(docs/design.md rule 1). Requests use ``logprobs=0`` (the sampled token only), ``top_p`` as given (RL
 sampling uses 1), top-k left disabled at vLLM's own default (``0`` or ``-1`` depending on the
 version) and no repetition penalty. A LoRA adapter directory is applied per request through
 ``LoRARequest``; :meth:`VLLMClient.set_lora` switches to a new checkpoint's adapter.
@@ -57,7 +57,7 @@ class VLLMClient:
         vllm = _import_vllm()
         engine_kwargs.setdefault("logprobs_mode", "processed_logprobs")
         if engine_kwargs["logprobs_mode"] != "processed_logprobs":
-            raise WorkflowRLError("the vLLM backend must run with logprobs_mode='processed_logprobs' (DESIGN rule 1)")
+            raise WorkflowRLError("the vLLM backend must run with logprobs_mode='processed_logprobs' (docs/design.md rule 1)")
         if lora_path is not None:
             engine_kwargs.setdefault("enable_lora", True)
             engine_kwargs.setdefault("max_lora_rank", max_lora_rank)
