@@ -4,7 +4,8 @@
   a/an/the, single spaces), as the HotpotQA and DROP evaluations do; F1 is the max over references.
 - ``numeric`` compares the last number of the output with the reference (commas, currency, units and
   simple fractions such as ``3/4`` are understood; relative tolerance 1e-6).
-- ``math`` compares with math-verify (``\\boxed{...}`` answers, equivalent LaTeX forms).
+- ``math`` compares with math-verify (``\\boxed{...}`` answers, equivalent LaTeX forms); an output that
+  is one bare LaTeX expression (``\\frac{1}{2}``, ``(1, 2)``, ``[0, \\infty)``, ``x^2+2x+1``) is parsed as LaTeX.
 - ``code`` runs the tests in the sandbox (see :func:`score_code`).
 """
 
@@ -133,16 +134,63 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+# LaTeX commands (``\\frac``, ``\\infty``, ``\\left``), and text-like commands whose argument is words by design.
+_LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
+_LATEX_TEXT_ARG = re.compile(r"\\(?:text|textrm|textbf|textit|mathrm|mathbf|mathit|operatorname|mbox)\s*\{[^{}]*\}")
+# What math-verify already finds without help: math delimiters and boxes.
+_LATEX_DELIMITED = re.compile(r"\$|\\\(|\\\[|\\boxed|\\fbox")
+# What only a LaTeX parse reads right: commands, powers, groups, tuples/intervals, variables.
+_LATEX_SIGNAL = re.compile(r"[\\^_{}()\[\]A-Za-z]")
+
+
+def bare_latex(output: str) -> str | None:
+    """The output as one LaTeX expression when it is bare LaTeX (no ``$``/``\\(``/``\\[``/``\\boxed``), else None.
+
+    Bare means a single line with no prose: once LaTeX command names and ``\\text{...}``-like arguments are
+    removed, no run of two letters remains (``\\sqrt{2}``, ``(1, 2)``, ``[0, \\infty)``, ``x^2+2x+1`` are
+    bare; ``The answer is 3`` is not). It must also hold something that only a LaTeX parse reads right
+    (a command, ``^``, ``_``, braces, brackets or a letter), so plain numbers and arithmetic such as
+    ``1,234``, ``3/4`` or ``48 + 24 = 72`` keep math-verify's number extraction. A trailing full stop is
+    dropped (``\\frac{1}{2}.`` does not parse as LaTeX).
+    """
+    text = str(output).strip().removesuffix(".").rstrip()
+    if not text or "\n" in text or _LATEX_DELIMITED.search(text):
+        return None
+    letters_left = _LATEX_COMMAND.sub(" ", _LATEX_TEXT_ARG.sub(" ", text))
+    # Two adjacent letters outside commands read as a word; "xy" as a product is given up for "on" vs "no"
+    # (which LaTeX would read as the equal products o*n and n*o).
+    if re.search(r"[A-Za-z]{2,}", letters_left) or not _LATEX_SIGNAL.search(text):
+        return None
+    return text
+
+
 def math_match(output: str, reference: str) -> Score:
-    """math-verify equivalence of the output's answer and the reference (a boxed solution or an answer)."""
-    from math_verify import parse, verify
+    """math-verify equivalence of the output's answer and the reference (a boxed solution or an answer).
+
+    The reference is read as LaTeX (its last ``\\boxed{}``, else the whole text between ``$``). The output's
+    answer is its last ``\\boxed{}``; else, when the whole output is bare LaTeX (:func:`bare_latex`), that
+    expression read as LaTeX; else whatever math-verify extracts from the free text (delimited LaTeX, the
+    last number or arithmetic expression). A bare-LaTeX output that does not parse as LaTeX falls back to
+    the free-text extraction, as before.
+    """
+    from math_verify import LatexExtractionConfig, parse, verify
 
     # math-verify's timeouts use SIGALRM, which only works in the main thread.
     timeout = 5 if threading.current_thread() is threading.main_thread() else None
     ref_text = last_boxed(str(reference))
     gold = parse(f"${ref_text if ref_text is not None else reference}$", parsing_timeout=timeout)
     answer = last_boxed(str(output))
-    pred = parse(str(output) if answer is None else f"$\\boxed{{{answer}}}$", parsing_timeout=timeout)
+    pred: list[Any] = []
+    bare = bare_latex(str(output)) if answer is None else None
+    if bare is not None:
+        # LaTeX extraction only: the expression extractor would also offer pieces of it ("2" out of
+        # "2\\sqrt{2}", "2" out of "(1, 2)"), and a piece must never stand in for the whole answer.
+        pred = parse(f"${bare}$", extraction_config=[LatexExtractionConfig()], parsing_timeout=timeout)
+        # A failed parse leaves only math-verify's fallback string; the free-text reading then decides.
+        if not any(not isinstance(p, str) for p in pred):
+            pred = []
+    if not pred:
+        pred = parse(str(output) if answer is None else f"$\\boxed{{{answer}}}$", parsing_timeout=timeout)
     if not gold or not pred:
         return Score(0.0, answer if answer is not None else (str(pred[-1]) if pred else None))
     ok = verify(gold, pred, timeout_seconds=timeout)
