@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from workflow_rl.benchmarks.scoring import (
+    bare_latex,
     exact_match,
     extract_final_number,
     f1_score,
@@ -75,6 +78,98 @@ def test_parse_number_and_gsm8k_reference():
 )
 def test_math_match_equivalent_latex(output, reference, reward):
     assert math_match(output, reference).reward == reward
+
+
+
+# Each form of bare LaTeX answer (no `$`, no `\boxed{}`) against an equal and an unequal reference; the
+# unequal ones are the near misses a lenient reading would let through (swapped tuple, open vs closed end).
+@pytest.mark.parametrize(
+    "output, reference, reward",
+    [
+        # fraction
+        ("\\frac{1}{2}", "\\frac{1}{2}", 1.0),
+        ("\\dfrac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}", 1.0),
+        ("\\frac{a}{2}", "\\frac{a}{2}", 1.0),
+        ("\\frac{1}{3}", "\\frac{1}{2}", 0.0),
+        ("\\frac{a}{2}", "\\frac{a}{3}", 0.0),
+        # root
+        ("\\sqrt{2}", "\\sqrt{2}", 1.0),
+        ("2\\sqrt{2}", "\\sqrt{8}", 1.0),
+        ("\\sqrt{2}", "\\sqrt{3}", 0.0),
+        ("2\\sqrt{2}", "2", 0.0),  # the free-text reading took the leading "2" as the answer
+        # tuple
+        ("(1, 2)", "(1,2)", 1.0),
+        ("(1,2,3)", "(1, 2, 3)", 1.0),
+        ("(1,2)", "(2,1)", 0.0),
+        ("(1,2,3)", "(1,3,2)", 0.0),
+        ("(1, 2)", "2", 0.0),  # the free-text reading took the last number
+        # interval
+        ("[0, \\infty)", "[0,\\infty)", 1.0),
+        ("(-\\infty, 2) \\cup (3, \\infty)", "(-\\infty,2)\\cup(3,\\infty)", 1.0),
+        ("x \\in [0, 1)", "[0,1)", 1.0),
+        ("[0,1)", "[0,1]", 0.0),
+        ("(0, 1]", "[0,1]", 0.0),
+        ("(-\\infty, 2) \\cup (3, \\infty)", "(-\\infty,2]\\cup(3,\\infty)", 0.0),
+        # polynomial
+        ("x^2+2x+1", "(x+1)^2", 1.0),
+        ("2x+1", "1+2x", 1.0),
+        ("x^2 + 2x + 1", "x^2+2x+2", 0.0),
+        ("x^3-1", "(x-1)(x^2+x+1)", 1.0),
+        ("x^3+1", "(x-1)(x^2+x+1)", 0.0),
+    ],
+)
+def test_math_match_bare_latex_output(output, reference, reward):
+    assert math_match(output, reference).reward == reward
+
+
+@pytest.mark.parametrize(
+    "bare, reference",
+    [
+        ("\\frac{1}{2}", "\\frac{1}{3}"),
+        ("\\sqrt{2}", "\\sqrt{3}"),
+        ("(1, 2)", "(2, 1)"),
+        ("[0, \\infty)", "(0, \\infty)"),
+        ("x^2+2x+1", "x^2+2x+2"),
+    ],
+)
+def test_math_match_bare_latex_same_verdict_with_delimiters(bare, reference):
+    """A bare answer and the same answer in `$...$` or `\\boxed{}` score alike, on either side."""
+    outputs = [bare, f"${bare}$", f"\\boxed{{{bare}}}", f"The answer is $\\boxed{{{bare}}}$."]
+    for output in outputs:
+        for ref in (bare, f"${bare}$", f"\\boxed{{{bare}}}", f"so $\\boxed{{{bare}}}$"):
+            assert math_match(output, ref).reward == 1.0, (output, ref)
+        for ref in (reference, f"${reference}$", f"\\boxed{{{reference}}}"):
+            assert math_match(output, ref).reward == 0.0, (output, ref)
+
+
+def test_bare_latex_detection():
+    assert bare_latex("  \\frac{1}{2}. ") == "\\frac{1}{2}"  # a closing full stop is not part of the answer
+    assert bare_latex("(1, 2)") == "(1, 2)"
+    assert bare_latex("5\\text{ cm}") == "5\\text{ cm}"  # words inside \text{} are LaTeX, not prose
+    # Already delimited: math-verify's own extraction handles these.
+    assert bare_latex("$\\sqrt{2}$") is None and bare_latex("\\boxed{2}") is None
+    assert bare_latex("\\(\\sqrt{2}\\)") is None and bare_latex("\\[x^2\\]") is None
+    # Prose, several lines, and plain numbers or arithmetic keep the free-text reading.
+    assert bare_latex("The answer is \\sqrt{2}") is None
+    assert bare_latex("x^2\n= 4") is None
+    for plain in ("18", "1,234", "3/4", "-5", "48 + 24 = 72", ""):
+        assert bare_latex(plain) is None, plain
+    # Two-letter runs read as words: "on" vs "no" would otherwise be the equal products o*n and n*o.
+    assert bare_latex("on") is None and math_match("on", "no").reward == 0.0
+
+
+def test_math_match_bare_latex_edge_cases():
+    assert math_match("\\frac{1}{2}.", "0.5").reward == 1.0
+    assert math_match("(1, 2)", "(1,2)").answer == "(1, 2)"
+    # Malformed LaTeX falls back to the free-text reading, as before this form was recognised.
+    assert math_match("\\frac{1}{2", "\\frac{1}{2}").reward == 0.0
+    assert math_match("2\\sqrt{", "2").answer == "2"
+    # Scoring from a worker thread runs without math-verify's SIGALRM timeout and still reads the form.
+    results = []
+    worker = threading.Thread(target=lambda: results.append(math_match("[0, \\infty)", "[0,\\infty)").reward))
+    worker.start()
+    worker.join()
+    assert results == [1.0]
 
 
 def test_last_boxed_nested_braces():
