@@ -113,9 +113,16 @@ class Search:
 
     # ------------------------------------------------------------------ run
 
-    async def run(self, run_name: str, on_progress: Callable[[SearchProgress], None] | None = None) -> SearchResult:
-        """Run simulations until a stopping rule fires; resumes ``run_name`` if it exists."""
-        run_id, state = self._open_run(run_name)
+    async def run(
+        self, run_name: str, on_progress: Callable[[SearchProgress], None] | None = None,
+        *, parent: tuple[int, int] | None = None,
+    ) -> SearchResult:
+        """Run simulations until a stopping rule fires; resumes ``run_name`` if it exists.
+
+        ``parent`` is ``(loop run id, loop round)`` when this search is a round of a loop: the run
+        row records it (``runs.parent_id``, ``runs.loop_round``) for listings and views only.
+        """
+        run_id, state = self._open_run(run_name, parent)
         problems = self.evaluator.validation_problems()
         if not problems:
             raise SearchConfigError(f"benchmark {self.benchmark.name!r} has no validation problems stored")
@@ -142,7 +149,7 @@ class Search:
         return SearchResult(run_id, tree, self._progress(tree, state), max(seeds, default=0.0), stop,
                             tuple(self.resume_notes))
 
-    def _open_run(self, run_name: str) -> tuple[int, dict[str, Any]]:
+    def _open_run(self, run_name: str, parent: tuple[int, int] | None = None) -> tuple[int, dict[str, Any]]:
         with session_scope(self.engine) as session:
             existing = find_run(session, run_name)
             if existing is not None:
@@ -159,6 +166,8 @@ class Search:
                 self.config = resumed
             run = get_or_create_run(session, run_name, self.benchmark.name, kind="search",
                                     config=self.config.to_dict())
+            if parent is not None:
+                run.parent_id, run.loop_round = parent
             state = {**_initial_state(), **(run.state or {})}
             run.status = "running"
             run.config = {**self.config.to_dict()}

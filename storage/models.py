@@ -64,6 +64,12 @@ class Run(Base):
     state: Mapped[dict[str, Any]] = mapped_column(default=dict)  # resumable driver state (rng, counters)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    # A loop's rounds are runs of their own (``<loop>/r<k>``) that point at the loop run, so that
+    # listings and views can show them as one thing under the name the user gave. No ON DELETE
+    # action: SQLite can only add this key inline (ADD COLUMN), where its reflection cannot read an
+    # action back, and a loop is not meant to be deleted while its rounds remain.
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), index=True)
+    loop_round: Mapped[int | None] = mapped_column(Integer)  # which round of the parent loop, else NULL
 
 
 class Problem(Base):

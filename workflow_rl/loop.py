@@ -158,7 +158,7 @@ async def _rounds(engine, config: LoopConfig, bench, loop_id, state, say, on_sea
             if rs["phase"] == "search":
                 mode = children_mode(config, info.operator_names)
                 say(f"round {r}: search ({'mutation' if r == 0 else f'policy {mode} + mutation'})")
-                result = await _search(engine, config, info, evaluator, policy, version, r, mode, on_search)
+                result = await _search(engine, config, info, evaluator, policy, version, r, mode, on_search, loop_id)
                 rs.update(phase="data", best_score=result.progress.best_score,
                           evaluations=result.progress.evaluations, search_run_id=result.run_id)
                 _save_state(engine, loop_id, state)
@@ -176,7 +176,8 @@ async def _rounds(engine, config: LoopConfig, bench, loop_id, state, say, on_sea
             say(f"round {r}: done, best validation {rs['best_score']:.3f}, checkpoint {ckpt_id}")
 
 
-async def _search(engine, config: LoopConfig, info: BenchmarkInfo, evaluator, policy, version, r, mode, on_search):
+async def _search(engine, config: LoopConfig, info: BenchmarkInfo, evaluator, policy, version, r, mode, on_search,
+                  loop_id: int):
     if r == 0:
         proposer: Any = MutationProposer()
     else:
@@ -196,7 +197,7 @@ async def _search(engine, config: LoopConfig, info: BenchmarkInfo, evaluator, po
         raise WorkflowRLError(str(exc)) from exc
     search = Search(engine, search_config, info, evaluator, proposer)
     callback = None if on_search is None else (lambda progress: on_search(r, progress))
-    return await search.run(round_run_name(config.run, r), callback)
+    return await search.run(round_run_name(config.run, r), callback, parent=(loop_id, r))
 
 
 def children_mode(config: LoopConfig, operator_names) -> str:

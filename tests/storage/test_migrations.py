@@ -178,3 +178,37 @@ def test_0002_backfills_expansions_of_an_old_tree(db_url: str):
         tree = load_tree(s, run)
     assert tree.expansions[1:] == [2, 1, 0, 1, 0]
     fresh.dispose()
+
+
+def test_0003_links_existing_loop_rounds_and_keeps_their_rows(db_url: str):
+    """A database at 0002 with a loop ``L`` (rounds ``L/r0``, ``L/r1``) and a plain run is upgraded:
+    the rounds point at ``L`` (the loop state names them), the views select them with ``loop = 'L'``,
+    and no row is lost (a table rebuild of ``runs`` would cascade-delete every workflow on SQLite)."""
+    engine = create_db_engine(db_url)
+    state = '{"rounds": {"0": {"search_run": "L/r0", "phase": "done"}, "1": {"search_run": "L/r1"}}}'
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0002")
+        common = {"benchmark": "calc", "status": "done", "config": "{}", "updated_at": utcnow()}
+        loop = _insert(conn, "runs", name="L", kind="loop", state=state, **common)
+        runs = {name: _insert(conn, "runs", name=name, kind="search", state="{}", **common)
+                for name in ("L/r0", "L/r1", "solo")}
+        pid = conn.execute(text("INSERT INTO problems (benchmark, split, key, text, reference, meta) "
+                                "VALUES ('calc', 'validation', 'v1', '1+1', '\"2\"', '{}') RETURNING id")).scalar()
+        for name in ("L/r1", "solo"):
+            wid = _insert(conn, "workflows", run_id=runs[name], code=name, code_hash=name, round=0, source="seed",
+                          valid=True)
+            _insert(conn, "evaluations", run_id=runs[name], workflow_id=wid, problem_id=pid, repeat=0, reward=1.0,
+                    prompt_tokens=0, completion_tokens=0)
+    assert upgrade(engine) == ("0002", head_revision())
+    with engine.connect() as conn:
+        links = {name: tuple(row) for name, *row in conn.execute(text("SELECT name, parent_id, loop_round FROM runs"))}
+        assert links == {"L": (None, None), "L/r0": (loop, 0), "L/r1": (loop, 1), "solo": (None, None)}
+        board = conn.execute(text("SELECT run, loop, loop_round FROM leaderboard ORDER BY run")).all()
+        assert [tuple(r) for r in board] == [("L/r1", "L", 1), ("solo", "solo", None)]
+        assert conn.execute(text("SELECT COUNT(*) FROM evaluations")).scalar() == 2
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0002")
+    with engine.connect() as conn:
+        assert {"parent_id", "loop_round"}.isdisjoint(c["name"] for c in inspect(conn).get_columns("runs"))
+        assert conn.execute(text("SELECT COUNT(*) FROM leaderboard")).scalar() == 2
+    engine.dispose()

@@ -50,6 +50,8 @@ def test_two_rounds_end_to_end_and_resume(loop_db):
         loop = s.scalar(select(Run).where(Run.name == "t"))
         assert (loop.kind, loop.status) == ("loop", "done")
         assert {k: v["phase"] for k, v in loop.state["rounds"].items()} == {"0": "done", "1": "done"}
+        rounds = s.execute(select(Run.name, Run.loop_round).where(Run.parent_id == loop.id).order_by(Run.id)).all()
+        assert [tuple(r) for r in rounds] == [("t/r0", 0), ("t/r1", 1)]  # the rounds point at their loop
         ckpts = s.scalars(select(PolicyCheckpoint).order_by(PolicyCheckpoint.id)).all()
         assert [c.round for c in ckpts] == [0, 1]
         assert [c.id for c in ckpts] == [r.checkpoint_id for r in second.rounds]
