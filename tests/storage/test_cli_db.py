@@ -120,3 +120,63 @@ def test_eval_of_a_stored_id_never_creates_a_database(tmp_path: Path):
         result = runner.invoke(app, ["--db", str(db), *args])
         assert result.exit_code == 1 and isinstance(result.exception, WorkflowRLError)
         assert "no database at" in str(result.exception) and not db.exists()
+
+
+def _commands(group, prefix=()):
+    """Every leaf command of the click tree: ``(path, command)``."""
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name), command
+
+
+def test_every_command_takes_db_after_its_name():
+    import typer
+
+    leaves = dict(_commands(typer.main.get_command(app)))
+    assert {("runs",), ("sql",), ("show",), ("db", "upgrade"), ("loop",), ("report",), ("train",), ("search",),
+            ("eval",)} <= set(leaves)
+    missing = [" ".join(path) for path, command in leaves.items()
+               if not any("--db" in getattr(p, "opts", ()) for p in command.params)]
+    assert missing == []
+
+
+@pytest.fixture
+def two_dbs(tmp_path: Path) -> tuple[str, str]:
+    """Two databases told apart by their one run: ``in-a`` and ``in-b``."""
+    from storage import open_db, repo, session_scope
+
+    paths = []
+    for name in ("a", "b"):
+        path = str(tmp_path / f"{name}.db")
+        engine = open_db(path)
+        with session_scope(engine) as s:
+            repo.get_or_create_run(s, f"in-{name}", "calc")
+        engine.dispose()
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+@pytest.mark.parametrize("args, env, used", [
+    (["runs", "--db", "{b}"], None, "b"),                  # after the command
+    (["--db", "{a}", "runs"], None, "a"),                  # before it
+    (["--db", "{a}", "runs", "--db", "{b}"], None, "b"),   # both: the command's own wins
+    (["runs"], "{a}", "a"),                                # environment only
+    (["runs", "--db", "{b}"], "{a}", "b"),                 # typed beats the environment...
+    (["--db", "{b}", "runs"], "{a}", "b"),                 # ...in either place
+])
+def test_db_before_or_after_the_command(two_dbs, args, env, used):
+    a, b = two_dbs
+    argv = [arg.format(a=a, b=b) for arg in args]
+    result = runner.invoke(app, argv, env={"WORKFLOW_RL_DB": env.format(a=a, b=b) if env else None})
+    assert result.exit_code == 0, result.output
+    other = "b" if used == "a" else "a"
+    assert f"in-{used}" in result.output and f"in-{other}" not in result.output
+
+
+def test_db_after_a_nested_command(tmp_path: Path):
+    db = str(tmp_path / "late.db")
+    result = runner.invoke(app, ["db", "upgrade", "--db", db])
+    assert result.exit_code == 0, result.output
+    assert f"upgraded empty -> {head_revision()}" in result.output and Path(db).exists()

@@ -13,9 +13,8 @@ from typing import Annotated
 
 import typer
 
+from workflow_rl.cli.options import DB_ENV, DB_HELP, DEFAULT_DB
 from workflow_rl.errors import WorkflowRLError
-
-DEFAULT_DB = "./workflow_rl.db"
 
 app = typer.Typer(
     name="workflow-rl",
@@ -34,11 +33,7 @@ def _global(
     ctx: typer.Context,
     db: Annotated[
         str,
-        typer.Option(
-            "--db",
-            envvar="WORKFLOW_RL_DB",
-            help="Database: a file path (SQLite) or any SQLAlchemy URL, e.g. postgresql+psycopg://u@host/db.",
-        ),
+        typer.Option("--db", envvar=DB_ENV, help=DB_HELP),
     ] = DEFAULT_DB,
 ) -> None:
     """Search, store and learn agentic workflow programs."""

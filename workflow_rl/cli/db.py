@@ -1,6 +1,6 @@
 """Database commands: ``db upgrade``, ``sql``, ``runs`` and ``show``.
 
-All of them read the global ``--db`` (``ctx.obj["db"]``); errors are :class:`WorkflowRLError`,
+All of them take ``--db`` before or after the command (:mod:`workflow_rl.cli.options`); errors are :class:`WorkflowRLError`,
 printed as one line by the CLI edge.
 """
 
@@ -25,6 +25,7 @@ from storage.engine import create_db_engine, normalize_url
 from storage.migrate import upgrade as migrate_upgrade
 from storage.models import Run, SearchNode
 from storage.sql import execute_sql
+from workflow_rl.cli.options import DbOption, resolve_db
 from workflow_rl.errors import WorkflowRLError
 
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
@@ -66,9 +67,9 @@ def open_existing(db: str) -> Engine:
 
 
 @db_app.command("upgrade")
-def db_upgrade(ctx: typer.Context) -> None:
+def db_upgrade(ctx: typer.Context, db: DbOption = None) -> None:
     """Apply pending schema migrations (opening a database does this too)."""
-    engine = create_db_engine(ctx.obj["db"])
+    engine = create_db_engine(resolve_db(ctx, db))
     try:
         before, after = migrate_upgrade(engine)
     finally:
@@ -85,11 +86,12 @@ def sql(
     query: Annotated[str, typer.Argument(help="One SQL statement, e.g. \"SELECT * FROM leaderboard LIMIT 5\".")],
     write: Annotated[bool, typer.Option("--write", help="Allow statements that change the database.")] = False,
     fmt: Annotated[str, typer.Option("--format", help="Output: table, csv or json (one object per row).")] = "table",
+    db: DbOption = None,
 ) -> None:
     """Run one SQL statement and print its rows (read-only unless --write; views: see README)."""
     if fmt not in ("table", "csv", "json"):
         raise WorkflowRLError(f"--format {fmt!r} is not one of table, csv, json")
-    engine = open_existing(ctx.obj["db"])
+    engine = open_existing(resolve_db(ctx, db))
     try:
         result = execute_sql(engine, query, write=write)
     finally:
@@ -116,9 +118,9 @@ FROM runs r ORDER BY r.id
 """
 
 
-def runs(ctx: typer.Context) -> None:
+def runs(ctx: typer.Context, db: DbOption = None) -> None:
     """List runs with their workflow and evaluation counts and best validation reward."""
-    engine = open_existing(ctx.obj["db"])
+    engine = open_existing(resolve_db(ctx, db))
     try:
         with read_session_scope(engine) as session:
             result = session.execute(text(_RUNS_SQL))
@@ -134,9 +136,10 @@ def runs(ctx: typer.Context) -> None:
 def show(
     ctx: typer.Context,
     workflow_id: Annotated[int, typer.Argument(help="Workflow id (see the leaderboard view).")],
+    db: DbOption = None,
 ) -> None:
     """Show a workflow: code (highlighted), scores per split, lineage and how it was generated."""
-    engine = open_existing(ctx.obj["db"])
+    engine = open_existing(resolve_db(ctx, db))
     try:
         with read_session_scope(engine) as session:
             workflow = repo.get_workflow(session, workflow_id)

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from workflow_rl.cli.options import DbOption, resolve_db
 from workflow_rl.errors import WorkflowRLError
 from workflow_rl.loop_config import LoopConfig
 
@@ -63,6 +64,7 @@ def register(app: typer.Typer) -> None:
         epochs: Annotated[int, typer.Option(help=H("epochs"))] = LoopConfig.epochs,
         out_dir: Annotated[str | None, typer.Option(help=H("out_dir"))] = None,
         workers: Annotated[int | None, typer.Option(help=H("workers"))] = None,
+        db: DbOption = None,
     ) -> None:
         """Search -> train -> policy-steered search -> train ...; re-run the same command to continue."""
         config = LoopConfig(
@@ -93,7 +95,7 @@ def register(app: typer.Typer) -> None:
                                 info=f"reward {metrics.get('reward/mean', 0.0):.3f} "
                                      f"mismatch {metrics.get('mismatch/old_behavior_abs_mean', 0.0):.2e}")
 
-            result = run_loop(config, ctx.obj["db"], message, on_search, on_step)
+            result = run_loop(config, resolve_db(ctx, db), message, on_search, on_step)
         for info in result.rounds:
             console.print(f"round {info.round}: best validation {info.best_score:.3f} after {info.evaluations} "
                           f"evaluations; checkpoint {info.checkpoint_id} at {info.checkpoint_path}")
@@ -105,11 +107,12 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         run: Annotated[str, typer.Option(help="Loop (or search) run to report on.")],
         out: Annotated[str | None, typer.Option(help="Output directory (default ./runs/<run>/report).")] = None,
+        db: DbOption = None,
     ) -> None:
         """Write search/training PNG plots and a markdown summary of a run, from the database alone."""
         from workflow_rl.report import write_report
 
-        report = write_report(ctx.obj["db"], run, out)
+        report = write_report(resolve_db(ctx, db), run, out)
         console = Console()
         console.print(report.summary)
         console.print(f"wrote {report.search_png}, {report.training_png}, {report.summary_md}")

@@ -21,6 +21,7 @@ from search.search import BenchmarkInfo, Search, SearchProgress, SearchResult
 from storage.engine import create_db_engine, normalize_url, open_db, read_session_scope, session_scope
 from storage.models import Run, Workflow
 from storage.repo import find_run
+from workflow_rl.cli.options import DbOption, resolve_db
 from workflow_rl.errors import WorkflowRLError
 
 _H = SearchConfig.help
@@ -204,6 +205,7 @@ def register(app: typer.Typer) -> None:
             help="URL#MODEL of the chat model the llm proposer asks (defaults to --executor).")] = None,
         workers: Annotated[int | None, typer.Option(help="Sandbox worker processes (default: CPU count).")] = None,
         top: Annotated[int, typer.Option(help="Workflows listed in the summary.")] = 5,
+        db: DbOption = None,
     ) -> None:
         """Search workflow programs with MCTS on a benchmark's validation split; resumable with --run."""
         from workflow_rl.benchmarks.options import parse_benchmark_options
@@ -217,7 +219,7 @@ def register(app: typer.Typer) -> None:
             )
         except SearchConfigError as exc:
             raise WorkflowRLError(str(exc)) from None
-        db = ctx.obj["db"]
+        db = resolve_db(ctx, db)
         console = Console()
         with Progress(TextColumn("[bold]search[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} evaluations"),
                       TimeElapsedColumn(), console=console, transient=False) as bar:
@@ -255,12 +257,14 @@ def register(app: typer.Typer) -> None:
         repeats: Annotated[int, typer.Option(help="Executions per problem.")] = 1,
         executor: Annotated[str | None, typer.Option(help="URL#MODEL for LLM operators.")] = None,
         workers: Annotated[int | None, typer.Option(help="Sandbox worker processes.")] = None,
+        db: DbOption = None,
     ) -> None:
         """Score a stored workflow (or, with --policy, a policy's per-problem workflows) on a split; stores the rows."""
+        db = resolve_db(ctx, db)
         if policy is not None:
             from workflow_rl.cli.loop import policy_eval_command
 
-            return policy_eval_command(ctx.obj["db"], policy, split, benchmark, best_of, workers, select,
+            return policy_eval_command(db, policy, split, benchmark, best_of, workers, select,
                                        validate_top)
         if workflow_id is None:
             raise WorkflowRLError("give a WORKFLOW_ID or --policy CHECKPOINT")
@@ -270,7 +274,7 @@ def register(app: typer.Typer) -> None:
             raise WorkflowRLError(f"--repeats {repeats}: use 1 or more")
         if executor:  # before any database work, as `search` does
             require_reachable(executor, "--executor")
-        batch = asyncio.run(evaluate_stored(ctx.obj["db"], workflow_id, split, repeats, executor, workers))
+        batch = asyncio.run(evaluate_stored(db, workflow_id, split, repeats, executor, workers))
         rewards = [r.reward for r in batch.records]
         console = Console()
         console.print(f"workflow #{workflow_id} on {split}: mean reward {batch.mean_reward:.3f} "

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from workflow_rl.cli.options import DbOption, resolve_db
 from workflow_rl.trainer_config import TrainConfig
 
 _H = TrainConfig.help_for
@@ -45,6 +46,7 @@ def train_command(
     save_every: Annotated[int | None, typer.Option("--save-every", help=_H("save_every"))] = None,
     seed: Annotated[int, typer.Option("--seed", help=_H("seed"))] = 0,
     resume: Annotated[bool, typer.Option("--resume", help=_H("resume"))] = False,
+    db: DbOption = None,
 ) -> None:
     """Train the policy with token-level GRPO on the stored evaluations of --run (train split only).
 
@@ -74,7 +76,7 @@ def train_command(
                     f"clip {m['clip/low']:.3f}/{m['clip/high']:.3f}" + ("  SKIPPED" if m["step/skipped"] else ""))
             progress.update(task, completed=step, total=total, info=info)
 
-        result = train(config, ctx.obj["db"], on_step=on_step)
+        result = train(config, resolve_db(ctx, db), on_step=on_step)
     last = result.history[-1] if result.history else {}
     typer.echo(
         f"trained {len(result.history)} steps (total {result.steps}) on {result.dataset.samples} samples "
