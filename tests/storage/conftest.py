@@ -72,3 +72,27 @@ def fill_demo(engine: Engine) -> dict[str, int]:
 def demo(engine: Engine) -> tuple[Engine, dict[str, int]]:
     """The engine filled with the example database, and the ids of its rows."""
     return engine, fill_demo(engine)
+
+
+def make_loop_round(engine: Engine, run_id: int, loop: str, round_: int = 0) -> int:
+    """Turn run ``run_id`` into round ``round_`` of a loop called ``loop`` as ``workflow-rl loop`` stores
+    it: the round run is renamed ``<loop>/r<round>`` and points at a new loop run named ``loop``."""
+    from storage.models import Run
+
+    with session_scope(engine) as s:
+        round_run = s.get(Run, run_id)
+        round_run.name = f"{loop}/r{round_}"
+        loop_run = Run(name=loop, benchmark=round_run.benchmark, kind="loop", status="done", config={},
+                       state={"rounds": {str(round_): {"search_run": round_run.name, "phase": "done"}}})
+        s.add(loop_run)
+        s.flush()
+        round_run.parent_id, round_run.loop_round = loop_run.id, round_
+        return loop_run.id
+
+
+@pytest.fixture
+def loop_demo(engine: Engine) -> tuple[Engine, dict[str, int]]:
+    """The example database with run ``demo`` stored as round 0 of a loop named ``demo``."""
+    ids = fill_demo(engine)
+    ids["loop"] = make_loop_round(engine, ids["demo"], "demo")
+    return engine, ids

@@ -180,3 +180,79 @@ def test_db_after_a_nested_command(tmp_path: Path):
     result = runner.invoke(app, ["db", "upgrade", "--db", db])
     assert result.exit_code == 0, result.output
     assert f"upgraded empty -> {head_revision()}" in result.output and Path(db).exists()
+
+
+def test_runs_lists_a_loop_with_its_totals_and_its_rounds_under_it(loop_demo):
+    engine, ids = loop_demo
+    result = runner.invoke(app, ["runs", "--db", _url(engine)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    loop_line = next(i for i, line in enumerate(lines) if " demo " in line and "loop" in line)
+    assert "demo/r0" in lines[loop_line + 1] and "round 0" in lines[loop_line + 1]
+    assert lines[loop_line + 1].index("demo/r0") > lines[loop_line].index("demo")  # indented under it
+    # the loop holds no workflows itself: its totals are its round's (3 workflows, 10 evaluations)
+    assert lines[loop_line].split()[4:7] == ["3", "10", "0.667"]
+    assert lines[loop_line + 1].split()[5:8] == ["3", "10", "0.667"]
+    assert "not shown: created; --wide" in result.output  # left out at 80 columns, and said so
+    wide = runner.invoke(app, ["runs", "--wide", "--db", _url(engine)])
+    assert "created" in wide.output.splitlines()[1] and "--wide" not in wide.output
+
+
+def test_sql_on_a_loop_name_finds_its_rounds_and_empty_results_get_a_hint(loop_demo):
+    engine, ids = loop_demo
+    by_loop = runner.invoke(app, ["sql", "--db", _url(engine), "--format", "csv",
+                                  "SELECT workflow_id FROM leaderboard WHERE loop = 'demo' ORDER BY workflow_id"])
+    assert by_loop.stdout.splitlines() == ["workflow_id", *(str(ids[w]) for w in ("w1", "w2", "w3"))]
+    as_run = runner.invoke(app, ["sql", "--db", _url(engine), "SELECT * FROM leaderboard WHERE run = 'demo'"])
+    assert as_run.exit_code == 0 and "(no rows)" in as_run.stdout
+    assert "'demo' is a loop" in as_run.stderr and "loop = 'demo'" in as_run.stderr
+    typo = runner.invoke(app, ["sql", "--db", _url(engine), "--format", "csv",
+                               "SELECT * FROM leaderboard WHERE run = 'dmeo'"])
+    assert typo.stdout.splitlines()[1:] == []  # csv stays clean: the hint goes to stderr
+    assert "no run is named 'dmeo'; close names: demo" in typo.stderr
+    found = runner.invoke(app, ["sql", "--db", _url(engine), "SELECT * FROM leaderboard WHERE run = 'other'"])
+    assert found.stderr == ""  # rows found: nothing to explain
+
+
+def test_tables_fit_80_columns_in_a_real_terminal_width(loop_demo, tmp_path: Path):
+    """As a subprocess with COLUMNS=80: no line of runs or sql is longer than 80 characters."""
+    import os
+
+    engine, _ = loop_demo
+    cli = [sys.executable, "-c", "from workflow_rl.cli import main; main()"]
+    env = {**os.environ, "COLUMNS": "80"}
+    queries = ["SELECT * FROM leaderboard", "SELECT * FROM problem_matrix", "SELECT code, w.* FROM workflows w",
+               "SELECT 'x' || printf('%.200c', 'y') AS long_text, 1 AS n" if engine.dialect.name == "sqlite"
+               else "SELECT repeat('y', 200) AS long_text, 1 AS n"]
+    outputs = []
+    for args in (["runs"], *(["sql", q] for q in queries)):
+        proc = subprocess.run([*cli, *args, "--db", _url(engine)], capture_output=True, text=True, env=env,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(proc.stdout)
+        assert max(len(line) for line in proc.stdout.splitlines()) <= 80, proc.stdout
+    header = outputs[1].splitlines()[0]
+    assert "workflow_id" in header and "mean_reward" not in header
+    assert "not shown: mean_reward," in outputs[1]  # the columns that do not fit are named
+    proc = subprocess.run([*cli, "sql", "--wide", queries[0], "--db", _url(engine)], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert "total_cost" in proc.stdout and max(len(line) for line in proc.stdout.splitlines()) > 80
+
+
+def test_fit_widths_shortens_the_widest_first_and_drops_what_cannot_fit():
+    from workflow_rl.cli.tables import fit_widths
+
+    headers = ["id", "text", "n"]
+    rows = [["1", "x" * 100, "12345"]]
+    assert fit_widths(headers, rows, 200) == [2, 100, 5]  # room for all: natural widths
+    assert fit_widths(headers, rows, 40) == [2, 40 - 6 - 2 - 5, 5]  # only the wide text gives way
+    assert fit_widths(headers, rows, 16) == [2, 10]  # "n" cannot fit beside a readable "text"
+    assert fit_widths(["code"], [["a\nlonger line"]], 80) == [11]  # multi-line values: longest line
+
+
+def test_named_runs_reads_only_comparisons_with_run_loop_or_name():
+    from workflow_rl.cli.hints import named_runs
+
+    query = "SELECT * FROM leaderboard l JOIN runs r ON r.id = l.run_id WHERE l.RUN = 'a''b' AND r.name='c' " \
+            "AND loop = 'd' AND problem_key = 'v1' AND first_name = 'e'"
+    assert named_runs(query) == [("run", "a'b"), ("name", "c"), ("loop", "d")]

@@ -57,11 +57,22 @@ def test_readme_queries_answer_the_example(demo):
     engine, ids = demo
     best, unsolved, by_round, cost, lineage, errors = (execute_sql(engine, q) for q in readme_queries())
     assert [r[0] for r in best.rows] == [ids["w2"], ids["w1"], ids["w3"]]
-    assert best.rows[0][3] == pytest.approx(2 / 3)
+    assert best.rows[0][4] == pytest.approx(2 / 3)  # mean_reward
     assert [r[:4] for r in unsolved.rows] == [("calc", "validation", "v3", 2)]
-    assert [(r[0], r[1]) for r in by_round.rows] == [(0, 1), (1, 2)]
+    assert [(r[1], r[2]) for r in by_round.rows] == [(0, 1), (1, 2)]  # (search round, workflows)
     assert [r[0] for r in cost.rows] == [ids["w2"], ids["w1"], ids["w4"]]
     assert cost.rows[0][4] == pytest.approx(0.04 / 3)
     assert [(r[0], r[2], r[3]) for r in lineage.rows] == [(ids["w3"], "policy", 0), (ids["w2"], "mutation", 1),
                                                             (ids["w1"], "seed", 2)]
     assert errors.columns == ["error_kind", "n", "mean_latency_s"] and errors.rows == []
+
+
+def test_readme_queries_select_a_whole_loop_by_its_name(loop_demo):
+    """The same example stored as round 0 of a loop called ``demo`` (as ``workflow-rl loop`` stores
+    it: run ``demo/r0`` under loop ``demo``): the README's queries give the same answers."""
+    engine, ids = loop_demo
+    best, unsolved, by_round, *_ = (execute_sql(engine, q) for q in readme_queries())
+    assert [r[0] for r in best.rows] == [ids["w2"], ids["w1"], ids["w3"]]
+    assert {r[1] for r in best.rows} == {0}  # loop_round
+    assert [r[:4] for r in unsolved.rows] == [("calc", "validation", "v3", 2)]
+    assert [(r[0], r[1], r[2]) for r in by_round.rows] == [(0, 0, 1), (0, 1, 2)]

@@ -76,3 +76,11 @@ def test_views_in_database_match_views_module(engine):
             stored = dict(conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type='view'").all())
             for view in VIEWS:
                 assert stored[view.name] == view.create_sql()
+
+
+def test_every_view_names_the_loop_of_a_round_run(loop_demo):
+    """Round runs carry their loop's name and round; runs outside a loop carry their own name, round NULL."""
+    engine, _ = loop_demo
+    for view in VIEWS:
+        pairs = {(r["run"], r["loop"], r["loop_round"]) for r in _rows(engine, f"SELECT * FROM {view.name}")}
+        assert pairs == {("demo/r0", "demo", 0), ("other", "other", None)}, view.name

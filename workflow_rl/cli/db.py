@@ -1,7 +1,8 @@
 """Database commands: ``db upgrade``, ``sql``, ``runs`` and ``show``.
 
-All of them take ``--db`` before or after the command (:mod:`workflow_rl.cli.options`); errors are :class:`WorkflowRLError`,
-printed as one line by the CLI edge.
+All of them take ``--db`` before or after the command (:mod:`workflow_rl.cli.options`); tables fit
+the terminal (:mod:`workflow_rl.cli.tables`); errors are :class:`WorkflowRLError`, printed as one
+line by the CLI edge.
 """
 
 from __future__ import annotations
@@ -10,22 +11,24 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.panel import Panel
 from rich.syntax import Syntax
-from rich.table import Table
-from sqlalchemy import Engine, make_url, select, text
+from sqlalchemy import Engine, make_url, select
 from sqlalchemy.exc import ArgumentError
 
 from storage import open_db, read_session_scope, repo
 from storage.engine import create_db_engine, normalize_url
+from storage.listing import run_listing
 from storage.migrate import upgrade as migrate_upgrade
 from storage.models import Run, SearchNode
 from storage.sql import execute_sql
+from workflow_rl.cli.hints import empty_result_hints, named_runs
 from workflow_rl.cli.options import DbOption, resolve_db
+from workflow_rl.cli.tables import cell, print_table
 from workflow_rl.errors import WorkflowRLError
 
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
@@ -35,23 +38,7 @@ def _console() -> Console:
     return Console(soft_wrap=False)
 
 
-def _cell(value: Any) -> str:
-    """Render one SQL value: NULL for None, 4 significant digits for floats."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _table(columns: list[str], rows: list[tuple[Any, ...]], title: str | None = None) -> Table:
-    table = Table(title=title, show_lines=False)
-    for name in columns:
-        table.add_column(name, overflow="fold")
-    for row in rows:
-        table.add_row(*(_cell(v) for v in row))
-    return table
-
+WIDE_HELP = "Print every column in full (by default tables fit the terminal, 80 columns when piped)."
 
 def open_existing(db: str) -> Engine:
     """Open a database that must already exist (a typo in --db must not create a stray empty file)."""
@@ -86,6 +73,7 @@ def sql(
     query: Annotated[str, typer.Argument(help="One SQL statement, e.g. \"SELECT * FROM leaderboard LIMIT 5\".")],
     write: Annotated[bool, typer.Option("--write", help="Allow statements that change the database.")] = False,
     fmt: Annotated[str, typer.Option("--format", help="Output: table, csv or json (one object per row).")] = "table",
+    wide: Annotated[bool, typer.Option("--wide", help=WIDE_HELP)] = False,
     db: DbOption = None,
 ) -> None:
     """Run one SQL statement and print its rows (read-only unless --write; views: see README)."""
@@ -94,8 +82,11 @@ def sql(
     engine = open_existing(resolve_db(ctx, db))
     try:
         result = execute_sql(engine, query, write=write)
+        hints = _empty_result_hints(engine, query) if result.columns and not result.rows else []
     finally:
         engine.dispose()
+    for hint in hints:  # on stderr: csv and json output stay machine-readable
+        typer.echo(hint, err=True)
     if not result.columns:
         typer.echo(f"ok ({result.rowcount} rows changed)" if result.rowcount >= 0 else "ok")
     elif fmt == "csv":
@@ -106,31 +97,53 @@ def sql(
         for row in result.rows:
             typer.echo(json.dumps(dict(zip(result.columns, row, strict=True)), default=str))
     else:
-        _console().print(_table(result.columns, result.rows))
+        print_table(_console(), result.columns, result.rows, wide=wide)
 
 
-_RUNS_SQL = """
-SELECT r.id, r.name, r.benchmark, r.kind, r.status, r.created_at,
-       (SELECT COUNT(*) FROM workflows w WHERE w.run_id = r.id) AS workflows,
-       (SELECT COUNT(*) FROM evaluations e WHERE e.run_id = r.id) AS evaluations,
-       (SELECT MAX(l.mean_reward) FROM leaderboard l WHERE l.run_id = r.id) AS best_validation
-FROM runs r ORDER BY r.id
-"""
+def _empty_result_hints(engine: Engine, query: str) -> list[str]:
+    """Hints for run names in ``query`` that explain why it found nothing (see :mod:`.hints`)."""
+    if not named_runs(query):
+        return []
+    with read_session_scope(engine) as session:
+        listing = run_listing(session)
+    rounds: dict[str, list[str]] = {}
+    by_id = {r.id: r.name for r in listing}
+    for r in listing:
+        if r.depth == 1 and r.parent_id in by_id:
+            rounds.setdefault(by_id[r.parent_id], []).append(r.name)
+    return empty_result_hints(query, set(by_id.values()), rounds)
 
 
-def runs(ctx: typer.Context, db: DbOption = None) -> None:
-    """List runs with their workflow and evaluation counts and best validation reward."""
+RUNS_COLUMNS = ("id", "name", "kind", "status", "workflows", "evaluations", "best val", "benchmark", "created")
+"""Columns of ``workflow-rl runs``, most useful first (the last ones give way on a narrow terminal)."""
+
+
+def runs(
+    ctx: typer.Context,
+    wide: Annotated[bool, typer.Option("--wide", help=WIDE_HELP)] = False,
+    db: DbOption = None,
+) -> None:
+    """List runs: each loop with its totals and its rounds under it; workflows, evaluations, best validation.
+
+    ``evaluations`` counts every stored execution (workflow x problem x repeat, any split); ``best val``
+    is the best workflow's mean validation reward.
+    """
     engine = open_existing(resolve_db(ctx, db))
     try:
         with read_session_scope(engine) as session:
-            result = session.execute(text(_RUNS_SQL))
-            columns, rows = list(result.keys()), [tuple(r) for r in result]
+            listing = run_listing(session)
     finally:
         engine.dispose()
-    if not rows:
+    if not listing:
         typer.echo("no runs yet")
         return
-    _console().print(_table(columns, rows, title="runs"))
+    rows = [
+        (r.id, "  " * r.depth + r.name, f"round {r.loop_round}" if r.depth else r.kind, r.status, r.workflows,
+         r.evaluations, None if r.best_validation is None else f"{r.best_validation:.3f}", r.benchmark,
+         f"{r.created_at:%Y-%m-%d %H:%M}" if hasattr(r.created_at, "strftime") else str(r.created_at)[:16])
+        for r in listing
+    ]
+    print_table(_console(), RUNS_COLUMNS, rows, title="runs", wide=wide)
 
 
 def show(
@@ -161,26 +174,26 @@ def show(
             ))
             console.print(Syntax(workflow.code, "python", line_numbers=True))
             if scores:
-                console.print(_table(
-                    ["split", "mean reward", "evaluations", "problems", "total cost"],
+                print_table(
+                    console, ["split", "mean reward", "evaluations", "problems", "total cost"],
                     [(s["split"], s["mean_reward"], s["n_evaluations"], s["n_problems"], s["total_cost"])
                      for s in scores],
                     title="scores",
-                ))
+                )
             else:
                 console.print("scores: not evaluated yet")
             chain = " <- ".join(f"#{w.id} ({w.source}, round {w.round})" for w in lineage)
             console.print(f"lineage: {chain}")
             if node is not None:
                 mean = node.value_sum / node.visits if node.visits else None
-                console.print(f"search node: visits {node.visits}, mean value {_cell(mean)}, "
-                              f"prior {_cell(node.prior)}, depth {node.depth}, expanded {node.expanded}")
+                console.print(f"search node: visits {node.visits}, mean value {cell(mean)}, "
+                              f"prior {cell(node.prior)}, depth {node.depth}, expanded {node.expanded}")
             for g in generations:
                 n_tokens = len(g.completion_token_ids) if g.completion_token_ids is not None else None
                 console.print(
                     f"generation {g.id}: sampler {g.sampler}, policy version {g.policy_version or 'base'}, "
-                    f"T={_cell(g.temperature)} top_p={_cell(g.top_p)} top_k={_cell(g.top_k)}, group {g.group_key}, "
-                    f"completion tokens {_cell(n_tokens)}, behavior logprobs "
+                    f"T={cell(g.temperature)} top_p={cell(g.top_p)} top_k={cell(g.top_k)}, group {g.group_key}, "
+                    f"completion tokens {cell(n_tokens)}, behavior logprobs "
                     f"{'stored' if g.behavior_logprobs is not None else 'none'}, truncated {g.truncated}"
                 )
     finally:
