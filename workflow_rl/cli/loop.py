@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from workflow_rl.cli.options import DbOption, resolve_db
 from workflow_rl.errors import WorkflowRLError
@@ -107,12 +108,24 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         run: Annotated[str, typer.Option(help="Loop (or search) run to report on.")],
         out: Annotated[str | None, typer.Option(help="Output directory (default ./runs/<run>/report).")] = None,
+        wide: Annotated[bool, typer.Option("--wide", help="Print every column of the summary table in full.")] = False,
         db: DbOption = None,
     ) -> None:
-        """Write search/training PNG plots and a markdown summary of a run, from the database alone."""
-        from workflow_rl.report import write_report
+        """Write search/training PNG plots and a markdown summary of a loop or search run, from the database alone.
+
+        Its counts are those of `workflow-rl runs`; a legend says what each column counts.
+        """
+        from workflow_rl.cli.tables import print_table
+        from workflow_rl.report import LEGEND, write_report
 
         report = write_report(resolve_db(ctx, db), run, out)
-        console = Console()
-        console.print(report.summary)
-        console.print(f"wrote {report.search_png}, {report.training_png}, {report.summary_md}")
+        console = Console(soft_wrap=False)
+        # The terminal gets the summary as a table that fits it, each column explained below it;
+        # summary.md has the same figures in markdown.
+        console.print(Text(report.totals))
+        for table in report.tables:
+            print_table(console, table.headers, table.rows, title=table.title, wide=wide)
+        for line in LEGEND:
+            console.print(Text(f"- {line}"))
+        written = [p for p in (report.search_png, report.training_png, report.summary_md) if p is not None]
+        console.print(Text(f"wrote {', '.join(str(p) for p in written)}"))
