@@ -205,7 +205,8 @@ def test_sql_on_a_loop_name_finds_its_rounds_and_empty_results_get_a_hint(loop_d
     assert by_loop.stdout.splitlines() == ["workflow_id", *(str(ids[w]) for w in ("w1", "w2", "w3"))]
     as_run = runner.invoke(app, ["sql", "--db", _url(engine), "SELECT * FROM leaderboard WHERE run = 'demo'"])
     assert as_run.exit_code == 0 and "(no rows)" in as_run.stdout
-    assert "'demo' is a loop" in as_run.stderr and "loop = 'demo'" in as_run.stderr
+    assert "'demo' is a loop; its rows are in its rounds demo/r0" in as_run.stderr
+    assert "use loop = 'demo'" in as_run.stderr
     typo = runner.invoke(app, ["sql", "--db", _url(engine), "--format", "csv",
                                "SELECT * FROM leaderboard WHERE run = 'dmeo'"])
     assert typo.stdout.splitlines()[1:] == []  # csv stays clean: the hint goes to stderr

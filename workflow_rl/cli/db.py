@@ -123,10 +123,11 @@ def runs(
     wide: Annotated[bool, typer.Option("--wide", help=WIDE_HELP)] = False,
     db: DbOption = None,
 ) -> None:
-    """List runs: each loop with its totals and its rounds under it; workflows, evaluations, best validation.
+    """List runs: each loop with its totals, its rounds under it.
 
-    ``evaluations`` counts every stored execution (workflow x problem x repeat, any split); ``best val``
-    is the best workflow's mean validation reward.
+    evaluations: every stored execution (workflow x problem x repeat, any split).
+
+    best val: the best workflow's mean validation reward.
     """
     engine = open_existing(resolve_db(ctx, db))
     try:

@@ -27,13 +27,12 @@ def empty_result_hints(query: str, names: Collection[str], rounds: Mapping[str, 
     """
     hints = []
     for column, literal in named_runs(query):
+        # Kept short: a hint should fit one 80-column line for the usual short run names.
         if column == "run" and rounds.get(literal):
-            shown = ", ".join(rounds[literal][:3]) + (", ..." if len(rounds[literal]) > 3 else "")
-            hints.append(f"hint: {literal!r} is a loop; its workflows are in its round runs ({shown}): "
-                         f"use loop = '{literal}' to select them all")
+            hints.append(f"hint: {literal!r} is a loop; its rows are in its rounds {rounds[literal][0]}, ...: "
+                         f"use loop = '{literal}'")
         elif literal not in names:
-            close = difflib.get_close_matches(literal, list(names), n=5, cutoff=0.6)
-            close += [n for n in names if n.startswith(f"{literal}/") and n not in close][: max(0, 5 - len(close))]
-            listed = f"; close names: {', '.join(close)}" if close else ""
-            hints.append(f"hint: no run is named {literal!r}{listed} (list them: workflow-rl runs)")
+            close = difflib.get_close_matches(literal, list(names), n=3, cutoff=0.6)
+            listed = f"; close names: {', '.join(close)}" if close else "; see workflow-rl runs"
+            hints.append(f"hint: no run is named {literal!r}{listed}")
     return hints
