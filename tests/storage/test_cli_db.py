@@ -249,6 +249,9 @@ def test_fit_widths_shortens_the_widest_first_and_drops_what_cannot_fit():
     assert fit_widths(headers, rows, 40) == [2, 40 - 6 - 2 - 5, 5]  # only the wide text gives way
     assert fit_widths(headers, rows, 16) == [2, 10]  # "n" cannot fit beside a readable "text"
     assert fit_widths(["code"], [["a\nlonger line"]], 80) == [11]  # multi-line values: longest line
+    # a folded column (a name) keeps 20 characters: the next column is left out instead
+    assert len(fit_widths(["name", "n"], [["n" * 30, "12345678901234"]], 30)) == 2
+    assert fit_widths(["name", "n"], [["n" * 30, "12345678901234"]], 30, fold=("name",)) == [28]
 
 
 def test_named_runs_reads_only_comparisons_with_run_loop_or_name():

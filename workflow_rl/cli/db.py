@@ -140,11 +140,11 @@ def runs(
         return
     rows = [
         (r.id, "  " * r.depth + r.name, f"round {r.loop_round}" if r.depth else r.kind, r.status, r.workflows,
-         r.evaluations, None if r.best_validation is None else f"{r.best_validation:.3f}", r.benchmark,
+         r.evaluations, "-" if r.best_validation is None else f"{r.best_validation:.3f}", r.benchmark,
          f"{r.created_at:%Y-%m-%d %H:%M}" if hasattr(r.created_at, "strftime") else str(r.created_at)[:16])
         for r in listing
     ]
-    print_table(_console(), RUNS_COLUMNS, rows, title="runs", wide=wide)
+    print_table(_console(), RUNS_COLUMNS, rows, title="runs", wide=wide, fold=("name",))
 
 
 def show(

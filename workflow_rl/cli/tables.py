@@ -7,7 +7,7 @@ are left out and named under the table. ``--wide`` prints every column in full i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from rich import box
@@ -17,6 +17,9 @@ from rich.text import Text
 
 MIN_SHOWN = 10
 """A kept column is never narrower than this (or its header, or its widest value, if smaller)."""
+
+MIN_FOLDED = 20
+"""The same floor for a column whose long values fold onto more lines (e.g. run names)."""
 
 _PER_COLUMN = 2
 """Characters a column costs besides its text: the two spaces that separate it from the next one."""
@@ -32,8 +35,8 @@ def cell(value: Any) -> str:
 
 
 def _numeric(texts: list[str]) -> bool:
-    """Whether a column holds numbers only (NULL aside): those are right-aligned."""
-    present = [t for t in texts if t != "NULL"]
+    """Whether a column holds numbers only (NULL and "-" aside): those are right-aligned."""
+    present = [t for t in texts if t not in ("NULL", "-")]
     try:
         [float(t) for t in present]
     except ValueError:
@@ -51,14 +54,18 @@ def natural_widths(headers: Sequence[str], texts: Sequence[Sequence[str]]) -> li
     return [max([len(h), *(_width(row[i]) for row in texts)]) for i, h in enumerate(headers)]
 
 
-def fit_widths(headers: Sequence[str], texts: Sequence[Sequence[str]], width: int) -> list[int]:
+def fit_widths(
+    headers: Sequence[str], texts: Sequence[Sequence[str]], width: int, fold: Collection[str] = (),
+) -> list[int]:
     """Width of each column that is kept (a prefix of ``headers``) so that the table fits ``width``.
 
-    Each kept column gets at least ``min(its natural width, max(len(header), MIN_SHOWN))``; the rest
-    of the room goes to the natural widths, the widest columns giving way first.
+    Each kept column gets at least ``min(its natural width, max(len(header), MIN_SHOWN))`` (``MIN_FOLDED``
+    for the columns in ``fold``, which must stay whole); the rest of the room goes to the natural
+    widths, the widest columns giving way first.
     """
     natural = natural_widths(headers, texts)
-    floor = [min(n, max(len(h), MIN_SHOWN)) for n, h in zip(natural, headers, strict=True)]
+    floor = [min(n, max(len(h), MIN_FOLDED if h in fold else MIN_SHOWN))
+             for n, h in zip(natural, headers, strict=True)]
     kept = 0
     while kept < len(headers) and sum(floor[: kept + 1]) + _PER_COLUMN * (kept + 1) <= width:
         kept += 1
@@ -77,22 +84,27 @@ def fit_widths(headers: Sequence[str], texts: Sequence[Sequence[str]], width: in
 
 def print_table(
     console: Console, headers: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | None = None,
-    wide: bool = False,
+    wide: bool = False, fold: Collection[str] = (),
 ) -> None:
-    """Print ``rows`` as a table within the console's width (every column in full with ``wide``)."""
+    """Print ``rows`` as a table within the console's width (every column in full with ``wide``).
+
+    Values too long for their column end in an ellipsis, except in the columns named in ``fold``:
+    those continue on the next lines (a name is only useful whole).
+    """
     texts = [[cell(v).rstrip() for v in row] for row in rows]  # code ends in a newline: no blank line
     if wide:
         widths = natural_widths(headers, texts)
         console = Console(width=max(console.width, sum(widths) + _PER_COLUMN * len(widths)), soft_wrap=False,
                           file=console.file)
     else:
-        widths = fit_widths(headers, texts, console.width)
+        widths = fit_widths(headers, texts, console.width, fold)
     # Header rule only, no vertical lines; collapse_padding leaves two spaces between columns.
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
     for i, width in enumerate(widths):
         numeric = _numeric([row[i] for row in texts])
-        table.add_column(Text(headers[i]), justify="right" if numeric else "left", no_wrap=True, overflow="ellipsis",
-                         max_width=width, min_width=min(width, len(headers[i])))
+        folds = headers[i] in fold
+        table.add_column(Text(headers[i]), justify="right" if numeric else "left", no_wrap=not folds,
+                         overflow="fold" if folds else "ellipsis", max_width=width, min_width=min(width, len(headers[i])))
     for row in texts:
         table.add_row(*(Text(t) for t in row[: len(widths)]))  # Text: a value is never read as markup
     console.print(table)
