@@ -65,6 +65,9 @@ LEGEND: tuple[str, ...] = (
     "train steps: optimizer steps of the round's training; train reward: mean reward of the samples "
     "it trained on",
     "checkpoint: the policy the round's training saved (the next round's search uses it)",
+    "eval run: a stored `workflow-rl eval --policy` of one of these checkpoints; accuracy: mean test (or "
+    "chosen split) reward of the workflows the policy wrote, one per problem; valid: share of them that "
+    "are valid programs; cost: USD of the LLM calls (- = unknown)",
 )
 """What each column of the summary table counts (printed under it)."""
 
@@ -264,7 +267,8 @@ def _eval_rows(session: Session, checkpoint_ids: set[int]) -> list[tuple[str, di
 
 SEARCH_HEADERS = ("round", "best val", "mean val", "search evals", "evals to best", "children", "by policy")
 STORED_HEADERS = ("round", "run", "workflows", "evaluations", "train steps", "train reward", "checkpoint")
-"""Columns of the two summary tables (explained by :data:`LEGEND`); each fits 80 columns."""
+EVAL_HEADERS = ("eval run", "split", "accuracy", "cost", "valid")
+"""Columns of the summary tables (explained by :data:`LEGEND`); each fits 80 columns."""
 
 
 @dataclass(frozen=True)
@@ -308,23 +312,31 @@ def totals_line(run: Run, listed: RunRow | None) -> str:
             f"{listed.validation_evaluations} of them on validation), best validation reward {best}.")
 
 
-def _summary(run: Run, totals: str, tables: tuple[SummaryTable, ...], evals: list[tuple[str, dict[str, Any]]],
-             notes: list[str]) -> str:
+def eval_table(evals: list[tuple[str, dict[str, Any]]]) -> SummaryTable | None:
+    """The stored ``eval --policy`` results of the report's checkpoints (None when there are none)."""
+    if not evals:
+        return None
+    rows = tuple((name, st.get("split"), f"{st['accuracy']:.3f}", "-" if st.get("cost") is None else f"{st['cost']:.4f}",
+                  f"{st.get('valid_fraction', 0.0):.2f}") for name, st in evals)
+    return SummaryTable("Policy evaluations of these checkpoints", EVAL_HEADERS, rows)
+
+
+def _summary(run: Run, totals: str, tables: tuple[SummaryTable, ...], notes: list[str]) -> str:
     lines = [f"# Report: {run.name}", "", f"benchmark `{run.benchmark}`, kind `{run.kind}`, status `{run.status}`",
              "", totals]
     for table in tables:
         lines += ["", f"## {table.title}", "", "| " + " | ".join(table.headers) + " |", "|" + "---|" * len(table.headers)]
         lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.rows]
-    lines += ["", *(f"- {line}" for line in LEGEND)]
-    if evals:
-        lines += ["", "## Policy evaluations", "", "| eval run | split | accuracy | cost | valid |", "|---|---|---|---|---|"]
-        for name, st in evals:
-            cost = "-" if st.get("cost") is None else f"{st['cost']:.4f}"
-            lines.append(f"| {name} | {st.get('split')} | {st['accuracy']:.3f} | {cost} "
-                         f"| {st.get('valid_fraction', 0.0):.2f} |")
+    lines += ["", *(f"- {line}" for line in legend(tables))]
     if notes:
         lines += ["", *notes]
     return "\n".join(lines) + "\n"
+
+
+def legend(tables: tuple[SummaryTable, ...]) -> list[str]:
+    """The lines of :data:`LEGEND` that explain a column of ``tables``."""
+    headers = {h for t in tables for h in t.headers}
+    return [line for line in LEGEND if any(line.startswith(f"{h}:") for h in headers)]
 
 
 def write_report(db: str | Engine, run: str, out_dir: str | Path | None = None) -> Report:
@@ -333,10 +345,10 @@ def write_report(db: str | Engine, run: str, out_dir: str | Path | None = None) 
     with session_scope(engine) as session:
         loop_run, listed, rows = _rounds(session, run)
         ckpts = {r.checkpoint_id for r in rows if r.checkpoint_id is not None}
-        evals = _eval_rows(session, ckpts)
+        evaluated = eval_table(_eval_rows(session, ckpts))
         beta = (loop_run.config or {}).get("beta") if loop_run.kind == "loop" else None
         totals = totals_line(loop_run, listed)
-        tables = summary_tables(rows)
+        tables = summary_tables(rows) + ((evaluated,) if evaluated else ())
         steps = [m for row in rows for m in row.steps]
         panels = train_panels(steps, beta)
         notes = []
@@ -344,7 +356,7 @@ def write_report(db: str | Engine, run: str, out_dir: str | Path | None = None) 
             notes.append("training.png has no KL panel: beta = 0, so no reference policy and no KL were computed.")
         if not panels:
             notes.append("No training metrics are stored for this run, so there is no training.png.")
-        summary = _summary(loop_run, totals, tables, evals, notes)
+        summary = _summary(loop_run, totals, tables, notes)
     out = Path(out_dir or Path("runs") / run / "report")
     out.mkdir(parents=True, exist_ok=True)
     search_png, summary_md = out / "search.png", out / "summary.md"

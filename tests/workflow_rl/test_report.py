@@ -22,7 +22,9 @@ from workflow_rl.evaluation import BenchmarkEvaluator
 from workflow_rl.report import (
     LEGEND,
     RoundRows,
+    eval_table,
     evaluations_to_reach,
+    legend,
     search_curve,
     train_panels,
     training_figure,
@@ -197,3 +199,12 @@ def test_report_cli_fits_80_columns(loop_db):
     assert proc.returncode == 0, proc.stderr
     assert "by policy" in proc.stdout and "best val:" in proc.stdout
     assert max(len(line) for line in proc.stdout.splitlines()) <= 80, proc.stdout
+
+
+def test_policy_evaluations_table_and_its_legend():
+    evaluated = eval_table([("eval/policy-3/test/k8", {"split": "test", "accuracy": 0.26, "cost": None,
+                                                       "valid_fraction": 1.0})])
+    assert evaluated.rows == (("eval/policy-3/test/k8", "test", "0.260", "-", "1.00"),)
+    assert eval_table([]) is None
+    lines = legend((evaluated,))
+    assert len(lines) == 1 and lines[0].startswith("eval run:") and "accuracy:" in lines[0]

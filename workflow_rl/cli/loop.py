@@ -116,7 +116,7 @@ def register(app: typer.Typer) -> None:
         Its counts are those of `workflow-rl runs`; a legend says what each column counts.
         """
         from workflow_rl.cli.tables import print_table
-        from workflow_rl.report import LEGEND, write_report
+        from workflow_rl.report import legend, write_report
 
         report = write_report(resolve_db(ctx, db), run, out)
         console = Console(soft_wrap=False)
@@ -124,8 +124,8 @@ def register(app: typer.Typer) -> None:
         # summary.md has the same figures in markdown.
         console.print(Text(report.totals))
         for table in report.tables:
-            print_table(console, table.headers, table.rows, title=table.title, wide=wide)
-        for line in LEGEND:
+            print_table(console, table.headers, table.rows, title=table.title, wide=wide, fold=("run", "eval run"))
+        for line in legend(report.tables):
             console.print(Text(f"- {line}"))
         written = [p for p in (report.search_png, report.training_png, report.summary_md) if p is not None]
         console.print(Text(f"wrote {', '.join(str(p) for p in written)}"))
