@@ -79,17 +79,3 @@ def run_listing(session: Session) -> list[RunRow]:
         out += [replace(c, depth=1) for c in rounds]
     return out
 
-
-def find_listed(listing: list[RunRow], name: str) -> tuple[RunRow | None, list[RunRow]]:
-    """The listed run called ``name`` (totals included) and its rounds."""
-    for i, row in enumerate(listing):
-        if row.name == name and row.depth == 0:
-            rounds = []
-            for child in listing[i + 1:]:
-                if child.depth == 0:
-                    break
-                rounds.append(child)
-            return row, rounds
-        if row.name == name:
-            return row, []
-    return None, []

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from search.tree import validation_scores
 from storage.engine import open_db, session_scope
-from storage.listing import RunRow, find_listed, run_listing
+from storage.listing import RunRow, run_listing
 from storage.models import Evaluation, Problem, Run, SearchNode, TrainStep, Workflow
 from storage.repo import find_run
 from workflow_rl.errors import WorkflowRLError
@@ -144,9 +144,8 @@ def _rounds(session: Session, name: str) -> tuple[Run, RunRow | None, list[Round
         names = [(r, v["search_run"], v.get("checkpoint_id")) for r, v in entries]
     else:
         names = [(0, run.name, None)]
-    listing = run_listing(session)
-    listed, _ = find_listed(listing, run.name)
-    by_name = {r.name: r for r in listing}
+    by_name = {r.name: r for r in run_listing(session)}  # a loop's row carries its rounds' totals
+    listed = by_name.get(run.name)
     rows = []
     for r, search_name, ckpt in names:
         search_run = find_run(session, search_name)
