@@ -3,8 +3,9 @@
 Round ``r`` (0-based) has three phases, each recorded in the loop run's ``runs.state`` as soon as
 it is finished, so re-running the same command continues where it stopped:
 
-1. **search** (run ``<loop>/r<r>``): round 0 uses mutations; round ``r >= 1`` draws children
-   from round ``r-1``'s checkpoint plus a fraction of mutations
+1. **search** (run ``<loop>/r<r>``, which records the loop as its ``runs.parent_id`` and ``r`` as
+   its ``loop_round``, so listings and SQL views show the rounds as the loop): round 0 uses
+   mutations; round ``r >= 1`` draws children from round ``r-1``'s checkpoint plus a fraction of mutations
    (:class:`~workflow_rl.policy_proposer.MixedProposer`). ``policy_children="graft"`` (the
    ``auto`` default on benchmarks whose operators are all tools, such as calc):
    the policy writes per-problem programs for the parent's failures and verified ones become

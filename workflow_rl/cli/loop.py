@@ -108,7 +108,7 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         run: Annotated[str, typer.Option(help="Loop (or search) run to report on.")],
         out: Annotated[str | None, typer.Option(help="Output directory (default ./runs/<run>/report).")] = None,
-        wide: Annotated[bool, typer.Option("--wide", help="Print every column of the summary table in full.")] = False,
+        wide: Annotated[bool, typer.Option("--wide", help="Print every column of the summary tables in full.")] = False,
         db: DbOption = None,
     ) -> None:
         """Write search/training PNG plots and a markdown summary of a loop or search run, from the database alone.
