@@ -3,7 +3,9 @@
 Definitions follow TRL's ``GRPOTrainer`` so that a parity check agrees: ``agg="token"`` is TRL's
 ``"dapo"`` (sum over every active token of the batch / their count), ``"sequence"`` is ``"grpo"``
 (per-sequence token mean, then batch mean) and ``"constant"`` is ``"dr_grpo"`` (sum / (B * L_max)).
-KL ``k3`` is TRL's ``exp(ref - logp) - (ref - logp) - 1``, added per token as ``beta * kl``.
+KL ``k3`` is TRL's ``exp(ref - logp) - (ref - logp) - 1``, added per token as ``beta * kl`` (times the
+ratio with ``kl_bias_correction``, TRL's ``use_bias_correction_kl``). The sampler-mismatch weights,
+the off-policy sequence mask and the high-entropy token mask are in :mod:`workflow_rl.grpo_is`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+from workflow_rl.grpo_options import RatioLevel
 
 AdvantageScale = Literal["group", "batch", "none"]
 Aggregation = Literal["token", "sequence", "constant"]
@@ -213,10 +217,10 @@ class LossOutput:
 
     loss: torch.Tensor
     policy_loss: torch.Tensor  # aggregated clipped objective without the KL term
-    kl: torch.Tensor  # masked token-mean KL (0 when no reference was given)
+    kl: torch.Tensor  # masked token-mean of the KL term as added to the loss (0 when no reference was given)
     clip_low: float  # fraction of active tokens clipped at 1 - eps_low (A < 0)
     clip_high: float  # fraction of active tokens clipped at 1 + eps_high (A > 0)
-    ratio_mean: float
+    ratio_mean: float  # over active tokens of the ratio the loss used (a sequence's ratio on each of its tokens)
     ratio_std: float
 
 
@@ -246,6 +250,15 @@ def aggregate(
     raise ValueError(f"unknown loss aggregation {agg!r}; use token, sequence or constant")
 
 
+def sequence_log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """GSPO's sequence log-ratio ``[B, 1]``: the masked token mean of ``logp - old`` of each row.
+
+    Its exponential is the length-normalised sequence likelihood ratio ``(pi / pi_old)^(1/|y|)``,
+    which TRL uses for ``importance_sampling_level="sequence"`` (0 for a row without active tokens).
+    """
+    return ((logp - old_logp) * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)
+
+
 def policy_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -253,43 +266,69 @@ def policy_loss(
     mask: torch.Tensor,
     eps_low: float = 0.2,
     eps_high: float = 0.28,
-    dual_clip: float | None = None,
+    delta: float | None = None,
     agg: Aggregation = "token",
     constant_norm: float | None = None,
     is_weights: torch.Tensor | None = None,
     per_token_kl: torch.Tensor | None = None,
     beta: float = 0.0,
     token_norm: float | None = None,
+    level: RatioLevel = "token",
+    kl_bias_correction: bool = False,
+    sequence_keep: torch.Tensor | None = None,
+    token_keep: torch.Tensor | None = None,
 ) -> LossOutput:
     """Clipped surrogate ``-min(r A, clip(r, 1-eps_low, 1+eps_high) A)`` per token, aggregated.
 
-    ``logp``/``old_logp``/``mask``: ``[B, L]``; ``advantages``: ``[B]``. ``dual_clip`` (c > 1)
-    bounds the loss of negative-advantage tokens at ``-c A`` (dual-clip PPO). ``is_weights``
-    (truncated importance weights, detached) multiply the per-token loss, and ``beta *
-    per_token_kl`` is added per token before aggregation, in TRL's order.
+    ``logp``/``old_logp``/``mask``: ``[B, L]``; ``advantages``: ``[B]``. The ratio ``r`` is
+    ``exp(logp - old)`` per token (``level="token"``) or one :func:`sequence_log_ratio` per row
+    (``"sequence"``, GSPO). ``delta`` (TRL's two-sided clipping, INTELLECT-2) caps ``r`` at
+    ``delta`` before the min, so a negative-advantage token's loss is at most ``-delta A``.
+    Then, in TRL's order, the per-token loss is multiplied by ``sequence_keep`` (``[B]``, the
+    off-policy mask), ``token_keep`` (``[B, L]``, the high-entropy mask) and ``is_weights``
+    (sampler-mismatch weights, detached, ``[B, L]`` or ``[B, 1]``), and ``beta * kl`` is added,
+    where ``kl = per_token_kl``, times ``r`` with ``kl_bias_correction``: the ratio makes the
+    gradient of k3 the unbiased reverse-KL gradient ``r * log(pi / ref) * grad logp``, where plain
+    k3 gives ``(1 - ref / pi) * grad logp`` (see docs/learner.md).
     """
     adv = advantages[:, None].to(logp.dtype)
-    ratio = torch.exp(logp - old_logp.detach())
+    if level == "token":
+        log_ratio = logp - old_logp.detach()
+    elif level == "sequence":
+        log_ratio = sequence_log_ratio(logp, old_logp.detach(), mask)
+    else:
+        raise ValueError(f"unknown importance sampling level {level!r}; use token or sequence")
+    ratio = torch.exp(log_ratio)
     clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
-    per_token = -torch.min(ratio * adv, clipped * adv)
-    if dual_clip is not None:
-        if dual_clip <= 1.0:
-            raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
-        per_token = torch.where(adv < 0, torch.minimum(per_token, -dual_clip * adv), per_token)
+    capped = ratio
+    if delta is not None:
+        if delta <= 1.0:
+            raise ValueError(f"delta must be > 1 (it caps the ratio), got {delta}")
+        capped = torch.clamp(ratio, max=delta)
+    # a sequence-level ratio is [B, 1]: broadcast it onto the row's tokens
+    per_token = (-torch.min(capped * adv, clipped * adv)).expand_as(mask)
+    if sequence_keep is not None:
+        per_token = per_token * sequence_keep[:, None].to(per_token.dtype)
+    if token_keep is not None:
+        per_token = per_token * token_keep.to(per_token.dtype)
     if is_weights is not None:
         per_token = per_token * is_weights.detach()
     pg = aggregate(per_token, mask, agg, constant_norm, token_norm)
-    if per_token_kl is not None and beta != 0.0:
-        loss = aggregate(per_token + beta * per_token_kl, mask, agg, constant_norm, token_norm)
+    kl_term = None
+    if per_token_kl is not None:
+        kl_term = per_token_kl * ratio if kl_bias_correction else per_token_kl
+    if kl_term is not None and beta != 0.0:
+        loss = aggregate(per_token + beta * kl_term, mask, agg, constant_norm, token_norm)
     else:
         loss = pg
     with torch.no_grad():
         active = mask.bool()
         n_active = max(int(active.sum()), 1)
-        low = ((ratio < 1.0 - eps_low) & (adv < 0) & active).sum().item() / n_active
-        high = ((ratio > 1.0 + eps_high) & (adv > 0) & active).sum().item() / n_active
-        r = ratio[active]
-        kl = (per_token_kl * mask).sum() / mask.sum().clamp(min=1.0) if per_token_kl is not None else torch.zeros(())
+        ratio_tok = ratio.detach().expand_as(mask)
+        low = ((ratio_tok < 1.0 - eps_low) & (adv < 0) & active).sum().item() / n_active
+        high = ((ratio_tok > 1.0 + eps_high) & (adv > 0) & active).sum().item() / n_active
+        r = ratio_tok[active]
+        kl = (kl_term * mask).sum() / mask.sum().clamp(min=1.0) if kl_term is not None else torch.zeros(())
         ratio_mean = float(r.mean()) if r.numel() else 1.0
         ratio_std = float(r.std()) if r.numel() > 1 else 0.0
     return LossOutput(loss, pg.detach(), kl.detach(), low, high, ratio_mean, ratio_std)

@@ -1,7 +1,8 @@
 """The GRPO learner loop; reads top to bottom like cleanrl's ppo.py.
 
-load samples -> group advantages -> (old logprobs) -> clipped loss + TIS (+ KL) -> step -> log.
-The maths lives in :mod:`workflow_rl.grpo`; the config in :mod:`workflow_rl.trainer_config`.
+load samples -> group advantages -> (old logprobs) -> clipped loss + IS weights and masks (+ KL) -> step -> log.
+The maths lives in :mod:`workflow_rl.grpo` and :mod:`workflow_rl.grpo_is`; the config in
+:mod:`workflow_rl.trainer_config`; the options and their defaults are explained in docs/learner.md.
 Works on CPU (deterministic, float32) and under ``accelerate launch`` (bf16 autocast on GPU,
 samples of a batch split across processes).
 """
@@ -30,10 +31,11 @@ from workflow_rl.grpo import (
     group_advantages,
     kl_penalty,
     policy_loss,
-    tis_weights,
     zero_std_fraction,
 )
+from workflow_rl.grpo_is import high_entropy_mask, off_policy_mask, sampler_is_weights
 from workflow_rl.policy import LoraSpec, Policy
+from workflow_rl.step_metrics import StepMetrics
 from workflow_rl.trainer_config import TrainConfig
 
 
@@ -140,25 +142,37 @@ def grpo_step(
     lengths = [len(samples[i].completion_token_ids) for i in batch]
     truncated = [samples[i].truncated for i in batch]
     # Token-level aggregation normalises by the active tokens of the whole step, so gradient
-    # accumulation gives the same gradient as one big batch (TRL's num_items_in_batch).
-    token_norm = float(completion_mask(lengths, max(lengths), truncated, config.mask_truncated).sum())
-    totals: dict[str, float] = {"loss/policy": 0.0, "loss/kl": 0.0, "clip/low": 0.0, "clip/high": 0.0,
-                                "entropy": 0.0, "tokens/active": 0.0}
-    ratios, gaps, weights = [], [], []
+    # accumulation gives the same gradient as one big batch (TRL's num_items_in_batch). Tokens that
+    # the IS, off-policy or entropy masks drop still count here, as in TRL.
+    token_norm = float(completion_mask(lengths, max(lengths), truncated, config.mask_truncated_completions).sum())
+    stats = StepMetrics()
     finite = True
     for k, mb in enumerate(micro):
         rows = [samples[i] for i in mb]
         logp, entropy, lens = _forward(policy, accelerator, rows, with_entropy=True)
         logp = logp.float()
         width = logp.shape[1]
-        mask = completion_mask(lens, width, [s.truncated for s in rows], config.mask_truncated).to(logp.device)
+        mask = completion_mask(lens, width, [s.truncated for s in rows],
+                               config.mask_truncated_completions).to(logp.device)
         old_mb = logp.detach() if old is None or old[k] is None else old[k].to(logp.device)
         has_behavior = torch.tensor([s.behavior_logprobs is not None for s in rows], device=logp.device)
         if start_old is not None:
             fixed = _pad([start_old[i] for i in mb], width).to(logp.device)
             old_mb = torch.where(has_behavior[:, None], fixed, old_mb)
         behavior = _pad([s.behavior_logprobs for s in rows], width).to(logp.device)
-        is_w = tis_weights(old_mb, behavior, config.tis_cap, has_behavior)
+        adv = advantages[mb].to(logp.device)
+        is_w = None
+        if config.vllm_importance_sampling_correction:
+            is_w = sampler_is_weights(old_mb, behavior, mask, config.vllm_importance_sampling_mode,
+                                      config.vllm_importance_sampling_clip_max,
+                                      config.vllm_importance_sampling_clip_min, has_behavior)
+        seq_keep = None
+        if config.off_policy_mask_threshold is not None:
+            # the sampler's logprobs where there are some (TRL: vLLM's), else old (search samples: ratio 1)
+            sampling = torch.where(has_behavior[:, None], behavior, old_mb)
+            seq_keep = off_policy_mask(adv, logp, sampling, mask, config.off_policy_mask_threshold)
+        tok_keep = high_entropy_mask(entropy.float(), mask, config.top_entropy_quantile) \
+            if config.top_entropy_quantile < 1.0 else None
         per_token_kl = None
         if config.beta > 0:
             with torch.no_grad():
@@ -168,11 +182,11 @@ def grpo_step(
                 else:
                     ref_logp = _forward(Policy(ref_model, policy.tokenizer, "", ""), accelerator, rows)[0].float()
             per_token_kl = kl_penalty(logp, ref_logp, config.kl_kind)
-        adv = advantages[mb].to(logp.device)
         out = policy_loss(
-            logp, old_mb, adv, mask, config.eps_low, config.eps_high, config.dual_clip, config.agg,
+            logp, old_mb, adv, mask, config.eps_low, config.eps_high, config.delta, config.agg,
             config.constant_norm, is_w, per_token_kl, config.beta,
-            token_norm=token_norm if config.agg == "token" else None,
+            token_norm=token_norm if config.agg == "token" else None, level=config.importance_sampling_level,
+            kl_bias_correction=config.use_bias_correction_kl, sequence_keep=seq_keep, token_keep=tok_keep,
         )
         # sequence/constant means are per micro-batch: weight them by its share of the batch.
         scale = 1.0 if config.agg == "token" else len(mb) / len(batch)
@@ -181,18 +195,7 @@ def grpo_step(
             finite = False
             break
         accelerator.backward(loss)
-        active = mask.bool()
-        n_active = float(active.sum())
-        totals["loss/policy"] += float(out.policy_loss) * scale
-        totals["loss/kl"] += float(out.kl) * n_active
-        totals["clip/low"] += out.clip_low * n_active
-        totals["clip/high"] += out.clip_high * n_active
-        totals["entropy"] += float((entropy.float() * mask).sum())
-        totals["tokens/active"] += n_active
-        ratios.append(torch.exp(logp.detach() - old_mb)[active])
-        policy_rows = active & has_behavior[:, None]
-        gaps.append((old_mb - behavior).abs()[policy_rows])
-        weights.append(is_w[policy_rows])
+        stats.add(out, scale, logp, old_mb, behavior, mask, entropy, has_behavior, is_w, seq_keep, tok_keep)
     grad_norm = float("nan")
     if finite:
         if config.max_grad_norm > 0:
@@ -205,21 +208,9 @@ def grpo_step(
         optimizer.step()
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    n_tok = max(totals["tokens/active"], 1.0)
-    ratio = torch.cat(ratios) if ratios else torch.ones(1)
-    gap = torch.cat(gaps) if gaps else torch.zeros(0)
-    weight = torch.cat(weights) if weights else torch.zeros(0)
-    return {
-        "loss/policy": totals["loss/policy"], "loss/kl": totals["loss/kl"] / n_tok,
-        "ratio/mean": float(ratio.mean()), "ratio/std": float(ratio.std()) if ratio.numel() > 1 else 0.0,
-        "clip/low": totals["clip/low"] / n_tok, "clip/high": totals["clip/high"] / n_tok,
-        "mismatch/old_behavior_abs_mean": float(gap.mean()) if gap.numel() else 0.0,
-        "mismatch/old_behavior_abs_max": float(gap.max()) if gap.numel() else 0.0,
-        "is/weight_mean": float(weight.mean()) if weight.numel() else 1.0,
-        "is/weight_max": float(weight.max()) if weight.numel() else 1.0,
-        "tokens/active": totals["tokens/active"], "grad/norm": grad_norm,
-        "entropy": totals["entropy"] / n_tok, "step/skipped": float(skipped),
-        "lr": float(scheduler.get_last_lr()[0]),
+    return stats.summary() | {
+        "truncated/masked_seq_frac": sum(truncated) / len(batch) if config.mask_truncated_completions else 0.0,
+        "grad/norm": grad_norm, "step/skipped": float(skipped), "lr": float(scheduler.get_last_lr()[0]),
     }
 
 

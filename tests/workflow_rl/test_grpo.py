@@ -79,14 +79,20 @@ def test_clipped_loss_low_and_high():
     assert out.ratio_mean == pytest.approx(1.0)
 
 
-def test_dual_clip_bounds_negative_advantage_loss():
-    logp = torch.log(torch.tensor([[5.0]]))
+def test_delta_bounds_negative_advantage_loss():
+    """TRL's ``delta`` (two-sided clipping): the ratio is capped at delta before the min."""
+    logp = torch.log(torch.tensor([[5.0]])).requires_grad_()
     out = policy_loss(logp, torch.zeros_like(logp), torch.tensor([-1.0]), torch.ones_like(logp))
     assert out.loss.item() == pytest.approx(5.0)  # -min(-5, -1.28)
-    out = policy_loss(logp, torch.zeros_like(logp), torch.tensor([-1.0]), torch.ones_like(logp), dual_clip=3.0)
-    assert out.loss.item() == pytest.approx(3.0)
+    out = policy_loss(logp, torch.zeros_like(logp), torch.tensor([-1.0]), torch.ones_like(logp), delta=3.0)
+    assert out.loss.item() == pytest.approx(3.0)  # -min(min(5, 3) * -1, 1.28 * -1) = 3
+    (grad,) = torch.autograd.grad(out.loss, logp)
+    assert grad.item() == 0.0  # the cap is a constant: no gradient through a capped ratio
+    # a positive advantage at ratio 5 is already clipped at 1 + eps_high: delta > 1.28 changes nothing
+    pos = policy_loss(logp, torch.zeros_like(logp), torch.tensor([1.0]), torch.ones_like(logp), delta=3.0)
+    assert pos.loss.item() == pytest.approx(-1.28)
     with pytest.raises(ValueError):
-        policy_loss(logp, logp, torch.tensor([1.0]), torch.ones_like(logp), dual_clip=0.5)
+        policy_loss(logp, logp, torch.tensor([1.0]), torch.ones_like(logp), delta=0.5)
 
 
 def test_kl_estimators():
