@@ -2,21 +2,25 @@
 
 TRL is a benchmark-only dependency (``pip install -e .[bench]``); the product never imports it.
 
-1. **Parity** on identical fixed completions: TRL's own ``GRPOTrainer.compute_loss`` (its fused
-   LM head, clipping, k3 KL, aggregation, token-truncated IS ratio) against our loss path
-   (``Policy.forward_logprobs`` + ``workflow_rl.grpo``, and the trainer's own ``grpo_step``), for ``token``/``dapo``,
-   ``sequence``/``grpo`` and ``constant``/``dr_grpo``; max |loss diff| and max |grad diff| over
-   every parameter.
+1. **Parity** on identical fixed completions for every objective mode of ``trl_parity.modes()`` (TRL
+   1.16's defaults, ours, every loss type, IS mode and masking option): TRL's own scoring
+   (``_generate_and_score_completions``) and ``compute_loss`` against our loss path
+   (``Policy.forward_logprobs`` + ``workflow_rl.grpo``/``grpo_is``, and the trainer's own ``grpo_step``);
+   max |loss diff| and max |grad diff| over every parameter.
 2. **GRPO steps per second** end to end (sample G completions for each of B prompts, reward,
-   one update) with the same tiny model, prompts, reward, G, completion length, temperature,
-   loss (dapo = token), beta > 0 with k3 and eps_low/eps_high. Each repeat runs each learner in
-   its own fresh subprocess (alternating, so load drifts hit both); medians over repeats.
+   one update) with the same tiny model, prompts, reward, G, completion length and temperature, at
+   two objective settings: **TRL's defaults** (dapo, eps 0.2/0.2, beta 0, bias-corrected KL, IS
+   ``sequence_mask`` at 3.0, which only our learner can apply: TRL has sampler logprobs only with
+   vLLM) and **ours** (our ``TrainConfig`` defaults with beta = 0.04, so the reference pass and the
+   KL are timed too). Each repeat runs each learner in its own fresh subprocess (alternating, so
+   load drifts hit both); medians over repeats.
 3. **Peak memory** of those subprocesses: ``VmHWM`` (whole-process high-water RSS, imports
    included) and the RSS growth during the timed steps (sampled every 2 ms), both reported.
 
 Usage: ``python benchmarks/bench_vs_trl.py [--prompts 4 --group 4 --completion-len 24 --steps 5 --repeats 3]``
-Ends with ``RESULT parity_max_abs=``, ``RESULT speedup_vs_trl=`` (our steps/s over TRL's) and
-``RESULT memory_vs_trl=`` (our peak RSS over TRL's).
+Ends with ``RESULT parity_max_abs=`` (max over all modes), ``RESULT speedup_vs_trl=`` (our steps/s over
+TRL's) and ``RESULT memory_vs_trl=`` (our peak RSS over TRL's), both at TRL's defaults; the same at our
+settings are printed before them.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,7 +47,7 @@ for _path in (ROOT, ROOT / "benchmarks"):  # run as a script, or loaded by path 
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from trl_parity import TRL_LOSS, ParityCase, parity, trainer_parity, trl_grpo_config  # noqa: E402
+from trl_parity import ParityCase, modes, our_default_mode, our_options, parity, trl_grpo_config  # noqa: E402
 
 from workflow_rl import grpo  # noqa: E402
 from workflow_rl.policy import Policy  # noqa: E402
@@ -59,9 +64,7 @@ class StepCase:
     group_size: int = 4  # G completions per prompt
     completion_len: int = 24  # max new tokens
     temperature: float = 1.0
-    beta: float = 0.04  # KL to the initial policy, k3
-    eps_low: float = 0.2
-    eps_high: float = 0.28
+    mode: dict[str, Any] = field(default_factory=lambda: {"beta": 0.0})  # the objective, TRL option names
     lr: float = 1e-5
     threads: int = 1  # torch intra-op threads in both workers (1: the shared 2-core box thrashes at 2)
     steps: int = 5  # timed steps per repeat (after one untimed warm-up step)
@@ -143,9 +146,9 @@ def run_trl(case: StepCase, model_dir: str) -> dict[str, float]:
             self.times.append(time.perf_counter() - self.t0)
 
     parity_like = ParityCase(n_prompts=case.n_prompts, group_size=case.group_size, completion_len=case.completion_len,
-                             temperature=case.temperature, beta=case.beta, eps_low=case.eps_low, eps_high=case.eps_high)
+                             temperature=case.temperature)
     out_dir = tempfile.mkdtemp(prefix="bench-trl-")
-    args = trl_grpo_config(out_dir, parity_like, "token", learning_rate=case.lr, max_steps=1 + case.steps,
+    args = trl_grpo_config(out_dir, parity_like, case.mode, learning_rate=case.lr, max_steps=1 + case.steps,
                            seed=case.seed, logging_steps=1, shuffle_dataset=False)
     timer = Timer()
     trainer = GRPOTrainer(
@@ -163,7 +166,7 @@ def run_trl(case: StepCase, model_dir: str) -> dict[str, float]:
 
 def run_ours(case: StepCase, model_dir: str) -> dict[str, float]:
     """Warm-up + ``case.steps`` timed steps of ours: ``Policy.sample`` (G per prompt, behavior
-    logprobs recorded), reward, group advantages, one ``trainer.grpo_step`` (ref pass, TIS, update)."""
+    logprobs recorded), reward, group advantages, one ``trainer.grpo_step`` (ref pass if beta > 0, IS, update)."""
     from accelerate import Accelerator
 
     from workflow_rl.dataset import Sample
@@ -171,11 +174,13 @@ def run_ours(case: StepCase, model_dir: str) -> dict[str, float]:
     from workflow_rl.trainer_config import TrainConfig
 
     n = case.n_prompts * case.group_size
-    config = TrainConfig(run="bench", agg="token", beta=case.beta, kl_kind="k3", eps_low=case.eps_low,
-                         eps_high=case.eps_high, lr=case.lr, batch_size=n, micro_batch_size=n, seed=case.seed)
+    config = TrainConfig(run="bench", lr=case.lr, batch_size=n, micro_batch_size=n, seed=case.seed,
+                         **our_options(case.mode))
     accelerator = Accelerator(cpu=True)
     policy = Policy.load(model_dir, device="cpu", dtype=torch.float32)
-    ref_model = copy.deepcopy(policy.model).eval().requires_grad_(False)  # as trainer.train: beta > 0, no LoRA
+    ref_model = None  # as trainer.train: a frozen copy only when beta > 0 (no LoRA here)
+    if config.beta > 0:
+        ref_model = copy.deepcopy(policy.model).eval().requires_grad_(False)
     optimizer = adamw([p for p in policy.model.parameters() if p.requires_grad], config.lr)  # as trainer.train
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     policy.model, optimizer, scheduler = accelerator.prepare(policy.model, optimizer, scheduler)
@@ -247,56 +252,69 @@ def main(argv: list[str] | None = None) -> None:
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (1 min), "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), trl {trl.__version__}")
     policy = Policy.load("builtin:tiny", cache_dir=args.cache_dir, device="cpu", dtype=torch.float32)
-    print("\n1. parity on fixed completions, max |ours - TRL| (TRL: GRPOTrainer.compute_loss; ours: the grpo "
-          "maths, and the trainer's real grpo_step with its reference pass)")
-    print(f"{'agg / TRL loss_type':22} {'TIS':>5} {'loss':>9} {'|d loss|':>9} {'|d grad|':>9} {'|d grad|':>9} "
-          f"{'max grad':>8} {'|d adv|':>8} {'r<1-eps':>7} {'r>1+eps':>7}")
-    print(f"{'':22} {'':>5} {'':>9} {'maths':>9} {'maths':>9} {'trainer':>9}")
+    print("\n1. parity on fixed completions, max |ours - TRL| (TRL: its scoring of the completions and "
+          "GRPOTrainer.compute_loss; ours: the grpo maths, and the trainer's real grpo_step with its reference pass); "
+          f"beta={ParityCase().beta} unless the mode sets it")
+    print(f"{'mode (TRL option names)':38} {'loss':>9} {'|d loss|':>9} {'|d grad|':>9} {'|d grad|':>9} "
+          f"{'max grad':>8} {'|d adv|':>8} {'r<1-eps':>7} {'r>1+eps':>7} {'IS seq':>6} {'OPM seq':>7} {'H kept':>6}")
+    print(f"{'':38} {'':>9} {'maths':>9} {'maths':>9} {'trainer':>9} {'':>8} {'':>8} {'':>7} {'':>7} "
+          f"{'masked':>6} {'masked':>7} {'tokens':>6}")
     worst = 0.0
-    for agg, loss_type in TRL_LOSS.items():
-        for tis in (False, True):
-            p = parity(policy, ParityCase(), agg, tis)
-            t = trainer_parity(policy, ParityCase(), agg, tis)
-            worst = max(worst, p["loss_abs"], p["grad_abs"], p["adv_abs"], t["grad_abs"], t["adv_abs"])
-            print(f"{agg + ' / ' + loss_type:22} {str(tis):>5} {p['loss']:9.5f} {p['loss_abs']:9.1e} "
-                  f"{p['grad_abs']:9.1e} {t['grad_abs']:9.1e} {t['grad_max']:8.4f} {p['adv_abs']:8.1e} "
-                  f"{p['ratio_below']:7.2f} {p['ratio_above']:7.2f}")
+    rows = [(name, mode, True) for name, mode in modes().items()] + [
+        ("trl defaults, search samples", {}, False), ("ours defaults, search samples", modes()["ours defaults"], False)]
+    for name, mode, sampler_logprobs in rows:  # search samples: no sampler logprobs (TRL without vLLM)
+        p = parity(policy, ParityCase(), mode, sampler_logprobs)
+        worst = max(worst, p["loss_abs"], p["grad_abs"], p["trainer_grad_abs"], p["adv_abs"], p["mask_abs"])
+        print(f"{name:38} {p['loss']:9.5f} {p['loss_abs']:9.1e} {p['grad_abs']:9.1e} {p['trainer_grad_abs']:9.1e} "
+              f"{p['grad_max']:8.4f} {p['adv_abs']:8.1e} {p['ratio_below']:7.2f} {p['ratio_above']:7.2f} "
+              f"{p['is/masked_seq_frac']:6.2f} {p['off_policy/masked_seq_frac']:7.2f} "
+              f"{p['entropy/kept_token_frac']:6.2f}")
 
-    case = StepCase(n_prompts=args.prompts, group_size=args.group, completion_len=args.completion_len,
-                    steps=args.steps, threads=args.threads)
     model_dir = str(policy.base_path)
-    print(f"\n2. end-to-end GRPO steps: B={case.n_prompts} prompts x G={case.group_size}, <= {case.completion_len} "
-          f"new tokens, T={case.temperature}, token/dapo loss, beta={case.beta} k3, eps={case.eps_low}/"
-          f"{case.eps_high}, {case.steps} timed steps after 1 warm-up, fresh process per run, "
-          f"{case.threads} torch thread(s) each")
+    settings = {"TRL defaults": {"beta": 0.0}, "ours, beta 0.04": our_default_mode() | {"beta": 0.04}}
+    figures = {name: steps_and_memory(StepCase(n_prompts=args.prompts, group_size=args.group,
+                                               completion_len=args.completion_len, steps=args.steps,
+                                               threads=args.threads, mode=mode), model_dir, args.repeats, k + 2, name)
+               for k, (name, mode) in enumerate(settings.items())}
+    ours = figures["ours, beta 0.04"]
+    print(f"RESULT speedup_vs_trl_ours_settings={ours['speedup']:.3f}")
+    print(f"RESULT memory_vs_trl_ours_settings={ours['memory']:.3f}")
+    trl = figures["TRL defaults"]
+    print(f"RESULT step_memory_growth_vs_trl={trl['growth']:.3f}")
+    print(f"RESULT parity_max_abs={worst:.3e}")
+    print(f"RESULT speedup_vs_trl={trl['speedup']:.3f}")
+    print(f"RESULT memory_vs_trl={trl['memory']:.3f}")
+
+
+def steps_and_memory(case: StepCase, model_dir: str, repeats: int, section: int, name: str) -> dict[str, float]:
+    """Side-by-side steps/s and peak memory at one objective setting; returns the ours/TRL ratios."""
+    print(f"\n{section}. end-to-end GRPO steps at {name} ({json.dumps(case.mode)}): B={case.n_prompts} prompts x "
+          f"G={case.group_size}, <= {case.completion_len} new tokens, T={case.temperature}, {case.steps} timed steps "
+          f"after 1 warm-up, fresh process per run, {case.threads} torch thread(s) each")
     runs: dict[str, list[dict]] = {"trl": [], "ours": []}
-    for r in range(max(args.repeats, 1)):
-        for name in (("trl", "ours") if r % 2 == 0 else ("ours", "trl")):  # alternate to share load drift
-            res = spawn(name, case, model_dir)
+    for r in range(max(repeats, 1)):
+        for who in (("trl", "ours") if r % 2 == 0 else ("ours", "trl")):  # alternate to share load drift
+            res = spawn(who, case, model_dir)
             res["steps_per_s"] = len(res["step_s"]) / sum(res["step_s"])
-            runs[name].append(res)
-            print(f"  run {r} {name:4}: {res['steps_per_s']:6.2f} steps/s  mean completion "
+            runs[who].append(res)
+            print(f"  run {r} {who:4}: {res['steps_per_s']:6.2f} steps/s  mean completion "
                   f"{res['mean_completion_len']:5.1f} tok  peak RSS {_mib(res['peak_rss'])} MiB  "
                   f"step RSS growth {_mib(res['rss_peak_steps'] - res['rss_start'])} MiB  load {os.getloadavg()[0]:.2f}")
     med = {k: {f: statistics.median(x[f] for x in v) for f in ("steps_per_s", "mean_completion_len", "peak_rss")}
            | {"growth": statistics.median(x["rss_peak_steps"] - x["rss_start"] for x in v)} for k, v in runs.items()}
-    print(f"\n{'median':8} {'steps/s':>8} {'completion tok':>15} {'peak RSS MiB':>13} {'step growth MiB':>16}")
+    print(f"{'median':8} {'steps/s':>8} {'completion tok':>15} {'peak RSS MiB':>13} {'step growth MiB':>16}")
     for k in ("trl", "ours"):
         m = med[k]
         print(f"{k:8} {m['steps_per_s']:8.2f} {m['mean_completion_len']:15.1f} {_mib(m['peak_rss']):>13} "
               f"{_mib(m['growth']):>16}")
     speedup = med["ours"]["steps_per_s"] / med["trl"]["steps_per_s"]
     paired = statistics.median(o["steps_per_s"] / t["steps_per_s"] for o, t in zip(runs["ours"], runs["trl"], strict=True))
-    print(f"ours/TRL steps/s: ratio of medians {speedup:.3f}; median of back-to-back pairs {paired:.3f}")
     memory = med["ours"]["peak_rss"] / med["trl"]["peak_rss"]
     growth = med["ours"]["growth"] / max(med["trl"]["growth"], 1)
-    print(f"\n3. peak memory: whole-process peak RSS, VmHWM (imports, both model copies, optimizer, activations); "
-          f"step growth = RSS peak during the steps minus RSS before them. load average now "
-          f"{os.getloadavg()[0]:.2f}")
-    print(f"RESULT step_memory_growth_vs_trl={growth:.3f}")
-    print(f"RESULT parity_max_abs={worst:.3e}")
-    print(f"RESULT speedup_vs_trl={speedup:.3f}")
-    print(f"RESULT memory_vs_trl={memory:.3f}")
+    print(f"ours/TRL steps/s: ratio of medians {speedup:.3f}; median of back-to-back pairs {paired:.3f}; "
+          f"peak RSS (VmHWM: imports, model copies, optimizer, activations) {memory:.3f}; step RSS growth {growth:.3f}; "
+          f"load average now {os.getloadavg()[0]:.2f}")
+    return {"speedup": speedup, "memory": memory, "growth": growth}
 
 
 if __name__ == "__main__":

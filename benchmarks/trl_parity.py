@@ -1,19 +1,26 @@
-"""Loss/gradient parity of our GRPO learner with TRL's ``GRPOTrainer`` on fixed completions.
+"""Loss/gradient parity of our GRPO learner with TRL's ``GRPOTrainer`` on fixed completions, per objective mode.
 
-Used by ``benchmarks/bench_vs_trl.py`` and ``tests/workflow_rl/test_trl_parity.py``. TRL's side
-is its own ``GRPOTrainer.compute_loss`` (fused LM head, clipping, k3 KL, aggregation,
-token-truncated IS ratio); ours is either the maths (``Policy.forward_logprobs`` +
-``workflow_rl.grpo``: :func:`parity`) or the trainer's real optimizer step
-(``workflow_rl.trainer.grpo_step``, reference model and all: :func:`trainer_parity`).
+Used by ``benchmarks/bench_vs_trl.py`` and ``tests/workflow_rl/test_trl_parity.py``. A *mode* is a dict of
+TRL ``GRPOConfig`` objective options (``loss_type``, ``beta``, ``epsilon``, ``use_bias_correction_kl``,
+``vllm_importance_sampling_mode``, ...) on top of TRL's own defaults; our ``TrainConfig`` takes the same
+names (:func:`our_options`). TRL's side is its own code end to end after sampling: ``GRPOTrainer.
+_generate_and_score_completions`` with only ``_generate`` replaced by the fixed completions and sampler
+logprobs (so TRL itself computes the old logprobs of the pre-update policy, the reference logprobs, the
+advantages, the truncation mask and its importance-sampling ratio), then ``compute_loss`` and backward.
+Ours is the maths (``Policy.forward_logprobs`` + ``workflow_rl.grpo`` / ``grpo_is``) and the trainer's
+real optimizer step (``workflow_rl.trainer.grpo_step``, reference pass and all), fed TRL's old logprobs
+so that both sides share one old policy.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,184 +28,192 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # loaded by path from a script or a test
     sys.path.insert(0, str(ROOT))
 
-from workflow_rl import grpo  # noqa: E402
+from workflow_rl import grpo, grpo_is  # noqa: E402
 from workflow_rl.policy import Policy  # noqa: E402
 
 TRL_LOSS = {"token": "dapo", "sequence": "grpo", "constant": "dr_grpo"}
 """Our loss aggregation name -> TRL's ``loss_type`` with the same normalisation."""
 
+OBJECTIVE = ("loss_type", "beta", "epsilon", "epsilon_high", "delta", "importance_sampling_level",
+             "use_bias_correction_kl", "vllm_importance_sampling_correction", "vllm_importance_sampling_mode",
+             "vllm_importance_sampling_clip_max", "vllm_importance_sampling_clip_min", "off_policy_mask_threshold",
+             "top_entropy_quantile", "mask_truncated_completions", "scale_rewards")
+"""The ``GRPOConfig`` fields that define the objective (the rest is numerics, logging and generation)."""
+
+def trl_defaults() -> dict[str, Any]:
+    """TRL's installed ``GRPOConfig`` defaults of the objective fields (read from the dataclass)."""
+    from trl import GRPOConfig
+
+    return {f.name: f.default for f in dataclasses.fields(GRPOConfig) if f.name in OBJECTIVE}
+
+
+def our_default_mode() -> dict[str, Any]:
+    """Our ``TrainConfig`` defaults expressed as TRL options (read from the dataclass, checked by a test)."""
+    from workflow_rl.trainer_config import TrainConfig
+
+    c = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    return {"loss_type": TRL_LOSS[c["agg"]], "beta": c["beta"], "epsilon": c["eps_low"], "epsilon_high": c["eps_high"],
+            "scale_rewards": c["adv_scale"]} | {k: c[k] for k in OBJECTIVE if k in c}
+
+
+def our_options(mode: dict[str, Any]) -> dict[str, Any]:
+    """``TrainConfig`` keyword arguments equal to the TRL objective ``mode`` (TRL defaults filled in)."""
+    full = trl_defaults() | mode
+    out = {k: full[k] for k in OBJECTIVE if k not in ("loss_type", "epsilon", "epsilon_high", "scale_rewards")}
+    scale = {True: "group", False: "none"}.get(full["scale_rewards"], full["scale_rewards"])
+    return out | {"agg": {v: k for k, v in TRL_LOSS.items()}[full["loss_type"]], "eps_low": full["epsilon"],
+                  "eps_high": full["epsilon"] if full["epsilon_high"] is None else full["epsilon_high"],
+                  "adv_scale": scale, "kl_kind": "k3"}
 
 
 @dataclass(frozen=True)
 class ParityCase:
-    """Sizes and hyper-parameters of one parity check; both learners get exactly these."""
+    """Sizes of one parity check; both learners get exactly these."""
 
     n_prompts: int = 2
     group_size: int = 4
     prompt_len: int = 6  # longest prompt; others are shorter (left-padded for TRL)
     completion_len: int = 8  # longest completion; others are shorter (right-padded)
     temperature: float = 0.7
-    beta: float = 0.04
-    eps_low: float = 0.2
-    eps_high: float = 0.28
-    tis_cap: float = 2.0
+    beta: float = 0.04  # the KL coefficient of every mode unless the mode sets beta (TRL's default is 0)
+    old_noise: float = 0.005  # std of the weight perturbation giving the pre-update ("old") policy
+    ref_noise: float = 0.01  # std of the weight perturbation giving the reference policy
+    behavior_noise: float = 0.35  # std of the sampler's logprob error per token (engine mismatch)
     seed: int = 0
 
 
-def fixed_batch(policy: Policy, case: ParityCase) -> dict[str, torch.Tensor]:
-    """Deterministic prompts, completions, rewards and old/ref/behavior logprobs for ``case``.
+def _perturbed(model: torch.nn.Module, std: float, seed: int) -> torch.nn.Module:
+    out = copy.deepcopy(model).eval().requires_grad_(False)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in out.parameters():
+            p.add_(std * torch.randn(p.shape, generator=gen))
+    return out
 
-    Prompt and completion lengths vary (row 0 takes the maxima, so one completion is truncated).
-    TRL scores left-padded prompts with positions counted from the padding, ours from each row's
-    first real token; RoPE makes that equal in exact arithmetic, and in float32 it accounts for
-    the ~1e-6 of the gradient differences (equal prompt lengths give ~2e-7).
-    Old, reference and behavior logprobs are the current ones plus Gaussian noise, large enough
-    that ratios leave ``[1 - eps_low, 1 + eps_high]`` on both sides and some IS weights hit the cap.
+
+def fixed_batch(policy: Policy, case: ParityCase) -> dict[str, Any]:
+    """Deterministic prompts, completions, rewards, an old and a reference model, and sampler logprobs.
+
+    Lengths vary; row 0 takes the maxima and does not end with EOS (truncated), the others end with EOS.
+    The old policy (the weights that sampled) and the reference are perturbed copies of ``policy``, so
+    ratios leave ``[1 - eps_low, 1 + eps_high]`` on both sides; the sampler's logprobs are the old
+    policy's plus Gaussian noise (engine mismatch), so some IS weights are truncated or masked.
     """
     gen = torch.Generator().manual_seed(case.seed)
     n = case.n_prompts * case.group_size
-    vocab, pad = policy.model.config.vocab_size, policy.eos_token_id
+    vocab, eos = policy.model.config.vocab_size, policy.eos_token_id
     prompt_lens = torch.randint(2, case.prompt_len + 1, (n,), generator=gen)
     prompt_lens[0] = case.prompt_len
-    prompt_ids = torch.full((n, case.prompt_len), pad, dtype=torch.long)
-    prompt_mask = torch.zeros((n, case.prompt_len), dtype=torch.long)
-    for i, plen in enumerate(prompt_lens.tolist()):
-        prompt_ids[i, case.prompt_len - plen :] = torch.randint(0, vocab, (plen,), generator=gen)
-        prompt_mask[i, case.prompt_len - plen :] = 1
     lengths = torch.randint(1, case.completion_len + 1, (n,), generator=gen)
     lengths[0] = case.completion_len
-    mask = grpo.completion_mask(lengths, case.completion_len)
-    completion_ids = torch.randint(0, vocab, (n, case.completion_len), generator=gen)
-    completion_ids = torch.where(mask.bool(), completion_ids, torch.full_like(completion_ids, pad))
-    batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
-             "completion_mask": mask, "rewards": torch.randint(0, 3, (n,), generator=gen).float()}
+    prompts, completions = [], []
+    for i in range(n):
+        prompts.append(torch.randint(0, vocab, (int(prompt_lens[i]),), generator=gen).tolist())
+        ids = torch.randint(0, vocab, (int(lengths[i]),), generator=gen).tolist()
+        ids = [t if t != eos else (t + 1) % vocab for t in ids]  # EOS only where we put it
+        if i > 0:
+            ids[-1] = eos
+        completions.append(ids)
+    rewards = torch.randint(0, 3, (n,), generator=gen).float()
+    old_model = _perturbed(policy.model, case.old_noise, case.seed + 1)
+    ref_model = _perturbed(policy.model, case.ref_noise, case.seed + 2)
     with torch.no_grad():
-        current = _our_logprobs(policy, batch, case.temperature) * mask
-    old = current + 0.3 * torch.randn(current.shape, generator=gen)
-    batch["old_logp"] = old
-    batch["ref_logp"] = current + 0.3 * torch.randn(current.shape, generator=gen)
-    batch["behavior_logp"] = old + 0.5 * torch.randn(current.shape, generator=gen)
-    return batch
-
-
-def _unpadded(batch: dict[str, torch.Tensor]) -> tuple[list[list[int]], list[list[int]]]:
-    prompts = [ids[m.bool()].tolist() for ids, m in zip(batch["prompt_ids"], batch["prompt_mask"], strict=True)]
-    comps = [ids[m.bool()].tolist() for ids, m in zip(batch["completion_ids"], batch["completion_mask"], strict=True)]
-    return prompts, comps
-
-
-def _our_logprobs(policy: Policy, batch: dict[str, torch.Tensor], temperature: float) -> torch.Tensor:
-    prompts, comps = _unpadded(batch)
-    logp, _ = policy.forward_logprobs(prompts, comps, temperature)
-    width = batch["completion_ids"].shape[1]
-    return torch.nn.functional.pad(logp, (0, width - logp.shape[1]))
+        old, _ = Policy(old_model, policy.tokenizer, "", "").forward_logprobs(prompts, completions, case.temperature)
+    behavior = [[v + case.behavior_noise * float(torch.randn((), generator=gen)) for v in old[i, : len(c)].tolist()]
+                for i, c in enumerate(completions)]
+    return {"prompts": prompts, "completions": completions, "rewards": rewards, "behavior": behavior,
+            "old_model": old_model, "ref_model": ref_model, "truncated": [c[-1] != eos for c in completions]}
 
 
 def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
 
 
-def ours_loss_and_grads(policy: Policy, batch: dict[str, torch.Tensor], case: ParityCase, agg: str, tis: bool):
-    """``(loss, {param: grad}, advantages)`` from our learner's maths on ``batch``."""
-    policy.model.train()
-    policy.model.zero_grad(set_to_none=True)
-    group_ids = torch.arange(case.n_prompts).repeat_interleave(case.group_size)
-    adv = grpo.group_advantages(batch["rewards"], group_ids, scale="group")
-    mask = batch["completion_mask"]
-    logp = _our_logprobs(policy, batch, case.temperature)
-    weights = grpo.tis_weights(batch["old_logp"], batch["behavior_logp"], cap=case.tis_cap) if tis else None
-    out = grpo.policy_loss(logp, batch["old_logp"], adv, mask, case.eps_low, case.eps_high, agg=agg,
-                           is_weights=weights, per_token_kl=grpo.kl_penalty(logp, batch["ref_logp"], "k3"),
-                           beta=case.beta, constant_norm=case.completion_len)
-    out.loss.backward()
-    return out.loss.detach(), _grads(policy.model), adv
-
-
-def trl_grpo_config(out_dir: str, case: ParityCase, agg: str, **overrides):
-    """A ``GRPOConfig`` equal to our settings: fp32 (TRL defaults to bf16 autocast), no activation
-    checkpointing, no dropout, and the plain k3 KL (TRL's default multiplies it by the ratio)."""
+def trl_grpo_config(out_dir: str, case: ParityCase, mode: dict[str, Any], **overrides):
+    """A ``GRPOConfig`` with TRL's defaults, the objective ``mode`` and our numerics: fp32 (TRL defaults to
+    bf16 autocast), no activation checkpointing, no dropout, T and lengths of ``case``."""
     from trl import GRPOConfig
 
     kwargs = dict(
         output_dir=out_dir, per_device_train_batch_size=case.n_prompts * case.group_size,
         num_generations=case.group_size, max_completion_length=case.completion_len,
-        temperature=case.temperature, top_p=1.0, top_k=0, loss_type=TRL_LOSS[agg], beta=case.beta,
-        epsilon=case.eps_low, epsilon_high=case.eps_high, use_bias_correction_kl=False,
-        scale_rewards="group", use_cpu=True, bf16=False, gradient_checkpointing=False,
-        disable_dropout=True, report_to=[], save_strategy="no", disable_tqdm=True,
-        vllm_importance_sampling_mode="token_truncate", vllm_importance_sampling_clip_max=case.tis_cap,
+        temperature=case.temperature, top_p=1.0, top_k=0, beta=case.beta, use_cpu=True, bf16=False,
+        gradient_checkpointing=False, disable_dropout=True, report_to=[], save_strategy="no", disable_tqdm=True,
     )
-    kwargs.update(overrides)
-    return GRPOConfig(**kwargs)
+    return GRPOConfig(**(kwargs | mode | overrides))
 
 
-def trl_loss_and_grads(policy: Policy, batch: dict[str, torch.Tensor], case: ParityCase, agg: str, tis: bool,
-                       **config_overrides):
-    """``(loss, {param: grad}, advantages)`` from TRL's ``GRPOTrainer.compute_loss`` on ``batch``.
-
-    ``policy.model`` is patched by TRL (fused LM head): pass a copy. TRL's advantages are its
-    formula (``scale_rewards="group"``: ``(r - mean) / (nanstd + 1e-4)``) with its ``nanstd``.
-    """
+def trl_side(policy: Policy, batch: dict[str, Any], case: ParityCase, mode: dict[str, Any], sampler_logprobs: bool):
+    """``(loss, {param: grad}, generation outputs)`` of TRL on ``batch``: its scoring of the fixed completions
+    (old logprobs under the batch's old model, reference, advantages, IS ratio), then ``compute_loss``."""
     from datasets import Dataset
     from trl import GRPOTrainer
-    from trl.trainer.utils import nanstd
 
-    model = policy.model
+    model = copy.deepcopy(policy.model)  # TRL patches its model (fused LM head)
+    n = len(batch["completions"])
+    rewards = batch["rewards"].tolist()
     with tempfile.TemporaryDirectory() as out_dir:
-        model.save_pretrained(f"{out_dir}/policy")  # beta > 0: TRL loads its reference from the model's path
-        model.config._name_or_path = f"{out_dir}/policy"
+        batch["ref_model"].save_pretrained(f"{out_dir}/ref")  # beta > 0: TRL loads its reference from this path
+        model.config._name_or_path = f"{out_dir}/ref"
         trainer = GRPOTrainer(
-            model=model, reward_funcs=lambda completions, **_: [0.0] * len(completions),
-            args=trl_grpo_config(out_dir, case, agg, **config_overrides),
+            model=model, reward_funcs=lambda completions, **_: [rewards[int(c)] for c in completions],
+            # num_iterations=2: TRL then scores old logprobs at generation time even without vLLM
+            args=trl_grpo_config(out_dir, case, mode, num_iterations=2),
             train_dataset=Dataset.from_dict({"prompt": ["unused"]}), processing_class=policy.tokenizer,
         )
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop; one micro-batch, as ours
-    rewards, mask = batch["rewards"], batch["completion_mask"]
-    grouped = rewards.view(-1, case.group_size)
-    mean = grouped.mean(dim=1).repeat_interleave(case.group_size)
-    adv = (rewards - mean) / (nanstd(grouped, dim=1).repeat_interleave(case.group_size) + 1e-4)
-    inputs = {
-        "prompt_ids": batch["prompt_ids"], "prompt_mask": batch["prompt_mask"],
-        "completion_ids": batch["completion_ids"], "completion_mask": mask.long(), "advantages": adv,
-        "old_per_token_logps": batch["old_logp"], "ref_per_token_logps": batch["ref_logp"],
-        "num_items_in_batch": mask.sum(),
-    }
-    if tis:
-        # TRL multiplies this ratio in only on its vLLM path; the formula is its token_truncate mode.
-        trainer.use_vllm = trainer.vllm_importance_sampling_correction = True
-        inputs["importance_sampling_ratio"] = torch.exp((batch["old_logp"] - batch["behavior_logp"]) * mask).clamp(
-            max=case.tis_cap)
-    trainer.model.zero_grad(set_to_none=True)
-    loss = trainer.compute_loss(trainer.model, inputs)
-    loss.backward()
-    return loss.detach(), _grads(trainer.model), adv
-
-
-def parity(policy: Policy, case: ParityCase, agg: str, tis: bool, **config_overrides) -> dict[str, float]:
-    """Max |difference| of loss, gradients and advantages between ours and TRL on one fixed batch.
-
-    Also returns the largest gradient entry and the clip fractions, to show the check is not
-    vacuous (non-zero gradients, clipped tokens on both sides).
-    """
-    batch = fixed_batch(policy, case)
-    ours, theirs = copy.deepcopy(policy), copy.deepcopy(policy)
-    loss_o, grads_o, adv_o = ours_loss_and_grads(ours, batch, case, agg, tis)
-    loss_t, grads_t, adv_t = trl_loss_and_grads(theirs, batch, case, agg, tis, **config_overrides)
-    if set(grads_o) != set(grads_t):
-        raise AssertionError(f"parameter sets differ: {sorted(set(grads_o) ^ set(grads_t))}")
+    # TRL's sampler logprobs come from vLLM: say it was used, and hand back the fixed completions
+    trainer.use_vllm = sampler_logprobs
+    trainer._generate = lambda prompts: (batch["prompts"], batch["completions"], None, [str(i) for i in range(n)],
+                                         batch["behavior"] if sampler_logprobs else None, {}, None, None)
+    current = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    old_state = {k: v for k, v in batch["old_model"].state_dict().items()}
+    with torch.no_grad():  # the data was sampled by the old weights: TRL scores its old logprobs with them
+        trainer.model.load_state_dict(old_state)
+    out = trainer._generate_and_score_completions([{"prompt": "unused"}] * n)
     with torch.no_grad():
-        ratio = torch.exp(_our_logprobs(policy, batch, case.temperature) - batch["old_logp"])
-    active = batch["completion_mask"].bool()
-    return {
-        "loss": float(loss_o), "loss_abs": abs(float(loss_o - loss_t)),
-        "grad_abs": max(float((grads_o[k] - grads_t[k]).abs().max()) for k in grads_o),
-        "grad_max": max(float(g.abs().max()) for g in grads_o.values()),
-        "adv_abs": float((adv_o - adv_t).abs().max()),
-        "ratio_below": float((ratio[active] < 1 - case.eps_low).float().mean()),
-        "ratio_above": float((ratio[active] > 1 + case.eps_high).float().mean()),
-    }
+        trainer.model.load_state_dict(current)
+    trainer.model.zero_grad(set_to_none=True)
+    loss = trainer.compute_loss(trainer.model, out)
+    loss.backward()
+    return loss.detach(), _grads(trainer.model), out
 
+
+def ours_maths(policy: Policy, batch: dict[str, Any], case: ParityCase, options: dict[str, Any],
+               old: torch.Tensor, ref: torch.Tensor, sampler_logprobs: bool):
+    """``(loss, {param: grad}, advantages)`` of our pure functions composed as the trainer composes them."""
+    model = copy.deepcopy(policy.model).train()
+    ours = Policy(model, policy.tokenizer, "", "")
+    logp, entropy, lengths = ours.forward_logprobs(batch["prompts"], batch["completions"], case.temperature,
+                                                   with_entropy=True)
+    mask = grpo.completion_mask(lengths, logp.shape[1], batch["truncated"], options["mask_truncated_completions"])
+    group_ids = torch.arange(case.n_prompts).repeat_interleave(case.group_size)
+    adv = grpo.group_advantages(batch["rewards"], group_ids, options["adv_scale"])
+    behavior = _pad(batch["behavior"], logp.shape[1]) if sampler_logprobs else old
+    weights = None
+    if sampler_logprobs and options["vllm_importance_sampling_correction"]:
+        weights = grpo_is.sampler_is_weights(old, behavior, mask, options["vllm_importance_sampling_mode"],
+                                             options["vllm_importance_sampling_clip_max"],
+                                             options["vllm_importance_sampling_clip_min"])
+    seq_keep = None
+    if options["off_policy_mask_threshold"] is not None:
+        seq_keep = grpo_is.off_policy_mask(adv, logp, behavior, mask, options["off_policy_mask_threshold"])
+    tok_keep = None
+    if options["top_entropy_quantile"] < 1.0:
+        tok_keep = grpo_is.high_entropy_mask(entropy, mask, options["top_entropy_quantile"])
+    out = grpo.policy_loss(
+        logp, old, adv, mask, options["eps_low"], options["eps_high"], options["delta"], options["agg"],
+        constant_norm=case.completion_len, is_weights=weights, beta=options["beta"],
+        per_token_kl=grpo.kl_penalty(logp, ref, "k3") if options["beta"] else None,
+        level=options["importance_sampling_level"], kl_bias_correction=options["use_bias_correction_kl"],
+        sequence_keep=seq_keep, token_keep=tok_keep)
+    out.loss.backward()
+    return out.loss.detach(), _grads(model), adv
+
+
+def _pad(rows: list[list[float]], width: int) -> torch.Tensor:
+    return torch.tensor([r + [0.0] * (width - len(r)) for r in rows])
 
 
 class GradCapture(torch.optim.Optimizer):
@@ -218,55 +233,113 @@ class GradCapture(torch.optim.Optimizer):
                     self.captured[self.names[id(p)]] = p.grad.detach().clone()
 
 
-def trainer_parity(policy: Policy, case: ParityCase, agg: str, tis: bool) -> dict[str, float]:
-    """Gradients of one real ``workflow_rl.trainer.grpo_step`` against TRL's on the same batch.
-
-    The reference is a perturbed copy of the policy run by the trainer itself (its KL pass);
-    ``old`` is given (as for a second PPO iteration) so clipping is exercised; with ``tis`` the
-    samples carry behavior logprobs (policy samples, TIS on), without they are search samples.
-    """
+def ours_trainer(policy: Policy, batch: dict[str, Any], case: ParityCase, options: dict[str, Any],
+                 old: torch.Tensor, sampler_logprobs: bool):
+    """``({param: grad}, metrics)`` of one real ``workflow_rl.trainer.grpo_step`` on ``batch``: policy samples
+    (behavior logprobs) or search samples, the reference pass through the batch's reference model, and
+    ``old`` given (as for a later PPO iteration, so clipping is exercised)."""
     from accelerate import Accelerator
 
     from workflow_rl.dataset import Sample
     from workflow_rl.trainer import grpo_step
     from workflow_rl.trainer_config import TrainConfig
 
-    batch = fixed_batch(policy, case)
-    mask = batch["completion_mask"]
-    ours, theirs = copy.deepcopy(policy), copy.deepcopy(policy)
-    ref_model = copy.deepcopy(policy.model).eval().requires_grad_(False)
-    gen = torch.Generator().manual_seed(case.seed + 1)
-    with torch.no_grad():
-        for p in ref_model.parameters():
-            p.add_(0.003 * torch.randn(p.shape, generator=gen))
-        batch["ref_logp"] = _our_logprobs(Policy(ref_model, policy.tokenizer, "", ""), batch, case.temperature) * mask
-    prompts, comps = _unpadded(batch)
+    ours = Policy(copy.deepcopy(policy.model), policy.tokenizer, "", "")
     group_ids = torch.arange(case.n_prompts).repeat_interleave(case.group_size)
     samples = [
         Sample(prompt="", completion="", reward=float(batch["rewards"][i]), group_id=str(int(group_ids[i])),
-               source="policy" if tis else "search", workflow_id=0, problem_id=0,
-               prompt_token_ids=tuple(prompts[i]), completion_token_ids=tuple(comps[i]),
-               behavior_logprobs=tuple(batch["behavior_logp"][i, : len(comps[i])].tolist()) if tis else None,
-               policy_version=None, temperature=case.temperature, truncated=len(comps[i]) == case.completion_len)
-        for i in range(len(comps))
+               source="policy" if sampler_logprobs else "search", workflow_id=0, problem_id=0,
+               prompt_token_ids=tuple(p), completion_token_ids=tuple(c),
+               behavior_logprobs=tuple(batch["behavior"][i]) if sampler_logprobs else None,
+               policy_version=None, temperature=case.temperature, truncated=batch["truncated"][i])
+        for i, (p, c) in enumerate(zip(batch["prompts"], batch["completions"], strict=True))
     ]
     n = len(samples)
-    config = TrainConfig(run="parity", agg=agg, beta=case.beta, kl_kind="k3", eps_low=case.eps_low,
-                         eps_high=case.eps_high, tis_cap=case.tis_cap, batch_size=n, micro_batch_size=n,
-                         max_grad_norm=0.0, lr=0.0)
+    config = TrainConfig(run="parity", batch_size=n, micro_batch_size=n, max_grad_norm=0.0, lr=0.0,
+                         constant_norm=case.completion_len, **options)
     advantages = grpo.group_advantages(batch["rewards"], group_ids, config.adv_scale, config.adv_eps)
     optimizer = GradCapture(list(ours.model.named_parameters()))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    grpo_step(ours, Accelerator(cpu=True), optimizer, scheduler, samples, advantages, list(range(n)), config,
-              [batch["old_logp"]], ref_model)
-    if not tis:  # search samples: TRL without its IS ratio
-        batch = {**batch, "behavior_logp": batch["old_logp"]}
-    _, grads_t, adv_t = trl_loss_and_grads(theirs, batch, case, agg, tis)
-    grads_o = optimizer.captured
-    if set(grads_o) != set(grads_t):
-        raise AssertionError(f"parameter sets differ: {sorted(set(grads_o) ^ set(grads_t))}")
-    return {
-        "grad_abs": max(float((grads_o[k] - grads_t[k]).abs().max()) for k in grads_o),
+    metrics = grpo_step(ours, Accelerator(cpu=True), optimizer, scheduler, samples, advantages, list(range(n)),
+                        config, [old], batch["ref_model"])
+    return optimizer.captured, metrics
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    if set(a) != set(b):
+        raise AssertionError(f"parameter sets differ: {sorted(set(a) ^ set(b))}")
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def parity(policy: Policy, case: ParityCase, mode: dict[str, Any], sampler_logprobs: bool = True,
+           trainer: bool = True, ours_mode: dict[str, Any] | None = None) -> dict[str, float]:
+    """Max |ours - TRL| of loss, gradients (maths and, with ``trainer``, the trainer's step) and advantages
+    for the objective ``mode`` (TRL option names; TRL's defaults fill the rest, beta defaults to
+    ``case.beta``), plus figures that show the check is not vacuous: the largest gradient entry, the
+    fractions of ratios outside the clip range and what the IS/off-policy/entropy masks did (trainer metrics,
+    and TRL's own count of the sequences its IS ratio zeroed). ``ours_mode`` (TRL names) changes our side
+    only, to show that the check can fail.
+    """
+    mode = {"beta": case.beta} | mode
+    options = our_options(mode | (ours_mode or {}))
+    batch = fixed_batch(policy, case)
+    loss_t, grads_t, out = trl_side(policy, batch, case, mode, sampler_logprobs)
+    mask = out["completion_mask"].float()
+    old = out["old_per_token_logps"] * mask
+    ref = out["ref_per_token_logps"] if "ref_per_token_logps" in out else old
+    loss_o, grads_o, adv_o = ours_maths(policy, batch, case, options, old, ref, sampler_logprobs)
+    with torch.no_grad():
+        logp, _ = policy.forward_logprobs(batch["prompts"], batch["completions"], case.temperature)
+        ratio = torch.exp(logp - old)[mask.bool()]
+    result = {
+        "loss": float(loss_o), "loss_abs": abs(float(loss_o - loss_t)), "grad_abs": _max_diff(grads_o, grads_t),
         "grad_max": max(float(g.abs().max()) for g in grads_o.values()),
-        "adv_abs": float((advantages - adv_t).abs().max()),
+        "adv_abs": float((adv_o - out["advantages"]).abs().max()),
+        # TRL's truncation mask (last token not EOS) against ours (the samples' truncated flags)
+        "mask_abs": float((mask - grpo.completion_mask([len(c) for c in batch["completions"]], mask.shape[1],
+                                                       batch["truncated"], options["mask_truncated_completions"]))
+                          .abs().max()),
+        "ratio_below": float((ratio < 1 - options["eps_low"]).float().mean()),
+        "ratio_above": float((ratio > 1 + options["eps_high"]).float().mean()),
     }
+    if "importance_sampling_ratio" in out:  # TRL's own: sequences whose every active token got weight 0
+        w = out["importance_sampling_ratio"].expand_as(mask)
+        rows = mask.bool().any(-1)
+        result["trl_is_masked_seq_frac"] = float((((w == 0) | (mask == 0)).all(-1) & rows).sum() / rows.sum())
+    if trainer:
+        grads_s, metrics = ours_trainer(policy, batch, case, options, old, sampler_logprobs)
+        result |= {"trainer_grad_abs": _max_diff(grads_s, grads_t)} | {
+            k: metrics[k] for k in ("is/masked_seq_frac", "is/masked_token_frac", "is/weight_mean",
+                                    "off_policy/masked_seq_frac", "entropy/kept_token_frac",
+                                    "truncated/masked_seq_frac", "ratio/seq_mean", "clip/low", "clip/high")}
+    return result
+
+
+MODES: dict[str, dict[str, Any]] = {
+    "grpo, plain k3, token_truncate 2": {"loss_type": "grpo", "epsilon_high": 0.28, "use_bias_correction_kl": False,
+                                         "vllm_importance_sampling_mode": "token_truncate",
+                                         "vllm_importance_sampling_clip_max": 2.0},
+    "dr_grpo, plain k3, token_truncate 2": {"loss_type": "dr_grpo", "epsilon_high": 0.28,
+                                            "use_bias_correction_kl": False,
+                                            "vllm_importance_sampling_mode": "token_truncate",
+                                            "vllm_importance_sampling_clip_max": 2.0},
+    "token_mask [0.8, 1.2]": {"vllm_importance_sampling_mode": "token_mask", "vllm_importance_sampling_clip_max": 1.2,
+                              "vllm_importance_sampling_clip_min": 0.8},
+    "sequence_truncate [0.5, 1.5]": {"vllm_importance_sampling_mode": "sequence_truncate",
+                                     "vllm_importance_sampling_clip_max": 1.5,
+                                     "vllm_importance_sampling_clip_min": 0.5},
+    "gspo (sequence ratio), grpo": {"importance_sampling_level": "sequence", "loss_type": "grpo"},
+    "off_policy_mask 0.05": {"off_policy_mask_threshold": 0.05},
+    "delta 1.06, eps_high 0.05": {"delta": 1.06, "epsilon_high": 0.05},
+    "top_entropy_quantile 0.2": {"top_entropy_quantile": 0.2},
+    "mask_truncated_completions": {"mask_truncated_completions": True},
+    "no IS correction": {"vllm_importance_sampling_correction": False},
+}
+"""Further parity modes on top of TRL's defaults (TRL names): every loss type, IS mode and masking option."""
+
+
+def modes() -> dict[str, dict[str, Any]]:
+    """The parity matrix: TRL 1.16's defaults (dapo, eps 0.2/0.2, bias-corrected k3, sequence_mask IS at 3.0),
+    ours (read from ``TrainConfig``), then :data:`MODES`. beta comes from the case unless a mode sets it."""
+    ours = {k: v for k, v in our_default_mode().items() if k != "beta"}
+    return {"trl defaults": {}, "ours defaults": ours} | MODES

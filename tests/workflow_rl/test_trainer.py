@@ -53,7 +53,11 @@ def _params(model) -> dict[str, torch.Tensor]:
     [({"min_group_size": 1}, "group of 1"), ({"search_temperature": 0.0}, "temperature > 0"),
      ({"lr": -1.0}, "negative"), ({"batch_size": 6, "micro_batch_size": 4}, "multiple"),
      ({"agg": "mean"}, "token, sequence, constant"), ({"run": ""}, "--run"),
-     ({"search_samples": "best"}, "all, positive, contrast")],
+     ({"search_samples": "best"}, "all, positive, contrast"),
+     ({"delta": 1.25}, "1 \\+ eps_high"), ({"vllm_importance_sampling_mode": "seq_mask"}, "sequence_mask"),
+     ({"importance_sampling_level": "row"}, "token, sequence"), ({"vllm_importance_sampling_clip_max": 0.5}, ">= 1"),
+     ({"vllm_importance_sampling_clip_min": 1.5}, r"\[0, 1\]"), ({"top_entropy_quantile": 1.5}, r"\[0, 1\]"),
+     ({"vllm_importance_sampling_clip_max": None}, "needs"), ({"off_policy_mask_threshold": -1.0}, ">= 0")],
 )
 def test_config_errors_state_value_and_fix(kw, message):
     with pytest.raises(WorkflowRLError, match=message):
