@@ -180,7 +180,7 @@ def zero_std_fraction(rewards: torch.Tensor, group_ids: Sequence[Hashable] | tor
     return float(zero.float().mean())
 
 
-# ---------------------------------------------------------------- KL, importance weights, loss
+# ---------------------------------------------------------------- KL and the loss
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: KLKind = "k3") -> torch.Tensor:
@@ -193,22 +193,6 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: KLKind = "k3") 
     if kind == "k3":
         return torch.exp(-log_ratio) + log_ratio - 1.0
     raise ValueError(f"unknown KL estimator {kind!r}; use k1, k2 or k3")
-
-
-def tis_weights(
-    old_logp: torch.Tensor,
-    behavior_logp: torch.Tensor,
-    cap: float = 2.0,
-    has_behavior: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Truncated importance weights ``min(exp(old - behavior), cap)`` (detached).
-
-    Rows where ``has_behavior`` is False (search samples, no sampler logprobs) get weight 1.
-    """
-    weights = torch.exp(old_logp.detach() - behavior_logp.detach()).clamp(max=cap)
-    if has_behavior is not None:
-        weights = torch.where(has_behavior[:, None].bool(), weights, torch.ones_like(weights))
-    return weights
 
 
 @dataclass(frozen=True)

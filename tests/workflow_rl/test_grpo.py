@@ -13,10 +13,10 @@ from workflow_rl.grpo import (
     group_advantages,
     kl_penalty,
     policy_loss,
-    tis_weights,
     token_logprobs,
     zero_std_fraction,
 )
+from workflow_rl.grpo_is import sampler_is_weights
 
 REWARDS = torch.tensor([1.0, 1.0, 0.0, 0.5, 0.5])
 GROUPS = ["a", "a", "a", "b", "b"]
@@ -122,7 +122,8 @@ def test_kl_term_added_per_token_with_beta():
 def test_tis_weights_truncate_and_skip_search_rows():
     old = torch.log(torch.tensor([[0.5, 0.25], [0.5, 0.5]]))
     behavior = torch.log(torch.tensor([[0.25, 0.5], [0.1, 0.1]]))
-    w = tis_weights(old, behavior, cap=1.5, has_behavior=torch.tensor([True, False]))
+    w = sampler_is_weights(old, behavior, torch.ones(2, 2), "token_truncate", clip_max=1.5,
+                           has_behavior=torch.tensor([True, False]))
     assert w.flatten().tolist() == pytest.approx([1.5, 0.5, 1.0, 1.0])
     out = policy_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.tensor([1.0]), torch.ones(1, 2),
                       is_weights=torch.tensor([[1.5, 0.5]]))
