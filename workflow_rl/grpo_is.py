@@ -2,7 +2,7 @@
 
 Three corrections from the field, each TRL 1.16's formula under TRL's option name:
 
-- :func:`sampler_is_weights`: importance weights for the sampler/trainer mismatch (DESIGN rule 5),
+- :func:`sampler_is_weights`: importance weights for the sampler/trainer mismatch (docs/design.md rule 5),
   ``pi_old / pi_behavior`` per token or per sequence, truncated or masked outside ``[C_min, C_max]``
   (``vllm_importance_sampling_mode``; the name is TRL's, the weights apply to any sampler that
   recorded behavior logprobs).

@@ -1,4 +1,4 @@
-"""Per-step metrics of the GRPO learner (DESIGN rule 10), accumulated over the micro-batches of one step.
+"""Per-step metrics of the GRPO learner (docs/design.md rule 10), accumulated over the micro-batches of one step.
 
 Kept apart from :mod:`workflow_rl.trainer` so the step reads as the maths: the trainer hands each
 micro-batch's tensors to :meth:`StepMetrics.add` and turns them into the stored metrics with
