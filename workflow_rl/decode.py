@@ -12,6 +12,7 @@ completions are run per row. With grad each row runs its own prompt (see :func:`
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -47,12 +48,25 @@ def draw(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
 
 
+@functools.cache
+def cache_name() -> str:
+    """The name of the KV cache in model forwards and outputs for the installed ``transformers``.
+
+    transformers 5.x renamed ``past_key_values`` to ``cache``; the old name still works there but
+    warns (a FutureWarning per forward, a logger warning per output access) and is to be removed,
+    while 4.x (still within our dependency range) only knows ``past_key_values``.
+    """
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
 def _prefill(model, prompt_ids: list[list[int]], pad: int, device: torch.device):
     """Run the distinct prompts once (KV cache kept); ``(last-position logits [P, V], cache, mask, lengths)``."""
     ids, mask = left_pad(prompt_ids, pad, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1, :], out.past_key_values, mask, mask.sum(-1)
+    return out.logits[:, -1, :], getattr(out, cache_name()), mask, mask.sum(-1)
 
 
 @dataclass
@@ -118,7 +132,7 @@ def sample_tokens(model, prompt_ids: list[list[int]], n: int, temperature: float
             logits = lean.step(token, t)
         else:
             logits = model(input_ids=token[:, None], attention_mask=attn[:, : width + t + 1], position_ids=positions + t,
-                           past_key_values=cache, use_cache=True).logits[:, -1, :]
+                           use_cache=True, **{cache_name(): cache}).logits[:, -1, :]
     lens = lengths.tolist()
     ids, lps = tokens[:, :steps].tolist(), logps[:, :steps].tolist()
     return Drawn([row[:k] for row, k in zip(ids, lens, strict=True)],
@@ -175,7 +189,7 @@ def completion_logits(model, prompt_ids: list[list[int]], completion_ids: list[l
             attn = torch.cat([prompt_mask[index], tail_mask], dim=1)
             positions = prompt_len[index][:, None] + torch.arange(l_max - 1, device=device)
             out = model(input_ids=torch.tensor(tails, device=device), attention_mask=attn, position_ids=positions,
-                        past_key_values=cache, use_cache=True)
+                        use_cache=True, **{cache_name(): cache})
             return torch.cat([last[index][:, None, :], out.logits], dim=1)
     ids, prompt_mask = left_pad([list(p) for p in prompt_ids], pad, device)
     ids = torch.cat([ids, torch.tensor(tails, dtype=torch.long, device=device).view(n_rows, l_max - 1)], dim=1)

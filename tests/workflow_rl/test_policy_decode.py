@@ -13,7 +13,7 @@ import copy
 import pytest
 import torch
 
-from workflow_rl.decode import _shareable, completion_logits, draw, left_pad
+from workflow_rl.decode import _shareable, cache_name, completion_logits, draw, left_pad, sample_tokens
 from workflow_rl.lean_decode import lean_decoder
 from workflow_rl.policy import LoraSpec, Policy
 
@@ -73,14 +73,14 @@ def test_lean_step_equals_the_model_forward(policy, lora_policy, which):
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        hf_cache = out.past_key_values
+        hf_cache = getattr(out, cache_name())
         lean = lean_decoder(model, copy.deepcopy(hf_cache), mask, mask.sum(-1), ids.shape[1] + 3)
         assert lean is not None
         attn = torch.cat([mask, torch.ones(len(prompts), 3, dtype=torch.long)], dim=1)
         for t, token in enumerate(torch.tensor([[5, 7, 9], [11, 13, 0], [2, 3, 4]]).T):
             ours = lean.step(token, t)
             theirs = model(input_ids=token[:, None], attention_mask=attn[:, : ids.shape[1] + t + 1],
-                           position_ids=mask.sum(-1, keepdim=True) + t, past_key_values=hf_cache).logits[:, -1]
+                           position_ids=mask.sum(-1, keepdim=True) + t, **{cache_name(): hf_cache}).logits[:, -1]
             assert (ours - theirs).abs().max() < 1e-5
 
 
@@ -88,7 +88,7 @@ def test_lean_decoder_declines_what_it_does_not_reproduce(policy):
     model = copy.deepcopy(policy.model).eval()
     ids, mask = left_pad([[1, 2, 3]], 0, torch.device("cpu"))
     with torch.no_grad():
-        cache = model(input_ids=ids, attention_mask=mask, use_cache=True).past_key_values
+        cache = getattr(model(input_ids=ids, attention_mask=mask, use_cache=True), cache_name())
     assert lean_decoder(model, cache, mask, mask.sum(-1), 8) is not None
     model.config._attn_implementation = "eager"  # another attention function: keep HF's forward
     assert lean_decoder(model, cache, mask, mask.sum(-1), 8) is None
@@ -211,13 +211,51 @@ def test_lean_step_equals_the_forward_of_a_llama_model():
     model = LlamaForCausalLM(config).eval()
     ids, mask = left_pad([[3, 4, 5, 6], [7, 8]], 0, torch.device("cpu"))
     with torch.no_grad():
-        hf_cache = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                         use_cache=True).past_key_values
+        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                    use_cache=True)
+        hf_cache = getattr(out, cache_name())
         lean = lean_decoder(model, copy.deepcopy(hf_cache), mask, mask.sum(-1), 6)
         assert lean is not None
         attn = torch.cat([mask, torch.ones(2, 2, dtype=torch.long)], dim=1)
         for t, token in enumerate(torch.tensor([[9, 10], [11, 12]]).T):
             ours = lean.step(token, t)
             theirs = model(input_ids=token[:, None], attention_mask=attn[:, : 4 + t + 1],
-                           position_ids=mask.sum(-1, keepdim=True) + t, past_key_values=hf_cache).logits[:, -1]
+                           position_ids=mask.sum(-1, keepdim=True) + t, **{cache_name(): hf_cache}).logits[:, -1]
             assert (ours - theirs).abs().max() < 1e-5
+
+
+def test_decoding_uses_no_deprecated_transformers_api():
+    """Sampling (lean and HF decode loops) and the shared-prompt pass pass the KV cache under the
+    installed transformers' own name: no FutureWarning from the forward, no logger notice on
+    reading the output (transformers 5.x deprecates ``past_key_values`` for ``cache``)."""
+    import logging
+    import warnings
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1)).eval()
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    hf_root = logging.getLogger("transformers")
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()
+    hf_logging.warning_once.cache_clear()  # a notice already given earlier in the session counts again
+    hf_root.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            sample_tokens(model, [[1, 2, 3], [4, 5]], 2, 1.0, 1.0, 4, 0, 0)  # lean decode loop
+            model.config._attn_implementation = "eager"  # lean declines: HF forward with the cache
+            sample_tokens(model, [[1, 2, 3], [4, 5]], 2, 1.0, 1.0, 4, 0, 0)
+            with torch.no_grad():  # shared prompt: prefill cache reused for the completions
+                completion_logits(model, [[1, 2], [1, 2]], [[3, 4, 5], [6, 7]], 0)
+    finally:
+        hf_root.removeHandler(handler)
+        hf_logging.set_verbosity(level)
+    notices = [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))]
+    notices += [r.getMessage() for r in records]
+    assert not [n for n in notices if "deprecated" in n.lower()], notices
