@@ -70,6 +70,7 @@ class RoundInfo:
     evaluations: int
     checkpoint_id: int
     checkpoint_path: str
+    best_workflow_id: int | None = None  # None for a round finished before this was recorded
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,8 @@ def run_loop(
 
 
 def _round_info(r: int, v: dict[str, Any]) -> RoundInfo:
-    return RoundInfo(r, v["search_run"], v["best_score"], v["evaluations"], v["checkpoint_id"], v["checkpoint_path"])
+    return RoundInfo(r, v["search_run"], v["best_score"], v["evaluations"], v["checkpoint_id"], v["checkpoint_path"],
+                     v.get("best_workflow_id"))
 
 
 async def _rounds(engine, config: LoopConfig, bench, loop_id, state, say, on_search, on_step) -> None:
@@ -161,6 +163,7 @@ async def _rounds(engine, config: LoopConfig, bench, loop_id, state, say, on_sea
                 say(f"round {r}: search ({'mutation' if r == 0 else f'policy {mode} + mutation'})")
                 result = await _search(engine, config, info, evaluator, policy, version, r, mode, on_search, loop_id)
                 rs.update(phase="data", best_score=result.progress.best_score,
+                          best_workflow_id=result.progress.best_workflow_id,
                           evaluations=result.progress.evaluations, search_run_id=result.run_id)
                 _save_state(engine, loop_id, state)
             if rs["phase"] == "data":

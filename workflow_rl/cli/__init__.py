@@ -14,7 +14,10 @@ from typing import Annotated
 import typer
 
 from workflow_rl.cli.options import DB_ENV, DB_HELP, DEFAULT_DB
+from workflow_rl.cli.output import quiet_libraries
 from workflow_rl.errors import WorkflowRLError
+
+__all__ = ["DEFAULT_DB", "app", "main"]
 
 app = typer.Typer(
     name="workflow-rl",
@@ -50,6 +53,9 @@ _register_all()
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turning project errors into one line + exit 1."""
+    # Before any command imports transformers, so only our own lines reach the user. Here, not in
+    # the app: tests that invoke the app in-process keep their process's library settings.
+    quiet_libraries()
     try:
         app(args=argv, standalone_mode=False)
     except WorkflowRLError as exc:

@@ -10,11 +10,14 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.text import Text
 
 from workflow_rl.cli.options import DbOption, resolve_db
+from workflow_rl.cli.output import Summary, command, db_facts, log_console, next_for_run, print_summary
 from workflow_rl.errors import WorkflowRLError
 from workflow_rl.loop_config import LoopConfig
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
+
+    from workflow_rl.loop import LoopResult
 
 H = LoopConfig.help
 
@@ -30,13 +33,36 @@ def policy_eval_command(db: str | Engine, policy: str, split: str, benchmark: st
         from workflow_rl.cli.db import open_existing
 
         db = open_existing(db)
-    console = Console()
+    console = log_console()
     with console.status(f"policy {policy} writing and running one workflow per {split} problem"):
         result = evaluate_policy(db, policy, split=split, benchmark=benchmark, best_of=best_of, workers=workers,
                                  selection=selection, validate_top=validate_top)
     cost = "unknown" if result.cost is None else f"${result.cost:.4f}"
     console.print(f"policy {policy} on {split}: accuracy {result.accuracy:.3f} over {result.problems} problems, "
                   f"valid workflows {result.valid_fraction:.2f}, cost {cost} (stored in run {result.run!r})")
+
+
+def loop_summary(db: str, result: LoopResult) -> Summary:
+    """The end of ``loop``: where it is stored, each round, the best workflow, the policy, what next."""
+    rounds = [info.search_run for info in result.rounds]
+    summary = Summary(db_facts(db) + [f"run: {result.run} (rounds {', '.join(rounds)})"])
+    for info in result.rounds:
+        summary.facts.append(f"round {info.round}: best validation {info.best_score:.3f} after {info.evaluations} "
+                             f"evaluations; checkpoint {info.checkpoint_id}")
+    if not result.rounds:  # --rounds 0: nothing was run
+        return summary
+    best = max(result.rounds, key=lambda info: info.best_score)  # the earliest round on ties
+    wid = best.best_workflow_id
+    which = f"#{wid}" if wid is not None else "id not recorded (round finished by an older version)"
+    summary.facts.append(f"best workflow: {which}, validation {best.best_score:.3f} (round {best.round})")
+    final = result.final_checkpoint
+    summary.facts.append(f"policy: checkpoint {final.checkpoint_id} at {final.checkpoint_path}")
+    summary.commands.append(("the trained policy on the held-out test split",
+                             command(db, "eval", "--policy", str(final.checkpoint_id), "--split", "test")))
+    if wid is not None:
+        summary.commands.append(("the best workflow on the test split", command(db, "eval", str(wid), "--split", "test")))
+    summary.commands += next_for_run(db, result.run, rounds)
+    return summary
 
 
 def register(app: typer.Typer) -> None:
@@ -77,10 +103,13 @@ def register(app: typer.Typer) -> None:
         )
         from workflow_rl.loop import run_loop
 
-        console = Console()
+        db = resolve_db(ctx, db)
+        console = log_console()
         columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                    TimeElapsedColumn())
-        with Progress(*columns, console=console) as progress:
+        # transient: the bar is a live view only; the log lines above it are the record (a file
+        # would otherwise get the bar's last frame, a copy of the last line, at the end)
+        with Progress(*columns, console=console, transient=True) as progress:
             phase = progress.add_task("starting", total=None, info="")
 
             def message(text: str) -> None:
@@ -96,12 +125,8 @@ def register(app: typer.Typer) -> None:
                                 info=f"reward {metrics.get('reward/mean', 0.0):.3f} "
                                      f"mismatch {metrics.get('mismatch/old_behavior_abs_mean', 0.0):.2e}")
 
-            result = run_loop(config, resolve_db(ctx, db), message, on_search, on_step)
-        for info in result.rounds:
-            console.print(f"round {info.round}: best validation {info.best_score:.3f} after {info.evaluations} "
-                          f"evaluations; checkpoint {info.checkpoint_id} at {info.checkpoint_path}")
-        console.print(f"policy: checkpoint {result.final_checkpoint.checkpoint_id}; evaluate it with "
-                      f"`workflow-rl eval --policy {result.final_checkpoint.checkpoint_id} --split test`")
+            result = run_loop(config, db, message, on_search, on_step)
+        print_summary(loop_summary(db, result), Console())
 
     @app.command("report")
     def report_cmd(

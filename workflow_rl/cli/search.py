@@ -22,6 +22,7 @@ from storage.engine import create_db_engine, normalize_url, open_db, read_sessio
 from storage.models import Run, Workflow
 from storage.repo import find_run
 from workflow_rl.cli.options import DbOption, resolve_db
+from workflow_rl.cli.output import Summary, command, db_facts, next_for_run, print_summary
 from workflow_rl.errors import WorkflowRLError
 
 _H = SearchConfig.help
@@ -149,16 +150,33 @@ async def run_search(db: str, run: str, config: SearchConfig, *, executor: str |
             raise WorkflowRLError(str(exc)) from None
 
 
-def _summary(console: Console, db: str, result: SearchResult, top: int) -> None:
+def search_summary(db: str, run: str, result: SearchResult) -> Summary:
+    """The end of ``search``: where it is stored, the best workflow, and the commands to run next."""
+    p = result.progress
+    summary = Summary([*db_facts(db), f"run: {run}"])
+    if p.best_workflow_id is None:
+        summary.facts.append("best workflow: none (no valid workflow was evaluated)")
+    else:
+        summary.facts.append(f"best workflow: #{p.best_workflow_id}, validation {p.best_score:.3f}")
+        summary.commands.append(("the best workflow on the held-out test split",
+                                 command(db, "eval", str(p.best_workflow_id), "--split", "test")))
+    summary.commands += next_for_run(db, run, [run])
+    return summary
+
+
+def _summary(console: Console, db: str, run: str, result: SearchResult, top: int) -> None:
     p = result.progress
     for note in result.resume_notes:
         console.print(f"[yellow]resumed run:[/] {note}")
-    table = Table(title=f"search run #{result.run_id}")
-    for col in ("simulations", "evaluations", "executed now", "nodes", "seed best", "best", "cost", "stopped by"):
-        table.add_column(col)
+    # One row per figure: eight columns squeezed into 80 cut every header and value short.
+    table = Table(title=f"search run #{result.run_id}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
     cost = "unknown" if p.cost is None else f"${p.cost:.4f}"
-    table.add_row(str(p.simulations), str(p.evaluations), str(p.executed), str(p.nodes),
-                  f"{result.seed_best_score:.3f}", f"{p.best_score:.3f}", cost, result.stop_reason)
+    for name, value in (("simulations", p.simulations), ("evaluations", p.evaluations), ("executed now", p.executed),
+                        ("nodes", p.nodes), ("seed best", f"{result.seed_best_score:.3f}"),
+                        ("best", f"{p.best_score:.3f}"), ("cost", cost), ("stopped by", result.stop_reason)):
+        table.add_row(name, str(value))
     console.print(table)
     tree = result.tree
     ranked = sorted(range(1, len(tree)), key=lambda i: (-(tree.own_score[i] or 0.0), i))[:top]
@@ -172,9 +190,9 @@ def _summary(console: Console, db: str, result: SearchResult, top: int) -> None:
     if p.best_workflow_id is not None:
         with session_scope(open_db(db)) as session:
             code = session.get(Workflow, p.best_workflow_id).code
-        console.print(f"best workflow #{p.best_workflow_id} (validation {p.best_score:.3f}):")
+        console.print(f"code of the best workflow (#{p.best_workflow_id}):")
         console.print(Syntax(code, "python", line_numbers=False))
-        console.print(f"score it on the test split: workflow-rl eval {p.best_workflow_id} --split test")
+    print_summary(search_summary(db, run, result), console)
 
 
 def register(app: typer.Typer) -> None:
@@ -221,8 +239,10 @@ def register(app: typer.Typer) -> None:
             raise WorkflowRLError(str(exc)) from None
         db = resolve_db(ctx, db)
         console = Console()
+        # transient: the bar is a live view; the summary below is the record (a log file would
+        # otherwise end with the bar's last frame)
         with Progress(TextColumn("[bold]search[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} evaluations"),
-                      TimeElapsedColumn(), console=console, transient=False) as bar:
+                      TimeElapsedColumn(), console=console, transient=True) as bar:
             task = bar.add_task("starting", total=config.budget or None)
 
             def on_progress(p: SearchProgress) -> None:
@@ -233,7 +253,7 @@ def register(app: typer.Typer) -> None:
 
             result = asyncio.run(run_search(db, run, config, executor=executor, optimizer=optimizer,
                                             workers=workers, on_progress=on_progress))
-        _summary(console, db, result, top)
+        _summary(console, db, run, result, top)
 
     @app.command("eval")
     def eval_cmd(

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from workflow_rl.cli.options import DbOption, resolve_db
+from workflow_rl.cli.output import (
+    Summary,
+    backend,
+    command,
+    db_facts,
+    log_console,
+    next_for_run,
+    print_summary,
+    sql_command,
+    sql_literal,
+)
 from workflow_rl.trainer_config import TrainConfig
+
+if TYPE_CHECKING:
+    from workflow_rl.trainer import TrainResult
 
 _H = TrainConfig.help_for
 
@@ -86,7 +99,8 @@ def train_command(
         group_by_prompt=group_by_prompt, search_samples=search_samples,
         round=round_, out_dir=out_dir, cache_dir=cache_dir, save_every=save_every, seed=seed, resume=resume,
     )
-    console = Console(stderr=True)
+    db = resolve_db(ctx, db)
+    console = log_console(stderr=True)
     columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeElapsedColumn())
     # transient: a refused run (missing checkpoint, unknown run) leaves only its one error line
@@ -98,14 +112,35 @@ def train_command(
                     f"clip {m['clip/low']:.3f}/{m['clip/high']:.3f}" + ("  SKIPPED" if m["step/skipped"] else ""))
             progress.update(task, completed=step, total=total, info=info)
 
-        result = train(config, resolve_db(ctx, db), on_step=on_step)
+        result = train(config, db, on_step=on_step)
+    print_summary(train_summary(db, config, result))
+
+
+def train_summary(db: str, config: TrainConfig, result: TrainResult) -> Summary:
+    """The end of ``train``: what was trained, where it is stored, the checkpoint and what next."""
     last = result.history[-1] if result.history else {}
-    typer.echo(
+    summary = Summary([
         f"trained {len(result.history)} steps (total {result.steps}) on {result.dataset.samples} samples "
         f"({result.dataset.groups} groups, {result.dataset.policy} policy / {result.dataset.search} search); "
-        f"final loss {last.get('loss/policy', float('nan')):+.4f}; "
-        f"checkpoint #{result.checkpoint_id}: {result.checkpoint_path}"
-    )
+        f"final loss {last.get('loss/policy', float('nan')):+.4f}",
+        *db_facts(db),
+        f"run: {config.run} (round {config.round})",
+        f"checkpoint: {result.checkpoint_id} at {result.checkpoint_path}",
+    ])
+    if backend(db) == "postgresql":
+        loss, reward = "metrics->>'loss/policy'", "metrics->>'reward/batch_mean'"
+    else:  # SQLite's JSON functions
+        loss, reward = """json_extract(metrics, '$."loss/policy"')""", """json_extract(metrics, '$."reward/batch_mean"')"""
+    query = (f"SELECT step, {loss} AS loss, {reward} AS reward FROM train_steps "
+             f"WHERE run_id = (SELECT id FROM runs WHERE name = {sql_literal(config.run)}) "
+             f"AND round = {config.round} ORDER BY step")
+    summary.commands = [
+        ("the trained policy on the held-out test split",
+         command(db, "eval", "--policy", str(result.checkpoint_id), "--split", "test")),
+        ("the loss and reward of each step", sql_command(db, query)),
+        *next_for_run(db, config.run, [config.run]),
+    ]
+    return summary
 
 
 def register(app: typer.Typer) -> None:
