@@ -61,17 +61,24 @@ def log_console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, log_path=False)
 
 
-def db_label(db: str) -> str:
-    """The database as the user should read it: an SQLite file's absolute path, else the URL with
-    its password masked (the label is printed and may end up in logs)."""
+def _url(db: str):
+    """``db`` as a SQLAlchemy URL (a plain path becomes an SQLite URL), or None if it is not one."""
     from sqlalchemy import make_url
     from sqlalchemy.exc import ArgumentError
 
     from storage.engine import normalize_url
 
     try:
-        url = make_url(normalize_url(db))
+        return make_url(normalize_url(db))
     except ArgumentError:
+        return None
+
+
+def db_label(db: str) -> str:
+    """The database as the user should read it: an SQLite file's absolute path, else the URL with
+    its password masked (the label is printed and may end up in logs)."""
+    url = _url(db)
+    if url is None:
         return db
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         return str(Path(url.database).resolve())
@@ -94,11 +101,8 @@ def _db_option(db: str) -> list[str]:
     """
     if db == DEFAULT_DB or db == os.environ.get("WORKFLOW_RL_DB"):
         return []
-    if "://" not in db:  # a file path
-        return ["--db", db]
-    from sqlalchemy import make_url
-
-    return ["--db", make_url(db).render_as_string(hide_password=True)]
+    url = _url(db) if "://" in db else None
+    return ["--db", db if url is None else url.render_as_string(hide_password=True)]
 
 
 def command(db: str, *args: str) -> str:
@@ -124,11 +128,8 @@ def sql_command(db: str, query: str) -> str:
 
 def backend(db: str) -> str:
     """The SQLAlchemy backend name of ``db`` (``sqlite``, ``postgresql``, ...), for dialect-specific SQL."""
-    from sqlalchemy import make_url
-
-    from storage.engine import normalize_url
-
-    return make_url(normalize_url(db)).get_backend_name()
+    url = _url(db)
+    return "sqlite" if url is None else url.get_backend_name()
 
 
 @dataclass
@@ -156,7 +157,7 @@ def print_summary(summary: Summary, console: Console | None = None) -> None:
         console.print(line, soft_wrap=True, markup=False, highlight=False)
 
 
-def next_for_run(db: str, run: str, runs: Sequence[str], *, report: bool = True) -> list[tuple[str, str]]:
+def next_for_run(db: str, run: str, runs: Sequence[str]) -> list[tuple[str, str]]:
     """The commands every run summary ends with: its report, the run list and its best workflows.
 
     ``runs`` are the run names that hold the workflows (a loop's rounds, or the run itself).
@@ -167,9 +168,8 @@ def next_for_run(db: str, run: str, runs: Sequence[str], *, report: bool = True)
         where = "run IN (" + ", ".join(sql_literal(r) for r in runs) + ")"
     query = (f"SELECT run, workflow_id, mean_reward, n_evaluations FROM leaderboard WHERE {where} "
              "ORDER BY mean_reward DESC LIMIT 10")
-    out = []
-    if report:
-        out.append(("plots and a summary of the run", command(db, "report", "--run", run)))
-    out.append(("every run in the database", command(db, "runs")))
-    out.append(("the best workflows (any SELECT works; the views are listed in the README)", sql_command(db, query)))
-    return out
+    return [
+        ("plots and a summary of the run", command(db, "report", "--run", run)),
+        ("every run in the database", command(db, "runs")),
+        ("the best workflows (any SELECT works; the views are listed in the README)", sql_command(db, query)),
+    ]
