@@ -67,7 +67,7 @@ def test_loop_prints_only_its_own_lines_and_a_pasteable_summary(tmp_path, tiny_c
     for cmd in (f"workflow-rl eval --policy {ckpt} --split test", "workflow-rl report --run loop", "workflow-rl runs"):
         assert f"  {cmd}" in lines, output  # whole, on a line of its own, although longer lines exist
     (sql,) = [line for line in lines if line.startswith("  workflow-rl sql ")]
-    assert "'loop/r0', 'loop/r1'" in sql and len(sql) > 80, sql  # not wrapped at 80 columns
+    assert "loop = 'loop'" in sql and len(sql) > 80, sql  # not wrapped at 80 columns
 
 
 def test_search_summary_names_database_run_best_and_next_commands(tmp_path):
@@ -80,7 +80,7 @@ def test_search_summary_names_database_run_best_and_next_commands(tmp_path):
     best = re.search(r"^best workflow: #(\d+), validation \d\.\d{3}$", result.output, re.M).group(1)
     for cmd in (f"eval {best} --split test", "report --run s1", "runs"):
         assert f"  workflow-rl --db {db} {cmd}" in lines, result.output  # not the default db: named
-    assert any(line.startswith(f"  workflow-rl --db {db} sql ") and "run = 's1'" in line for line in lines)
+    assert any(line.startswith(f"  workflow-rl --db {db} sql ") and "loop = 's1'" in line for line in lines)
     assert not re.search(r"\d+/\d+ evaluations", result.output)  # the bar (transient) left no last frame
 
 

@@ -61,7 +61,7 @@ def loop_summary(db: str, result: LoopResult) -> Summary:
                              command(db, "eval", "--policy", str(final.checkpoint_id), "--split", "test")))
     if wid is not None:
         summary.commands.append(("the best workflow on the test split", command(db, "eval", str(wid), "--split", "test")))
-    summary.commands += next_for_run(db, result.run, rounds)
+    summary.commands += next_for_run(db, result.run)
     return summary
 
 

@@ -18,7 +18,6 @@ import re
 import shlex
 import sys
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,15 +156,13 @@ def print_summary(summary: Summary, console: Console | None = None) -> None:
         console.print(line, soft_wrap=True, markup=False, highlight=False)
 
 
-def next_for_run(db: str, run: str, runs: Sequence[str]) -> list[tuple[str, str]]:
+def next_for_run(db: str, run: str) -> list[tuple[str, str]]:
     """The commands every run summary ends with: its report, the run list and its best workflows.
 
-    ``runs`` are the run names that hold the workflows (a loop's rounds, or the run itself).
+    The views' ``loop`` column names a loop for the rows of its rounds (and a plain run for its
+    own), so one filter on the name the user gave finds both.
     """
-    if len(runs) == 1:
-        where = f"run = {sql_literal(runs[0])}"
-    else:
-        where = "run IN (" + ", ".join(sql_literal(r) for r in runs) + ")"
+    where = f"loop = {sql_literal(run)}"
     query = (f"SELECT run, workflow_id, mean_reward, n_evaluations FROM leaderboard WHERE {where} "
              "ORDER BY mean_reward DESC LIMIT 10")
     return [

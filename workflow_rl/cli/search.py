@@ -160,7 +160,7 @@ def search_summary(db: str, run: str, result: SearchResult) -> Summary:
         summary.facts.append(f"best workflow: #{p.best_workflow_id}, validation {p.best_score:.3f}")
         summary.commands.append(("the best workflow on the held-out test split",
                                  command(db, "eval", str(p.best_workflow_id), "--split", "test")))
-    summary.commands += next_for_run(db, run, [run])
+    summary.commands += next_for_run(db, run)
     return summary
 
 

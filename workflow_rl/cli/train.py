@@ -138,7 +138,7 @@ def train_summary(db: str, config: TrainConfig, result: TrainResult) -> Summary:
         ("the trained policy on the held-out test split",
          command(db, "eval", "--policy", str(result.checkpoint_id), "--split", "test")),
         ("the loss and reward of each step", sql_command(db, query)),
-        *next_for_run(db, config.run, [config.run]),
+        *next_for_run(db, config.run),
     ]
     return summary
 
