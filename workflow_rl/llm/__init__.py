@@ -14,7 +14,7 @@ from pathlib import Path
 from workflow_rl.errors import WorkflowRLError
 from workflow_rl.llm.cache import ResponseCache
 from workflow_rl.llm.openai import ExecutorSpec, OpenAICompatibleClient, parse_executor_spec
-from workflow_rl.llm.pricing import ModelPrice, PriceTable
+from workflow_rl.llm.pricing import ModelPrice, PriceTable, endpoint_prices, parse_price
 
 __all__ = [
     "EXECUTOR_ENV",
@@ -32,6 +32,8 @@ EXECUTOR_ENV = {
     "WORKFLOW_RL_LLM_CACHE": "response cache file (default ~/.cache/workflow-rl/llm.sqlite)",
     "WORKFLOW_RL_LLM_NO_CACHE": "set to 1 to disable the response cache",
     "WORKFLOW_RL_LLM_PRICES": "TOML price file (see workflow_rl.llm.pricing)",
+    "WORKFLOW_RL_LLM_PRICE": "price of the endpoint's model, USD per million input,output tokens (e.g. "
+                             "0.15,0.60); without it a loopback endpoint costs 0 and others need the price file",
     "WORKFLOW_RL_LLM_KEY_ENV": "name of the variable holding the API key (default OPENAI_API_KEY)",
     "WORKFLOW_RL_LLM_CONCURRENCY": "most requests in flight per endpoint (default 8)",
     "WORKFLOW_RL_LLM_ATTEMPTS": "attempts per request before giving up (default 5)",
@@ -56,6 +58,7 @@ def make_executor(
     cache_path: str | Path | None = None,
     no_cache: bool | None = None,
     prices_path: str | Path | None = None,
+    price: str | None = None,
     api_key_env: str | None = None,
     max_concurrency: int | None = None,
     max_attempts: int | None = None,
@@ -64,13 +67,19 @@ def make_executor(
     """The executor client for a ``URL#MODEL`` spec, with the persistent cache unless ``no_cache``.
 
     This is what CLI commands call with their ``--executor`` option. Arguments left as None come
-    from the environment (:data:`EXECUTOR_ENV`), then from the defaults.
+    from the environment (:data:`EXECUTOR_ENV`), then from the defaults. ``price`` (``IN,OUT`` in USD
+    per million tokens) is the model's price; see :func:`~workflow_rl.llm.pricing.endpoint_prices`
+    for how it, the price file and a loopback endpoint's price of 0 combine.
     """
     if no_cache is None:
         no_cache = os.environ.get("WORKFLOW_RL_LLM_NO_CACHE", "").lower() in ("1", "true", "yes")
     cache = None if no_cache else ResponseCache(cache_path)
     prices_path = prices_path or os.environ.get("WORKFLOW_RL_LLM_PRICES") or None
     prices = PriceTable.from_toml(prices_path) if prices_path else PriceTable()
+    env_price = os.environ.get("WORKFLOW_RL_LLM_PRICE") or None
+    stated = parse_price(price) if price else parse_price(env_price, "WORKFLOW_RL_LLM_PRICE") if env_price else None
+    parsed = parse_executor_spec(spec)
+    prices = endpoint_prices(parsed.url, parsed.model, prices, stated)
     return OpenAICompatibleClient.from_spec(
         spec,
         api_key_env=api_key_env or os.environ.get("WORKFLOW_RL_LLM_KEY_ENV") or "OPENAI_API_KEY",
