@@ -42,7 +42,17 @@ class SearchConfig:
     proposer: str = _f("mutation", "Who writes children: mutation (no model), llm (chat endpoint), policy.")
     selection: str = _f("uct", "Node selection: uct, puct (proposer priors), aflow (soft-mixed), random.")
     budget: int = _f(
-        6000, "Evaluation budget: workflow x problem x repeat executions; no simulation starts past it."
+        6000, "Evaluation budget: workflow x problem x repeat executions, a hard bound: a child's batch "
+        "starts only if it fits (an expansion may keep fewer children); 0 = none."
+    )
+    token_budget: int = _f(
+        0, "LLM token budget (prompt + completion tokens of the stored validation evaluations); a "
+        "child's batch starts only if its unstored evaluations times the most tokens one evaluation "
+        "used so far still fit (see docs/search.md); 0 = none."
+    )
+    cost_budget: float = _f(
+        0.0, "Dollar budget, counted like --token-budget from each evaluation's stored cost (needs "
+        "a known price: a loopback endpoint is free, else --price); 0 = none."
     )
     max_simulations: int = _f(0, "Stop after this many simulations (expansions); 0 = no limit.")
     children: int = _f(4, "G: child workflows proposed per expansion (siblings share one problem batch).")
@@ -69,10 +79,15 @@ class SearchConfig:
             raise bad("benchmark_options", self.benchmark_options, "use KEY=VALUE pairs with identifier keys")
         if self.budget < 0:
             raise bad("budget", self.budget, "use a non-negative number of evaluations (e.g. --budget 1500)")
+        if self.token_budget < 0:
+            raise bad("token_budget", self.token_budget, "use a non-negative number of tokens (0 = no bound)")
+        if not self.cost_budget >= 0:  # also refuses NaN
+            raise bad("cost_budget", self.cost_budget, "use a non-negative number of dollars (0 = no bound)")
         if self.max_simulations < 0:
             raise bad("max_simulations", self.max_simulations, "use 0 (no limit) or a positive number")
-        if self.budget == 0 and self.max_simulations == 0:
-            raise bad("budget", 0, "set --budget or --max-simulations, otherwise the search never stops")
+        if not (self.budget or self.max_simulations or self.token_budget or self.cost_budget):
+            raise bad("budget", 0, "set --budget, --token-budget, --cost-budget or --max-simulations, "
+                      "otherwise the search never stops")
         for name in ("children", "batch_size", "repeats", "top_k", "aflow_top_k"):
             if getattr(self, name) < 1:
                 raise bad(name, getattr(self, name), f"{name} must be >= 1")

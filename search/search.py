@@ -11,6 +11,11 @@ same children (same seed), their workflow rows already exist (unique per run and
 their stored evaluations are reused, so nothing is lost or run twice and the final tree equals an
 uninterrupted run. Budget accounting is therefore deterministic: a child that is evaluated counts
 ``batch x repeats`` evaluations whether they were executed now or found stored.
+
+Budgets (``search.budget``) are hard bounds: a child's batch starts only if it fits, so an expansion
+cut short by a bound keeps the children it evaluated (and commits), and one that evaluated none is
+not committed at all (a resume with a higher bound redoes it, reusing what was stored). The seed
+simulation is all or nothing: cut short, it is not committed.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from sqlalchemy import Engine, select
 
 from operators.validate import WorkflowValidationError, code_hash, validate_workflow
 from search.base import Candidate, EvalBatch, Evaluator, FailedExample, ProposalContext, Proposer
+from search.budget import Budget, Spent, spent_by_run, unstored
 from search.config import RANDOM, SearchConfig, SearchConfigError
 from search.selection import AFLOW, backpropagate, select_aflow, select_leaf
 from search.tree import ROOT_INDEX, Tree, load_tree, save_nodes
@@ -61,6 +67,7 @@ class SearchProgress:
     best_score: float
     best_workflow_id: int | None
     cost: float | None
+    tokens: int = 0  # LLM tokens of the run's stored validation evaluations (what --token-budget counts)
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,10 @@ class SearchResult:
 def _initial_state() -> dict[str, Any]:
     return {"next_simulation": 0, "evaluations": 0, "cost": 0.0, "stale": 0, "topk_mean": None,
             "stop_reason": None}
+
+
+class _Cut(Exception):
+    """A child's batch does not fit a budget: the expansion stops before it (``args[0]``: the bound)."""
 
 
 def _summary(parent_code: str, child_code: str, limit: int = 160) -> str:
@@ -108,6 +119,7 @@ class Search:
         self.evaluator = evaluator
         self.proposer = proposer
         self.executed = 0
+        self._cut: str | None = None
         self.resume_notes: list[str] = []
         """Settings of a resumed run that were kept from the stored run instead of the new config."""
 
@@ -122,11 +134,12 @@ class Search:
         ``parent`` is ``(loop run id, loop round)`` when this search is a round of a loop: the run
         row records it (``runs.parent_id``, ``runs.loop_round``) for listings and views only.
         """
-        run_id, state = self._open_run(run_name, parent)
         problems = self.evaluator.validation_problems()
         if not problems:
             raise SearchConfigError(f"benchmark {self.benchmark.name!r} has no validation problems stored")
         self.problem_ids = [p.problem_id for p in problems]
+        run_id, state = self._open_run(run_name, parent)
+        self.run_id = run_id
         with session_scope(self.engine) as session:
             tree = load_tree(session, run_id)
         stop = None
@@ -135,12 +148,22 @@ class Search:
             if stop is not None:
                 break
             k = state["next_simulation"]
-            if k == 0:
-                await self._seed(run_id, tree, state)
-            else:
-                await self._simulate(run_id, k, tree, state)
+            try:
+                if k == 0:
+                    await self._seed(run_id, tree, state)
+                else:
+                    await self._simulate(run_id, k, tree, state)
+            except _Cut as cut:  # nothing was committed: drop what the simulation changed in memory
+                stop = cut.args[0]
+                with session_scope(self.engine) as session:
+                    tree = load_tree(session, run_id)
+                    state = {**_initial_state(), **(session.get(Run, run_id).state or {})}
+                break
             if on_progress is not None:
                 on_progress(self._progress(tree, state))
+            if self._cut is not None:  # a bound cut this expansion short (its children are committed)
+                stop = self._cut
+                break
         with session_scope(self.engine) as session:
             run = session.get(Run, run_id)
             run.status = "done"
@@ -164,6 +187,8 @@ class Search:
                     for name in sorted(vars(resumed)) if getattr(resumed, name) != getattr(self.config, name)
                 ]
                 self.config = resumed
+            if existing is None or not (existing.state or {}).get("next_simulation"):  # seeds still to run
+                Budget.of(self.config).check_seeds_fit(len(self.benchmark.seed_workflows), self._per_child())
             run = get_or_create_run(session, run_name, self.benchmark.name, kind="search",
                                     config=self.config.to_dict())
             if parent is not None:
@@ -173,12 +198,25 @@ class Search:
             run.config = {**self.config.to_dict()}
             return run.id, state
 
+    def _per_child(self) -> int:
+        """Evaluations one child's batch counts."""
+        return min(self.config.batch_size, len(self.problem_ids)) * self.config.repeats
+
+    def _spent(self) -> Spent | None:
+        """Tokens and dollars stored for the run (None when neither is bounded: nothing to read)."""
+        if not Budget.of(self.config).metered:
+            return None
+        with session_scope(self.engine) as session:
+            return spent_by_run(session, self.run_id)
+
     def _stop_reason(self, state: dict[str, Any]) -> str | None:
         c = self.config
         if state["next_simulation"] == 0:
             return None
-        if c.budget and state["evaluations"] >= c.budget:
-            return "budget"
+        n = self._per_child()  # an expansion starts only if at least one child's batch fits
+        over = Budget.of(c).over(state["evaluations"] + n, self._spent(), n)
+        if over is not None:
+            return over
         if c.max_simulations and state["next_simulation"] - 1 >= c.max_simulations:
             return "max_simulations"
         if c.patience and state["stale"] >= c.patience:
@@ -192,7 +230,13 @@ class Search:
             executed=self.executed, nodes=len(tree) - 1,
             best_score=0.0 if best is None else tree.own_score[best] or 0.0,
             best_workflow_id=None if best is None else tree.workflow_id[best], cost=state["cost"],
+            tokens=self._tokens(),
         )
+
+    def _tokens(self) -> int:
+        """LLM tokens stored for the run so far (shown in the progress line)."""
+        with session_scope(self.engine) as session:
+            return spent_by_run(session, self.run_id).tokens
 
     # ------------------------------------------------------------------ simulation
 
@@ -229,7 +273,13 @@ class Search:
         rewards: list[float] = []
         touched = {node}
         for candidate in candidates[: c.children]:
-            reward, child = await self._child(run_id, tree, node, candidate, batch, k, state)
+            try:
+                reward, child = await self._child(run_id, tree, node, candidate, batch, k, state)
+            except _Cut as cut:
+                if len(touched) == 1:  # no child evaluated: nothing to commit, a resume redoes it
+                    raise
+                self._cut = cut.args[0]
+                break
             rewards.append(reward)
             if child is not None:
                 index = tree.add_node(node, child[0], child[1], reward, k, candidate.prior, graph_hash=child[2])
@@ -266,6 +316,12 @@ class Search:
         for i in range(1, len(tree)):  # duplicates of a node already in the tree reuse its score
             if tree.code_hash[i] == digest or (ghash is not None and tree.graph_hash[i] == ghash):
                 return tree.own_score[i] or 0.0, None
+        budget = Budget.of(self.config)
+        n = len(batch) * self.config.repeats
+        if error is None:  # before anything is stored: an invalid child costs nothing
+            over = budget.over(state["evaluations"] + n, self._spent(), n)
+            if over is not None:
+                raise _Cut(over)
         parent_wid = None if parent is None else tree.workflow_id[parent]
         with session_scope(self.engine) as session:
             workflow = add_workflow(
@@ -293,6 +349,14 @@ class Search:
             return 0.0, None  # invalid: stored with its error, never evaluated
         if any(tree.workflow_id[i] == workflow_id for i in range(1, len(tree))):
             return tree.own_score[tree.index_of_workflow(workflow_id)] or 0.0, None
+        if budget.metered:  # measure this child on one problem, then check its whole batch
+            probe = await self.evaluator.evaluate(run_id, workflow_id, candidate.code, batch[:1], 1)
+            self.executed += probe.executed
+            with session_scope(self.engine) as session:
+                missing, spent = unstored(session, workflow_id, batch, self.config.repeats), spent_by_run(session, run_id)
+            over = budget.over(state["evaluations"] + n, spent, missing)
+            if over is not None:
+                raise _Cut(over)
         result: EvalBatch = await self.evaluator.evaluate(
             run_id, workflow_id, candidate.code, batch, self.config.repeats
         )

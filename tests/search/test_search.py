@@ -55,8 +55,8 @@ def test_budget_accounting_and_persistence(sqlite_url):
     # every node was evaluated once on a 12-problem batch: evaluations = 12 x nodes, all stored
     assert p.evaluations == 12 * p.nodes
     assert len(_evaluations(sqlite_url, "budget")) == p.evaluations == p.executed
-    # no simulation starts past the budget; one expansion costs at most 3 children x 12 problems
-    assert 300 <= p.evaluations < 300 + 36 and result.stop_reason == "budget"
+    # the budget is a hard bound: the search stops when not one more 12-problem child fits
+    assert 300 - 12 < p.evaluations <= 300 and result.stop_reason == "budget"
     with session_scope(open_db(sqlite_url)) as session:
         run = session.scalars(select(Run).where(Run.name == "budget")).one()
         assert run.status == "done" and run.state["evaluations"] == p.evaluations
