@@ -29,6 +29,9 @@ _H = SearchConfig.help
 
 BENCHMARK_OPTION_HELP = ("Benchmark option KEY=VALUE (repeatable), e.g. path=gsm8k.jsonl, fractions=0.5,0.2,0.3, "
                          "seed=3 (calc); stored with the run (eval and resumes reuse it).")
+PRICE_HELP = ("Price of the --executor model in USD per million input,output tokens, e.g. 0.15,0.60 (overrides "
+              "WORKFLOW_RL_LLM_PRICE and the price file; without one an endpoint on a loopback address costs 0 "
+              "and any other endpoint's cost is unknown).")
 DATA_HELP = "JSONL file of a gsm8k/math/mbpp/hotpotqa/drop/jsonl benchmark (same as --benchmark-option path=FILE)."
 
 
@@ -75,12 +78,12 @@ def require_reachable(spec: str, option: str, timeout_s: float = 5.0) -> None:
                               f"server there or pass the right {option} URL#MODEL") from None
 
 
-def _executor(spec: str | None):
+def _executor(spec: str | None, price: str | None = None):
     if not spec:
         return None
     from workflow_rl.llm import make_executor
 
-    return make_executor(spec)
+    return make_executor(spec, price=price)
 
 
 def stored_run_config(db: str, run: str) -> dict | None:
@@ -109,11 +112,11 @@ def stored_run_config(db: str, run: str) -> dict | None:
 
 async def run_search(db: str, run: str, config: SearchConfig, *, executor: str | None = None,
                      optimizer: str | None = None, workers: int | None = None,
-                     on_progress=None) -> SearchResult:
+                     on_progress=None, price: str | None = None) -> SearchResult:
     """Open the database, wire benchmark + sandbox + proposer, and run (or resume) ``run``.
 
     A resumed run rebuilds its benchmark from its stored ``benchmark_options`` (the options given
-    now are only used when the run is new).
+    now are only used when the run is new). ``price`` (``IN,OUT``) is the executor model's price.
     """
     from workflow_rl.benchmarks import SPLITS
     from workflow_rl.benchmarks.options import build_benchmark
@@ -137,13 +140,19 @@ async def run_search(db: str, run: str, config: SearchConfig, *, executor: str |
         require_reachable(optimizer or executor, "--optimizer" if optimizer else "--executor")
     if executor:
         require_reachable(executor, "--executor")
+    if price is not None and not executor:
+        raise WorkflowRLError("--price is the price of the --executor model: give --executor URL#MODEL too")
+    llm = _executor(executor, price)
+    if config.cost_budget and llm is not None and llm.prices.price(llm.model) is None:
+        raise WorkflowRLError(f"--cost-budget needs the price of {llm.model!r} at {llm.url}, which is unknown: "
+                              "state it with --price IN,OUT (USD per million tokens) or the price file")
     engine = open_db(db)
     with read_session_scope(engine) as session:
         existing = find_run(session, run)
         if existing is not None and existing.benchmark != benchmark.name:
             raise WorkflowRLError(f"run {run!r} searches {existing.benchmark!r}, not {benchmark.name!r}: "
                                   "pick another --run name or the same --benchmark")
-    async with BenchmarkEvaluator(engine, benchmark, llm=_executor(executor), workers=workers) as evaluator:
+    async with BenchmarkEvaluator(engine, benchmark, llm=llm, workers=workers) as evaluator:
         try:
             return await Search(engine, config, info, evaluator, proposer).run(run, on_progress)
         except SearchConfigError as exc:
@@ -205,6 +214,9 @@ def register(app: typer.Typer) -> None:
         benchmark: Annotated[str, typer.Option(help=_H("benchmark"))] = "calc",
         proposer: Annotated[str, typer.Option(help=_H("proposer"))] = "mutation",
         budget: Annotated[int, typer.Option(help=_H("budget"))] = SearchConfig.budget,
+        token_budget: Annotated[int, typer.Option(help=_H("token_budget"))] = 0,
+        cost_budget: Annotated[float, typer.Option(help=_H("cost_budget"))] = 0.0,
+        price: Annotated[str | None, typer.Option(help=PRICE_HELP)] = None,
         max_simulations: Annotated[int, typer.Option(help=_H("max_simulations"))] = 0,
         seed: Annotated[int, typer.Option(help=_H("seed"))] = 0,
         batch_size: Annotated[int, typer.Option(help=_H("batch_size"))] = SearchConfig.batch_size,
@@ -232,6 +244,7 @@ def register(app: typer.Typer) -> None:
         try:
             config = SearchConfig(
                 benchmark=benchmark, benchmark_options=options, proposer=proposer, selection=selection, budget=budget,
+                token_budget=token_budget, cost_budget=cost_budget,
                 max_simulations=max_simulations, children=children, batch_size=batch_size, repeats=repeats,
                 seed=seed, exploration=exploration, backup=backup, patience=patience,
             )
@@ -249,10 +262,10 @@ def register(app: typer.Typer) -> None:
                 """Advance the bar after each committed simulation."""
                 cost = "?" if p.cost is None else f"${p.cost:.4f}"
                 bar.update(task, completed=p.evaluations, description=(
-                    f"sim {p.simulations} | nodes {p.nodes} | best {p.best_score:.3f} | cost {cost}"))
+                    f"sim {p.simulations} | nodes {p.nodes} | best {p.best_score:.3f} | tokens {p.tokens} | cost {cost}"))
 
             result = asyncio.run(run_search(db, run, config, executor=executor, optimizer=optimizer,
-                                            workers=workers, on_progress=on_progress))
+                                            workers=workers, on_progress=on_progress, price=price))
         _summary(console, db, run, result, top)
 
     @app.command("eval")
