@@ -89,6 +89,13 @@ def test_token_budget_stops_at_or_under_the_bound_and_a_resume_spends_only_the_d
     # A model on a loopback address is free: cost 0.0, not NULL ("unknown"); tokens still counted.
     assert all(r[2] == 0.0 for r in rows)
 
+    # The same run with a bound it has already used up stops at once: the stored rows are counted.
+    served = adder.served
+    main([*argv, "--token-budget", "500"])
+    again, same = _run(db)
+    assert again["stop_reason"] == "token_budget" and same == rows and adder.served == served
+    assert again["next_simulation"] == state["next_simulation"]
+
     main([*argv, "--token-budget", "2500"])
     resumed, more = _run(db)
     total = sum(r[1] for r in more)
