@@ -8,8 +8,14 @@ The response cache is off, so every token the endpoint served is a token the sea
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -17,7 +23,9 @@ from sqlalchemy import text
 from storage.engine import open_db
 from workflow_rl.cli import main
 from workflow_rl.cli import search as search_cli
-from workflow_rl.llm.testing import ScriptedOpenAIServer, _prompt_text
+from workflow_rl.llm.testing import ScriptedOpenAIServer, ScriptedReply, _prompt_text
+
+REPO = Path(__file__).resolve().parents[3]
 
 PAIRS = [(a, b) for a in range(1, 7) for b in (10, 20, 30, 40)]  # 24 problems
 
@@ -33,11 +41,12 @@ class Adder:
     """A fake model that adds 'What is A plus B?' and counts the tokens it served (the server's
     own count: whitespace words of the prompt and of the reply)."""
 
-    def __init__(self):
+    def __init__(self, delay_s: float = 0.0):
         self.served = 0
+        self.delay_s = delay_s
         self._lock = threading.Lock()
 
-    def __call__(self, request: dict) -> str:
+    def __call__(self, request: dict) -> ScriptedReply:
         prompt = request["messages"][-1]["content"]
         if "<solution_letter>" in prompt:
             reply = "<thought>agree</thought><solution_letter>A</solution_letter>"
@@ -47,7 +56,7 @@ class Adder:
             reply = f"<thought>adding</thought><answer>{total}</answer>"
         with self._lock:
             self.served += len(_prompt_text(request).split()) + len(reply.split()) * int(request.get("n", 1))
-        return reply
+        return ScriptedReply(text=reply, delay_s=self.delay_s)
 
 
 def _run(db: str) -> tuple[dict, list]:
@@ -64,12 +73,13 @@ def _run(db: str) -> tuple[dict, list]:
     return (json.loads(state) if isinstance(state, str) else state), [tuple(r) for r in rows]
 
 
-@pytest.fixture
-def search_argv(tmp_path, monkeypatch):
-    """``main`` argv of a gsm8k search (batch 4, 3 children, no evaluation budget) on a fresh server."""
+@pytest.fixture(params=[0.0])
+def search_argv(tmp_path, monkeypatch, request):
+    """``main`` argv of a gsm8k search (batch 4, 3 children, no evaluation budget) on a fresh server
+    whose replies take ``request.param`` seconds."""
     monkeypatch.setenv("WORKFLOW_RL_LLM_NO_CACHE", "1")
     monkeypatch.delenv("WORKFLOW_RL_LLM_PRICE", raising=False)
-    adder = Adder()
+    adder = Adder(request.param)
     with ScriptedOpenAIServer(adder) as server:
         argv = ["--db", str(tmp_path / "run.db"), "search", "--run", "b", "--benchmark", "gsm8k", "--data",
                 _gsm8k_file(tmp_path), "--executor", f"{server.url}#m", "--budget", "0", "--batch-size", "4",
@@ -136,3 +146,46 @@ def test_price_without_an_executor_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 1 and len(err) == 1 and "give --executor" in err[0]
     assert not db.exists()
+
+
+def _rows_of_children(db: str) -> int:
+    """Stored evaluations of non-seed workflows (0 while the database does not exist yet)."""
+    if not os.path.exists(db):
+        return 0
+    engine = open_db(db)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT count(*) FROM evaluations e JOIN workflows w ON w.id = e.workflow_id "
+                                     "WHERE w.source <> 'seed'")).scalar_one()
+    except Exception:  # noqa: BLE001 (tables not created yet by the starting process)
+        return 0
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("search_argv", [0.2], indirect=True)
+def test_token_budget_after_sigkill_counts_what_the_killed_process_stored(search_argv):
+    argv, adder = search_argv
+    db = argv[1]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "NO_COLOR": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", "from workflow_rl.cli import main; main()", *argv,
+                             "--token-budget", "2500"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while _rows_of_children(db) == 0 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its sandbox workers
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # killed mid-search, not finished
+    time.sleep(0.5)  # replies to calls the killed process had in flight
+    _, stored = _run(db)
+    served = adder.served
+
+    main([*argv, "--token-budget", "2500"])
+    state, rows = _run(db)
+    assert state["stop_reason"] == "token_budget"
+    assert rows[: len(stored)] == stored  # the killed process's rows are reused, not run again
+    assert sum(r[1] for r in rows) <= 2500
+    assert adder.served - served == sum(r[1] for r in rows[len(stored):])  # the resume paid for new rows only
