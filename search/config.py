@@ -46,9 +46,10 @@ class SearchConfig:
         "starts only if it fits (an expansion may keep fewer children); 0 = none."
     )
     token_budget: int = _f(
-        0, "LLM token budget (prompt + completion tokens of the stored validation evaluations); a "
-        "child's batch starts only if its unstored evaluations times the most tokens one evaluation "
-        "used so far still fit (see docs/search.md); 0 = none."
+        0, "LLM token budget (prompt + completion tokens of the run's stored validation evaluations); a "
+        "child's batch starts only if the tokens spent plus its unstored evaluations times the most tokens "
+        "one evaluation of the run used (its own first problem, run alone first, included) fit; 0 = none. "
+        "See docs/search.md."
     )
     cost_budget: float = _f(
         0.0, "Dollar budget, counted like --token-budget from each evaluation's stored cost (needs "
