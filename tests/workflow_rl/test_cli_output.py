@@ -50,7 +50,7 @@ def test_loop_prints_only_its_own_lines_and_a_pasteable_summary(tmp_path, tiny_c
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WORKFLOW_RL_", "HF_", "TRANSFORMERS_", "TQDM_"))}
     env.update(HOME=str(home), COLUMNS="80", PYTHONPATH=str(ROOT), WORKFLOW_RL_CACHE=tiny_cache,
                PYTHONWARNINGS="default")  # warnings as a user's shell shows them (pytest's filters are not inherited)
-    args = ["loop", "--rounds", "2", "--search-budget", "8", "--train-problems", "2", "--group-size", "4",
+    args = ["loop", "--rounds", "2", "--search-budget", "40", "--train-problems", "2", "--group-size", "4",
             "--epochs", "1", "--workers", "1"]
     out = subprocess.run([sys.executable, "-c", "from workflow_rl.cli import main; main()", *args], cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=300)
