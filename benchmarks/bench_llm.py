@@ -38,13 +38,14 @@ def main() -> None:
         print(f"{'concurrency':>12} {'wall_s':>8} {'req/s':>8}")
         results = {}
         for bound in (1, 8, 32):
-            client = OpenAICompatibleClient(server.url, "m", max_concurrency=bound)
+            client = OpenAICompatibleClient(server.url, "m", max_concurrency=bound, adaptive_concurrency=False)
             wall = asyncio.run(batch(client, args.requests))
             results[bound] = wall
             print(f"{bound:>12} {wall:>8.3f} {args.requests / wall:>8.1f}")
         with tempfile.TemporaryDirectory() as tmp:
             cache = ResponseCache(Path(tmp) / "llm.sqlite")
-            client = OpenAICompatibleClient(server.url, "m", max_concurrency=32, cache=cache)
+            client = OpenAICompatibleClient(server.url, "m", max_concurrency=32, adaptive_concurrency=False,
+                                            cache=cache)
             fresh = asyncio.run(batch(client, args.requests))
             before = server.request_count
             replay = asyncio.run(batch(client, args.requests))

@@ -4,6 +4,7 @@
 - :mod:`workflow_rl.llm.transformers_backend`: a local transformers model (CPU/GPU).
 - :mod:`workflow_rl.llm.vllm_backend`: vLLM in-process (optional extra ``vllm``).
 - :mod:`workflow_rl.llm.cache` / :mod:`workflow_rl.llm.pricing`: response cache, cost accounting.
+- :mod:`workflow_rl.llm.concurrency`: the limit on requests in flight, adapted to the endpoint's latency.
 """
 
 from __future__ import annotations
@@ -35,9 +36,14 @@ EXECUTOR_ENV = {
     "WORKFLOW_RL_LLM_PRICE": "price of the endpoint's model, USD per million input,output tokens (e.g. "
                              "0.15,0.60); without it a loopback endpoint costs 0 and others need the price file",
     "WORKFLOW_RL_LLM_KEY_ENV": "name of the variable holding the API key (default OPENAI_API_KEY)",
-    "WORKFLOW_RL_LLM_CONCURRENCY": "most requests in flight per endpoint (default 8)",
+    "WORKFLOW_RL_LLM_CONCURRENCY": "most requests in flight per endpoint (default 8); the client starts at 1 "
+                                   "and adapts up to it from measured latency",
+    "WORKFLOW_RL_LLM_ADAPTIVE": "set to 0 to keep WORKFLOW_RL_LLM_CONCURRENCY requests in flight from the start "
+                                "instead of adapting (default 1)",
     "WORKFLOW_RL_LLM_ATTEMPTS": "attempts per request before giving up (default 5)",
-    "WORKFLOW_RL_LLM_TIMEOUT": "seconds per HTTP request (default 120)",
+    "WORKFLOW_RL_LLM_TIMEOUT": "seconds per HTTP request attempt (default 120)",
+    "WORKFLOW_RL_LLM_MAX_WAIT": "seconds one request may take from being sent to its answer, retries included "
+                                "(default 600); past it the evaluation aborts as an endpoint failure, never a reward",
 }
 """Environment variables that configure executors made by :func:`make_executor` (CLI commands)."""
 
@@ -63,6 +69,8 @@ def make_executor(
     max_concurrency: int | None = None,
     max_attempts: int | None = None,
     timeout_s: float | None = None,
+    max_wait_s: float | None = None,
+    adaptive_concurrency: bool | None = None,
 ) -> OpenAICompatibleClient:
     """The executor client for a ``URL#MODEL`` spec, with the persistent cache unless ``no_cache``.
 
@@ -73,6 +81,8 @@ def make_executor(
     """
     if no_cache is None:
         no_cache = os.environ.get("WORKFLOW_RL_LLM_NO_CACHE", "").lower() in ("1", "true", "yes")
+    if adaptive_concurrency is None:
+        adaptive_concurrency = os.environ.get("WORKFLOW_RL_LLM_ADAPTIVE", "").lower() not in ("0", "false", "no")
     cache = None if no_cache else ResponseCache(cache_path)
     prices_path = prices_path or os.environ.get("WORKFLOW_RL_LLM_PRICES") or None
     prices = PriceTable.from_toml(prices_path) if prices_path else PriceTable()
@@ -84,8 +94,10 @@ def make_executor(
         spec,
         api_key_env=api_key_env or os.environ.get("WORKFLOW_RL_LLM_KEY_ENV") or "OPENAI_API_KEY",
         max_concurrency=max_concurrency or int(_env_number("WORKFLOW_RL_LLM_CONCURRENCY", 8, int)),
+        adaptive_concurrency=adaptive_concurrency,
         max_attempts=max_attempts or int(_env_number("WORKFLOW_RL_LLM_ATTEMPTS", 5, int)),
         timeout_s=timeout_s or _env_number("WORKFLOW_RL_LLM_TIMEOUT", 120.0, float),
+        max_wait_s=max_wait_s or _env_number("WORKFLOW_RL_LLM_MAX_WAIT", 600.0, float),
         cache=cache,
         prices=prices,
     )

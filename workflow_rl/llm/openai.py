@@ -27,12 +27,15 @@ import httpx
 from operators.base import InfrastructureError, LLMChoice, LLMRequest, LLMResponse
 from workflow_rl.errors import WorkflowRLError
 from workflow_rl.llm.cache import ResponseCache, request_key
+from workflow_rl.llm.concurrency import ConcurrencyController, Slots
 from workflow_rl.llm.pricing import PriceTable
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 """HTTP statuses that are retried (rate limits, overload, transient server errors)."""
+OVERLOAD_STATUS = frozenset({429, 503})
+"""Statuses that say "too many requests": the adaptive concurrency limit is halved."""
 
 
 REJECTED_STATUS = frozenset({400, 413, 422})
@@ -49,6 +52,14 @@ class LLMEndpointUnavailable(LLMEndpointError, InfrastructureError):
 
     An :class:`~operators.base.InfrastructureError`: the sandbox aborts the evaluation with it
     instead of scoring the workflow 0 (see ``operators.runtime``).
+    """
+
+
+class LLMWaitExceeded(LLMEndpointUnavailable):
+    """A request got no answer within the client's LLM wait bound (``max_wait_s``), retries included.
+
+    The endpoint is stuck or too slow for the load: an outage like any other (the evaluation is
+    aborted and nothing is stored), never a ``timeout`` charged to the workflow.
     """
 
 
@@ -91,7 +102,14 @@ def _retry_after_s(response: httpx.Response) -> float | None:
 
 
 class OpenAICompatibleClient:
-    """Async client with bounded concurrency, retries (exponential backoff + jitter), cache and costs."""
+    """Async client with adaptive bounded concurrency, retries (backoff + jitter), a wait bound, cache, costs.
+
+    Requests in flight follow what the endpoint serves (:mod:`workflow_rl.llm.concurrency`: from 1
+    up to ``max_concurrency``; ``adaptive_concurrency=False`` pins it at ``max_concurrency``).
+    Waiting for a slot is first come, first served and unbounded (it moves as long as the endpoint
+    answers); from the moment a request is sent, it has ``max_wait_s`` seconds in all (attempts and
+    backoff included) before :class:`LLMWaitExceeded` ends it as an outage.
+    """
 
     sampler = "openai"
 
@@ -102,8 +120,10 @@ class OpenAICompatibleClient:
         *,
         api_key_env: str = "OPENAI_API_KEY",
         max_concurrency: int = 8,
+        adaptive_concurrency: bool = True,
         max_attempts: int = 5,
         timeout_s: float = 120.0,
+        max_wait_s: float = 600.0,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
         cache: ResponseCache | None = None,
@@ -113,20 +133,25 @@ class OpenAICompatibleClient:
         """Client for ``model`` at base ``url``; the key is read from ``$api_key_env`` (may be unset)."""
         if max_concurrency < 1 or max_attempts < 1:
             raise WorkflowRLError(f"max_concurrency={max_concurrency}, max_attempts={max_attempts}: both must be >= 1")
+        if not max_wait_s > 0 or not timeout_s > 0:
+            raise WorkflowRLError(f"max_wait_s={max_wait_s}, timeout_s={timeout_s}: both must be > 0")
         self.url = url.rstrip("/")
         self.model = model
         self.api_key_env = api_key_env
         self.max_attempts = max_attempts
         self.timeout_s = timeout_s
+        self.max_wait_s = max_wait_s
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.cache = cache
         self.prices = prices or PriceTable()
         self._transport = transport
         self.max_concurrency = max_concurrency
-        # One pooled HTTP client and one semaphore per event loop: both are bound to the loop that
+        self.concurrency = ConcurrencyController(max_concurrency, adaptive=adaptive_concurrency)
+        """The limit on requests in flight, shared by every event loop (it describes the endpoint)."""
+        # One pooled HTTP client and one slot gate per event loop: both are bound to the loop that
         # created them, and callers (tests, CLI commands) may run several loops one after another.
-        self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[httpx.AsyncClient, asyncio.Semaphore]]
+        self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[httpx.AsyncClient, Slots]]
         self._per_loop = weakref.WeakKeyDictionary()
 
     @classmethod
@@ -145,10 +170,16 @@ class OpenAICompatibleClient:
             if hit is not None:
                 return hit
         path, body = self._build_body(request)
-        http, semaphore = self._loop_state()
-        async with semaphore:
-            data = await self._post_with_retries(http, path, body)
-        response = self._parse_response(data, request)
+        http, slots = self._loop_state()
+        ticket = await slots.acquire()
+        try:
+            sent = time.monotonic()
+            data, first_try = await self._post_within_wait_bound(http, path, body)
+            response = self._parse_response(data, request)
+            if first_try:  # a retried request's time includes backoff: it says nothing of the load
+                self.concurrency.on_success(ticket, time.monotonic() - sent, response.completion_tokens)
+        finally:
+            slots.release()
         if self.cache is not None:
             self.cache.put(key, response)
         return response
@@ -223,14 +254,14 @@ class OpenAICompatibleClient:
 
     # ------------------------------------------------------------------ transport
 
-    def _loop_state(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+    def _loop_state(self) -> tuple[httpx.AsyncClient, Slots]:
         loop = asyncio.get_running_loop()
         state = self._per_loop.get(loop)
         if state is None:
             # Creating an AsyncClient is slow (SSL context), so it is pooled, not made per call.
             limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
             state = (httpx.AsyncClient(timeout=self.timeout_s, transport=self._transport, limits=limits),
-                     asyncio.Semaphore(self.max_concurrency))
+                     Slots(self.concurrency))
             self._per_loop[loop] = state
         return state
 
@@ -255,7 +286,21 @@ class OpenAICompatibleClient:
         # Full jitter (AWS architecture blog): spreads retries of many concurrent callers.
         return random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2**attempt))
 
-    async def _post_with_retries(self, http: httpx.AsyncClient, path: str, body: dict[str, Any]) -> Any:
+    async def _post_within_wait_bound(self, http: httpx.AsyncClient, path: str,
+                                      body: dict[str, Any]) -> tuple[Any, bool]:
+        """:meth:`_post_with_retries` bounded by ``max_wait_s`` in all; past it, :class:`LLMWaitExceeded`."""
+        try:
+            async with asyncio.timeout(self.max_wait_s):
+                return await self._post_with_retries(http, path, body)
+        except TimeoutError:
+            raise LLMWaitExceeded(
+                f"{self.url}{path}: no answer within the LLM wait bound of {self.max_wait_s:g}s (retries included; "
+                "WORKFLOW_RL_LLM_MAX_WAIT): the endpoint is stuck or too slow for this load; raise the bound "
+                "or lower WORKFLOW_RL_LLM_CONCURRENCY"
+            ) from None
+
+    async def _post_with_retries(self, http: httpx.AsyncClient, path: str, body: dict[str, Any]) -> tuple[Any, bool]:
+        """POST with retries; returns the JSON reply and whether the first attempt brought it."""
         last = "no attempt made"
         for attempt in range(self.max_attempts):
             retry_after = None
@@ -268,7 +313,7 @@ class OpenAICompatibleClient:
             else:
                 if resp.status_code == 200:
                     try:
-                        return resp.json()
+                        return resp.json(), attempt == 0
                     except ValueError:
                         raise LLMEndpointUnavailable(
                             f"{self.url}{path}: response is not JSON: {self._scrub(resp.text[:200])!r}"
@@ -278,6 +323,8 @@ class OpenAICompatibleClient:
                     kind = LLMEndpointError if resp.status_code in REJECTED_STATUS else LLMEndpointUnavailable
                     raise kind(f"{self.url}{path}: HTTP {resp.status_code}: {detail}")
                 last = f"HTTP {resp.status_code}: {detail}"
+                if resp.status_code in OVERLOAD_STATUS:
+                    self.concurrency.on_overload()
                 retry_after = _retry_after_s(resp)
             if attempt + 1 < self.max_attempts:
                 delay = self._backoff_s(attempt, retry_after)

@@ -5,11 +5,14 @@ It speaks ``POST /v1/chat/completions`` and ``POST /v1/completions`` well enough
 scripted :class:`ScriptedReply` items (429s, 500s, slow replies, malformed bodies), then from a
 ``responder(request_json) -> str | ScriptedReply`` callable (default: echo the last user message).
 It records every request body and header, the request count and the maximum number of requests
-in flight at once (to check a client's concurrency bound).
+in flight at once (to check a client's concurrency bound). With ``slots=N`` it produces at most N
+replies at a time and the other requests wait inside the server, as llama.cpp's server does with
+its slots: a reply's ``delay_s`` then holds a slot, so latency grows with the requests in flight.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import sys
@@ -53,15 +56,21 @@ def _prompt_text(request: dict[str, Any]) -> str:
 class ScriptedOpenAIServer:
     """Threaded local server; use as a context manager or call :meth:`start` / :meth:`stop`."""
 
-    def __init__(self, responder: Responder | None = None):
-        """Create a server whose unscripted replies come from ``responder`` (default: echo)."""
+    def __init__(self, responder: Responder | None = None, slots: int | None = None):
+        """Create a server whose unscripted replies come from ``responder`` (default: echo).
+
+        ``slots``: most requests served at once (None: as many as arrive); the rest queue in the server.
+        """
         self.responder: Responder = responder or _last_user_text
         self.script: deque[ScriptedReply] = deque()
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.in_flight_at_arrival: list[int] = []
+        """Requests the server held when each request arrived, itself included (queueing in the server)."""
         self._lock = threading.Lock()
+        self._slots = threading.Semaphore(slots) if slots else None
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -160,10 +169,12 @@ class ScriptedOpenAIServer:
             self.headers.append(dict(handler.headers.items()))
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.in_flight_at_arrival.append(self.in_flight)
         try:
-            reply = self._next_reply(request)
-            if reply.delay_s:
-                time.sleep(reply.delay_s)
+            with self._slots if self._slots is not None else contextlib.nullcontext():
+                reply = self._next_reply(request)
+                if reply.delay_s:
+                    time.sleep(reply.delay_s)
             body = reply.body if reply.body is not None else json.dumps(self._completion(request, reply))
             data = body.encode("utf-8")
             handler.send_response(reply.status)

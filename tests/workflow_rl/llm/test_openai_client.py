@@ -145,7 +145,7 @@ def test_unknown_price_is_none_not_zero(server):
 
 def test_concurrency_bound_respected(server):
     server.responder = lambda req: ScriptedReply(text="ok", delay_s=0.05)
-    client = client_for(server, max_concurrency=3)
+    client = client_for(server, max_concurrency=3, adaptive_concurrency=False)  # a fixed bound (adaptive: test_concurrency)
 
     async def many():
         return await asyncio.gather(*(client.complete(chat(f"q{i}")) for i in range(12)))
