@@ -19,6 +19,12 @@ answering for ``cpu_s + step_grace_s`` is killed; the execution it was running f
 ``timeout`` and the other executions it held are restarted on a fresh worker, at most
 ``MAX_RESTARTS`` times (their operator calls are repeated).
 
+The wall limit charges a workflow for its own time only (``operators/sandbox_clock.py``): the
+clock of an execution stands still while an LLM request of it waits for a slot and the server,
+and while a ``run_code`` call waits for a free code slot. Those waits are bounded as what they
+are, infrastructure: an LLM request past the client's wait bound raises an
+:class:`~operators.base.InfrastructureError` (the outage path above), never a ``timeout``.
+
 ``run_code`` runs untrusted model-written Python (``run_python``, programmer, tests), which the
 validator cannot vet: each call is a fresh process with OS-level limits (``sandbox_code``).
 """
@@ -26,7 +32,9 @@ validator cannot vet: each call is a fresh process with OS-level limits (``sandb
 from __future__ import annotations
 
 import asyncio
-import builtins
+import contextlib
+import dataclasses
+import functools
 import os
 import shutil
 import tempfile
@@ -36,11 +44,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from operators.base import CodeResult, ExecutionResult, OpContext, Operator
+from operators.sandbox_clock import ExecClock, PausingLLM
 from operators.sandbox_code import run_code_process
 from operators.sandbox_host import WorkerHandle
+from operators.sandbox_inprocess import run_inprocess
 from operators.validate import WorkflowValidationError, validate_workflow
 
-__all__ = ["Limits", "Sandbox", "run_inprocess"]
+__all__ = ["Limits", "Sandbox", "run_inprocess"]  # run_inprocess lives in operators.sandbox_inprocess
 
 _STARTUP_GRACE_S = 20.0
 MAX_RESTARTS = 3
@@ -52,8 +62,10 @@ class Limits:
     """Resource limits of one execution (and of each worker process)."""
 
     wall_s: float = 60.0
-    """Wall-clock limit of one execution, operator calls included (an execution restarted because
-    another one killed its worker gets a fresh clock once, so at most about twice this in all)."""
+    """Wall-clock limit of the workflow's own time in one execution: its code and its operator calls,
+    except the time its LLM requests wait (for a slot, the server, retries) and its ``run_code``
+    calls wait for a code slot, which the clock does not count. An execution restarted because
+    another one killed its worker gets a fresh clock once, so at most about twice this in all."""
     cpu_s: float = 2.0
     """CPU seconds the workflow code itself may use in one execution (operators run on the host)."""
     memory_mb: int = 512
@@ -78,15 +90,15 @@ class Limits:
 class _Exec:
     """Host-side state of one execution."""
 
-    __slots__ = ("id", "code", "problem", "ctx", "future", "worker", "epoch", "op_calls", "timer",
+    __slots__ = ("id", "code", "problem", "ctx", "future", "worker", "epoch", "op_calls", "clock",
                  "restarts", "tasks", "started")
 
-    def __init__(self, exec_id: int, code: str, problem: Any, ctx: OpContext, future: asyncio.Future):
-        self.id, self.code, self.problem, self.ctx, self.future = exec_id, code, problem, ctx, future
+    def __init__(self, exec_id: int, code: str, problem: Any, future: asyncio.Future, clock: ExecClock):
+        self.id, self.code, self.problem, self.future, self.clock = exec_id, code, problem, future, clock
+        self.ctx: OpContext | None = None
         self.worker: WorkerHandle | None = None
         self.epoch = 0  # bumped on restart so that stale replies are dropped
         self.op_calls = 0
-        self.timer: asyncio.TimerHandle | None = None
         self.restarts = 0
         self.tasks: set[asyncio.Task] = set()
         self.started = False
@@ -175,8 +187,10 @@ class Sandbox:
         self._start()
         future = self._loop.create_future()
         self._next_id += 1
-        ex = _Exec(self._next_id, code, problem, ctx, future)
-        ex.timer = self._loop.call_later(self.limits.wall_s, self._on_deadline, ex)
+        ex = _Exec(self._next_id, code, problem, future,
+                   ExecClock(self._loop, self.limits.wall_s, lambda: self._on_deadline(ex)))
+        ex.ctx = self._exec_context(ctx, ex.clock)
+        ex.clock.start()
         self._dispatch(ex)
         try:
             output, kind, message = await future
@@ -202,11 +216,33 @@ class Sandbox:
 
     async def run_code(self, source: str, stdin: str = "", timeout_s: float = 5.0) -> CodeResult:
         """Run untrusted Python ``source`` as a script in a fresh limited process (not validated)."""
+        return await self._run_code(source, stdin, timeout_s)
+
+    async def _run_code(self, source: str, stdin: str = "", timeout_s: float = 5.0, *,
+                        clock: ExecClock | None = None) -> CodeResult:
+        """:meth:`run_code`; the wait for a free code slot stops ``clock`` (the run itself does not)."""
         self._start()
-        async with self._code_slots:
+        slots = self._code_slots
+        with clock.paused() if clock is not None else contextlib.nullcontext():
+            await slots.acquire()
+        try:
             return await run_code_process(source, stdin, min(timeout_s, self.limits.wall_s), self.limits, self._tmp)
+        finally:
+            slots.release()
 
     # ------------------------------------------------------------------ internals
+
+    def _exec_context(self, ctx: OpContext, clock: ExecClock) -> OpContext:
+        """The execution's own view of ``ctx``: its LLM waits and code-slot waits stop ``clock``.
+
+        A shallow copy, so usage and extras stay the caller's objects (accounting reaches them) and
+        the caller's context is not rewired (it may be shared by several executions).
+        """
+        llm = PausingLLM(ctx.llm, clock) if ctx.llm is not None else None
+        run_code = ctx.run_code
+        if run_code == self.run_code:
+            run_code = functools.partial(self._run_code, clock=clock)
+        return dataclasses.replace(ctx, llm=llm, run_code=run_code)
 
     def _validate(self, code: str) -> str | None:
         if code in self._invalid:
@@ -269,9 +305,7 @@ class Sandbox:
         ex.epoch += 1
         if ex.restarts == 1:
             # The time lost with the dead worker was not this execution's fault: a fresh clock, once.
-            if ex.timer is not None:
-                ex.timer.cancel()
-            ex.timer = self._loop.call_later(self.limits.wall_s, self._on_deadline, ex)
+            ex.clock.restart()
         self._dispatch(ex)
 
     def finish(self, ex: _Exec, output: str | None, kind: str | None, message: str | None) -> None:
@@ -287,9 +321,8 @@ class Sandbox:
             ex.future.set_exception(error)
 
     def _release(self, ex: _Exec) -> None:
-        """Stop an execution's timer and operator tasks and free its worker slot."""
-        if ex.timer is not None:
-            ex.timer.cancel()
+        """Stop an execution's clock and operator tasks and free its worker slot."""
+        ex.clock.stop()
         for task in ex.tasks:
             task.cancel()
         ex.tasks.clear()
@@ -300,8 +333,7 @@ class Sandbox:
                 self._retire(worker)
 
     def _abandon(self, ex: _Exec) -> None:
-        if ex.timer is not None:
-            ex.timer.cancel()
+        ex.clock.stop()
         for task in ex.tasks:
             task.cancel()
         ex.tasks.clear()
@@ -313,7 +345,8 @@ class Sandbox:
         if ex.future.done():
             return
         worker = ex.worker
-        message = f"wall-clock limit of {self.limits.wall_s}s exceeded"
+        message = (f"wall-clock limit of {self.limits.wall_s}s exceeded (the workflow's own time; "
+                   f"{ex.clock.waited_s:.1f}s of waiting for LLM answers and code slots not counted)")
         if worker is not None and worker.is_running(ex):
             worker.kill(message, culprit_kind="timeout")
             return
@@ -332,45 +365,3 @@ class Sandbox:
                 allowed = limit if worker.answered else limit + _STARTUP_GRACE_S
                 if worker.fifo and now - worker.head_since > allowed:
                     worker.kill(f"no answer within {limit:.1f}s (CPU limit)", culprit_kind="timeout")
-
-
-_INPROCESS_CACHE: dict[tuple[str, frozenset[str]], Any] = {}
-
-
-async def run_inprocess(code: str, problem: Any, operators: Mapping[str, Operator], ctx: OpContext | None = None):
-    """Run a *validated* workflow in THIS process, without isolation, returning its output string.
-
-    WARNING: not a sandbox. Only for trusted code: the speed baseline of
-    ``benchmarks/bench_runtime.py`` and reference tests. Raises whatever the workflow raises
-    (``WorkflowValidationError`` for invalid code). Compiled code is cached like in the workers.
-    """
-    from operators.sandbox_worker import _SAFE  # the same builtins allow-list as the worker
-
-    key = (code, frozenset(operators))
-    compiled = _INPROCESS_CACHE.get(key)
-    if compiled is None:
-        validate_workflow(code, operators)
-        if len(_INPROCESS_CACHE) > 4096:
-            _INPROCESS_CACHE.clear()
-        compiled = _INPROCESS_CACHE[key] = compile(code, "<workflow>", "exec")
-    ctx = ctx if ctx is not None else OpContext()
-    env = {"__builtins__": {name: getattr(builtins, name) for name in _SAFE}}
-    exec(compiled, env)
-    value = await env["solve"](problem, _InprocessOps(operators, ctx))
-    return "" if value is None else str(value)
-
-
-class _InprocessOps:
-    """``ops`` handle of :func:`run_inprocess`: calls the operator functions directly."""
-
-    def __init__(self, operators: Mapping[str, Operator], ctx: OpContext):
-        self._operators, self._ctx = operators, ctx
-
-    def __getattr__(self, name: str):
-        op, ctx = self._operators[name], self._ctx
-
-        def call(*args, **kwargs):
-            ctx.usage.op_calls += 1
-            return op.fn(ctx, *args, **kwargs)
-
-        return call
