@@ -67,10 +67,10 @@ def _llm_queue():
 
 
 def _code_slot_queue():
-    """One worker = one code slot; eight executions each run a 0.25 s script through it."""
+    """One worker = one code slot; ten executions each run a 0.3 s script through it (3 s in all)."""
     code = ("async def solve(problem, ops):\n"
-            "    return await ops.run_python('import time\\ntime.sleep(0.25)\\nprint(7)')\n")
-    return _run_many(Limits(wall_s=1.5), None, [(code, str(i)) for i in range(8)], workers=1,
+            "    return await ops.run_python('import time\\ntime.sleep(0.3)\\nprint(7)')\n")
+    return _run_many(Limits(wall_s=1.5), None, [(code, str(i)) for i in range(10)], workers=1,
                      ops=get_operators(["run_python"]))
 
 
@@ -82,7 +82,7 @@ def test_queueing_for_a_one_at_a_time_model_is_not_charged():
 
 def test_waiting_for_a_code_slot_is_not_charged():
     results = _code_slot_queue()
-    assert [(r.error_kind, (r.output or "").strip()) for r in results] == [(None, "7")] * 8, results
+    assert [(r.error_kind, (r.output or "").strip()) for r in results] == [(None, "7")] * 10, results
     assert max(r.latency_s for r in results) > 1.5
 
 
