@@ -187,3 +187,15 @@ def sqlite_file_dump(path: Path) -> list[str]:
         return list(conn.iterdump())
     finally:
         conn.close()
+
+
+def query_rows(db: str, sql: str) -> list:
+    """The rows of one read query on the database at URL ``db`` (opened and closed here)."""
+    from storage.engine import open_db
+
+    engine = open_db(db)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text(sql)).all()
+    finally:
+        engine.dispose()

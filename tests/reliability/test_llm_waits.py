@@ -12,7 +12,7 @@ import json
 import re
 
 import pytest
-from sqlalchemy import text
+from reliability_helpers import query_rows
 
 from operators.runtime import Limits
 from storage.engine import open_db, session_scope
@@ -41,14 +41,6 @@ def _adder(delay_s: float):
     return reply
 
 
-def _rows(db: str, sql: str) -> list:
-    engine = open_db(db)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(text(sql)).all()
-    finally:
-        engine.dispose()
-
 
 def test_many_evaluations_on_a_one_at_a_time_server_store_no_timeouts(tmp_path):
     # 4 workflows x 8 problems in flight; the server answers one request per 0.06 s, so the last
@@ -72,7 +64,7 @@ def test_many_evaluations_on_a_one_at_a_time_server_store_no_timeouts(tmp_path):
         batches = asyncio.run(run(OpenAICompatibleClient(server.url, "m", max_concurrency=8)))
         assert server.request_count == 32
     assert sum(b.executed for b in batches) == 32
-    rows = _rows(db, "SELECT reward, error_kind, latency_s FROM evaluations")
+    rows = query_rows(db, "SELECT reward, error_kind, latency_s FROM evaluations")
     assert len(rows) == 32 and not [r for r in rows if r.error_kind == "timeout"], rows
     assert all(r.reward == 1.0 for r in rows)
     assert max(r.latency_s for r in rows) > 1.0  # the premise: executions outlived the wall limit
@@ -92,4 +84,4 @@ def test_server_slower_than_the_wait_bound_stops_search_without_storing(tmp_path
     assert exit_.value.code == 1 and len(err) == 1, err
     assert err[0].startswith("error: LLM endpoint unavailable") and "LLM wait bound of 0.5s" in err[0], err
     assert "rerun the same command" in err[0] and "Traceback" not in err[0]
-    assert _rows(db, "SELECT COUNT(*) FROM evaluations")[0][0] == 0  # no reward stored for the lost calls
+    assert query_rows(db, "SELECT COUNT(*) FROM evaluations")[0][0] == 0  # no reward stored for the lost calls

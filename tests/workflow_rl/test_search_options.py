@@ -11,7 +11,7 @@ import re
 import socket
 
 import pytest
-from sqlalchemy import text
+from reliability_helpers import query_rows
 from typer.testing import CliRunner
 
 from storage.engine import open_db
@@ -48,14 +48,6 @@ def adder(request: dict) -> str:
     total = int(match.group(1)) + int(match.group(2)) if match else 0
     return f"<thought>adding</thought><answer>{total}</answer>"
 
-
-def _rows(db: str, sql: str) -> list:
-    engine = open_db(db)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(text(sql)).all()
-    finally:
-        engine.dispose()
 
 
 # ---------------------------------------------------------------- option parsing
@@ -109,9 +101,9 @@ def test_search_on_a_gsm8k_file_then_eval_and_resume_reuse_its_options(tmp_path,
                                      *common])
         assert result.exit_code == 0, result.output
         assert server.request_count > 0
-        (config,) = _rows(db, "SELECT config FROM runs WHERE name = 'g'")
+        (config,) = query_rows(db, "SELECT config FROM runs WHERE name = 'g'")
         assert json.loads(config[0])["benchmark_options"] == {"path": data}
-        seeds = _rows(db, "SELECT e.reward FROM evaluations e JOIN workflows w ON w.id = e.workflow_id "
+        seeds = query_rows(db, "SELECT e.reward FROM evaluations e JOIN workflows w ON w.id = e.workflow_id "
                           "JOIN problems p ON p.id = e.problem_id WHERE w.source = 'seed' AND p.benchmark = 'gsm8k'")
         assert seeds and all(r.reward == 1.0 for r in seeds)  # the adder solves every problem
         best = int(re.search(r"workflow-rl .*eval (\d+) --split test", result.output).group(1))
@@ -120,7 +112,7 @@ def test_search_on_a_gsm8k_file_then_eval_and_resume_reuse_its_options(tmp_path,
         monkeypatch.chdir(tmp_path.parent)  # another directory: the stored path is absolute
         result = runner.invoke(app, ["--db", db, "eval", str(best), "--split", "test", "--executor", spec])
         assert result.exit_code == 0, result.output
-        test_rows = _rows(db, "SELECT e.reward FROM evaluations e JOIN problems p ON p.id = e.problem_id "
+        test_rows = query_rows(db, "SELECT e.reward FROM evaluations e JOIN problems p ON p.id = e.problem_id "
                               f"WHERE e.workflow_id = {best} AND p.split = 'test'")
         assert test_rows and len(test_rows) == len(build_benchmark("gsm8k", {"path": data}).problems("test"))
         assert f"mean reward {sum(r.reward for r in test_rows) / len(test_rows):.3f}" in result.output
@@ -130,7 +122,7 @@ def test_search_on_a_gsm8k_file_then_eval_and_resume_reuse_its_options(tmp_path,
                                      *common[:1], "2", *common[2:]])
         assert result.exit_code == 0, result.output
         assert "kept from the stored run" not in result.output
-        (state,) = _rows(db, "SELECT state FROM runs WHERE name = 'g'")
+        (state,) = query_rows(db, "SELECT state FROM runs WHERE name = 'g'")
         assert json.loads(state[0])["next_simulation"] == 3
 
 
@@ -158,11 +150,11 @@ def test_endpoint_outage_aborts_the_search_and_a_resume_reruns_the_batch(tmp_pat
         assert exit_.value.code == 1 and len(err) == 1, err
         assert err[0].startswith("error: LLM endpoint unavailable") and "HTTP 503" in err[0]
         assert "rerun the same command" in err[0] and "Traceback" not in err[0]
-        assert _rows(db, "SELECT COUNT(*) FROM evaluations")[0][0] == 0  # no reward-0 rows stored
+        assert query_rows(db, "SELECT COUNT(*) FROM evaluations")[0][0] == 0  # no reward-0 rows stored
 
         down["on"] = False
         main(argv)  # the resume evaluates the aborted batch for real
-    rows = _rows(db, "SELECT w.source, e.reward, e.error_message FROM evaluations e "
+    rows = query_rows(db, "SELECT w.source, e.reward, e.error_message FROM evaluations e "
                      "JOIN workflows w ON w.id = e.workflow_id")
     assert all("503" not in (r.error_message or "") for r in rows)
     seeds = [r.reward for r in rows if r.source == "seed"]
@@ -190,7 +182,7 @@ def test_closed_port_aborts_evaluation_without_storing(tmp_path):
 
     with pytest.raises(WorkflowRLError, match=r"LLM endpoint unavailable: .*127\.0\.0\.1.*connection failed"):
         asyncio.run(run())
-    assert _rows(db, "SELECT COUNT(*) FROM evaluations")[0][0] == 0
+    assert query_rows(db, "SELECT COUNT(*) FROM evaluations")[0][0] == 0
 
 
 # ---------------------------------------------------------------- problem meta as OpContext.extras
