@@ -15,7 +15,7 @@ from operators.runtime import Sandbox
 from storage.engine import open_db, session_scope
 from storage.repo import add_generation, add_workflow, bulk_insert_evaluations, get_or_create_run, problem_ids
 from workflow_rl.benchmarks import get_benchmark, persist_problems
-from workflow_rl.policy import Policy
+from workflow_rl.policy import Policy, PolicySample
 from workflow_rl.prompts import policy_prompt_for
 
 RUN = "calc-search"
@@ -121,3 +121,36 @@ def add_policy_samples(url: str, bench, policy: Policy, n: int = 4, temperature:
             stored += 1
     engine.dispose()
     return stored
+
+
+def scripted_sample(policy: Policy, prompts: list[str], index: int, text: str, temperature: float,
+                    logprob: float = -1.0) -> PolicySample:
+    """What :meth:`Policy.sample` returns for completion ``text`` of ``prompts[index]``: the real
+    tokenizer's prompt and completion ids (EOS included, finish reason ``stop``) and behavior
+    logprob ``logprob`` on every token (so ``logprob`` is also the sample's mean token logprob)."""
+    ids = tuple(policy.completion_ids(text))
+    return PolicySample(
+        prompt_index=index, prompt_token_ids=tuple(policy.encode(prompts[index])), completion_token_ids=ids,
+        behavior_logprobs=(float(logprob),) * len(ids), text=text, finish_reason="stop",
+        temperature=float(temperature), top_p=1.0,
+    )
+
+
+def scripted_sampler(policy: Policy, script, calls: list | None = None):
+    """A stand-in for ``policy.sample`` (the model call, and nothing else) with the same signature.
+
+    ``script(prompt, n, temperature)`` returns the ``n`` completions of one prompt as ``(text,
+    logprob)`` pairs, in sampling order; the result is prompt-major, as the real sampler's.
+    ``calls`` (when given) records ``(prompts, n, temperature)`` of every call."""
+
+    def sample(prompts, n=1, temperature=1.0, top_p=1.0, max_new_tokens=256, seed=0):
+        if calls is not None:
+            calls.append((list(prompts), n, temperature))
+        out = []
+        for i, prompt in enumerate(prompts):
+            drawn = list(script(prompt, n, temperature))
+            assert len(drawn) == n, f"the script gave {len(drawn)} completions for a prompt, not n={n}"
+            out += [scripted_sample(policy, prompts, i, text, temperature, lp) for text, lp in drawn]
+        return out
+
+    return sample

@@ -8,6 +8,7 @@ import asyncio
 from dataclasses import replace
 
 import pytest
+from learner_helpers import scripted_sampler
 
 from operators.validate import validate_workflow
 from search.base import FailedExample, ProposalContext
@@ -15,6 +16,7 @@ from search.graft import solves_example
 from workflow_rl.benchmarks import get_benchmark
 from workflow_rl.policy import Policy
 from workflow_rl.policy_graft import GraftProposer
+from workflow_rl.prompts import policy_prompt_for
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +39,63 @@ def _context() -> ProposalContext:
     )
 
 
-def test_children_are_the_parent_plus_branches_verified_on_their_failure(policy):
+def _program(*lines: str) -> str:
+    return "async def solve(problem, ops):\n" + "".join(f"    {line}\n" for line in lines)
+
+
+MEDIAN = _program("values = await ops.extract_list(problem)", "return await ops.median(values)")
+MEDIAN_2 = _program("numbers = await ops.extract_numbers(problem)", "return await ops.median(numbers)")
+MEAN = _program("values = await ops.extract_list(problem)", "return await ops.mean(values)")  # 16/3, not 4
+REVERSE = _program("text = await ops.extract_quoted(problem)", "return await ops.reverse_text(text)")
+NUMBER = _program("value = await ops.extract_number(problem)", "return value")  # '2', not 2000
+BROKEN = _program("return await ops.median(")  # a syntax error
+ROUTED = _program("if 'median' in problem:", "    return await ops.median(await ops.extract_list(problem))",
+                  "return await ops.calculate(problem)")  # solves it, but is not straight-line
+
+SCRIPT = {  # failing problem -> (greedy program, sampled programs): what "the policy writes"
+    "Find the median of 3, 9, 4.": (MEDIAN, [MEAN, MEDIAN_2, BROKEN, MEDIAN, ROUTED, MEDIAN_2]),
+    "Reverse the text 'kodu'.": (BROKEN, [REVERSE, MEAN, REVERSE, BROKEN, NUMBER, REVERSE]),
+    "Convert 2 km to m.": (NUMBER, [MEAN, BROKEN, ROUTED, NUMBER, MEDIAN, NUMBER]),
+}
+"""Solutions: median MEDIAN (greedy, so first though sampled after MEDIAN_2) and MEDIAN_2; reverse
+REVERSE only; units none."""
+
+
+@pytest.fixture
+def scripted(policy, monkeypatch):
+    """The policy's sampler (its only model call) writes ``SCRIPT``; returns the recorded calls."""
+    calls: list = []
+
+    def script(prompt: str, n: int, temperature: float):
+        problem = next(p for p in SCRIPT if p in prompt)
+        greedy, drawn = SCRIPT[problem]
+        assert temperature == 0.0 or n == len(drawn), f"the test scripts {len(drawn)} samples, not {n}"
+        return [(greedy, -0.5)] if temperature == 0.0 else [(code, -1.0) for code in drawn]
+
+    monkeypatch.setattr(policy, "sample", scripted_sampler(policy, script, calls))
+    return calls
+
+
+def _branches(code: str) -> list[tuple[str, str]]:
+    """``(cue, program statements)`` of each branch a graft put at the top of ``solve``."""
+    body = ast.parse(code).body[0].body
+    return [(b.test.left.value, ast.dump(ast.Module(b.body, []))) for b in body if isinstance(b, ast.If)]
+
+
+def _statements(program: str) -> str:
+    return ast.dump(ast.Module(ast.parse(program).body[0].body, []))
+
+
+def test_children_are_the_parent_plus_branches_verified_on_their_failure(policy, scripted):
     context = _context()
-    proposer = GraftProposer(policy, checkpoint_id=None, samples=24, max_new_tokens=48)
+    proposer = GraftProposer(policy, checkpoint_id=None, samples=6, max_new_tokens=48)
     children = asyncio.run(proposer.propose(context, 2, seed=3))
-    assert children == asyncio.run(proposer.propose(context, 2, seed=3))  # deterministic per seed
-    assert children, "the base policy found no verified program in 24 samples per failure"
+    # the policy is asked once per distinct failing problem (the repeat of 11 is one target), with
+    # the per-problem prompt training uses: `samples` at the proposer's temperature, then greedy
+    prompts = [policy_prompt_for(context.task_description, context.operator_names, f.problem)
+               for f in context.failures[:3]]
+    assert scripted == [(prompts, 6, 1.0), (prompts, 1, 0.0)]
+    assert len(children) == 2, [c.code for c in children]
     assert sum(c.prior for c in children) == pytest.approx(1.0)
     parent_body = ast.parse(context.parent_code).body[0].body
     for child in children:
@@ -58,16 +111,23 @@ def test_children_are_the_parent_plus_branches_verified_on_their_failure(policy)
             cue = branch.test.left.value
             targets = [f for f in context.failures if cue in f.problem]
             assert targets and any(asyncio.run(solves_example(branch.body, "problem", f)) for f in targets)
+    # child c takes solution c of each solved failure (the greedy one first, cycling); the units
+    # failure has none (wrong, invalid and branching programs are never grafted)
+    assert [[program for _, program in _branches(c.code)] for c in children] == [
+        [_statements(MEDIAN), _statements(REVERSE)], [_statements(MEDIAN_2), _statements(REVERSE)]]
+    assert [cue for cue, _ in _branches(children[0].code)][0] == "median"  # the word naming the operator
 
 
-def test_each_solution_is_checked_on_the_failures_once(policy, monkeypatch):
+def test_each_solution_is_checked_on_the_failures_once(policy, scripted, monkeypatch):
     """Children share solutions: which failures a solution solves is run once per solution used,
     not once per child (the same children come out)."""
     import workflow_rl.policy_graft as policy_graft
 
     context = _context()
-    proposer = GraftProposer(policy, checkpoint_id=None, samples=24, max_new_tokens=48)
+    proposer = GraftProposer(policy, checkpoint_id=None, samples=6, max_new_tokens=48)
     expected = asyncio.run(proposer.propose(context, 4, seed=3))
+    # the premise: 4 children asked, 2 distinct ones, all sharing the one REVERSE solution
+    assert len(expected) == 2 and all(_statements(REVERSE) in dict(_branches(c.code)).values() for c in expected)
     calls: list[str] = []
     real = policy_graft.solved_map
 
@@ -77,7 +137,8 @@ def test_each_solution_is_checked_on_the_failures_once(policy, monkeypatch):
 
     monkeypatch.setattr(policy_graft, "solved_map", counting)
     assert asyncio.run(proposer.propose(context, 4, seed=3)) == expected
-    assert calls and len(calls) == len(set(calls))
+    # once each for MEDIAN, REVERSE and MEDIAN_2 (4 children would otherwise check 8 times)
+    assert sorted(calls) == sorted(map(_statements, (MEDIAN, REVERSE, MEDIAN_2)))
 
 
 def test_no_failures_no_children(policy):
