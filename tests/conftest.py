@@ -2,7 +2,9 @@
 
 ``pg_url`` creates a fresh PostgreSQL database per test from the server named by
 ``WORKFLOW_RL_TEST_PG_URL`` (e.g. ``postgresql+psycopg://postgres:postgres@127.0.0.1:5432/postgres``)
-and drops it afterwards; without the variable the test is skipped (``.ci/run`` always sets it).
+and drops it afterwards; without the variable the test is skipped, except under CI (``CI=true``,
+which ``.ci/run`` exports): ``.ci/run`` always sets the variable, so there a missing server fails
+the test instead of skipping the PostgreSQL half of the suite silently.
 ``db_url`` is parametrized over both backends, so a test that takes it runs on each.
 """
 
@@ -31,6 +33,9 @@ def pg_url() -> Iterator[str]:
     """A URL of a freshly created, empty PostgreSQL database; dropped after the test."""
     server = os.environ.get(PG_ENV)
     if not server:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{PG_ENV} is not set under CI=true: .ci/run starts a PostgreSQL server and sets it, "
+                        "so the PostgreSQL tests must run (not skip) there")
         pytest.skip(f"{PG_ENV} is not set (no PostgreSQL server for tests)")
     admin_url = make_url(server)
     name = f"wfrl_test_{uuid.uuid4().hex[:12]}"
