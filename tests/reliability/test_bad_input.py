@@ -2,7 +2,8 @@
 traceback, and the database byte-for-byte unchanged (SQL dump before == after).
 
 Cases run in-process through ``workflow_rl.cli.main`` (the console script's entry point) and, for a
-subset, as real subprocesses. Commands that are not registered yet are skipped, not faked.
+subset, as real subprocesses. A case whose command or option is not registered fails (a renamed
+option would otherwise make its case pass without testing anything).
 """
 
 from __future__ import annotations
@@ -120,11 +121,9 @@ CASES = [
 
 @pytest.mark.parametrize(("name", "command", "args", "must"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input_one_line_exit_1_database_unchanged(name, command, args, must, db, capsys):
-    if command not in _commands():
-        pytest.skip(f"`workflow-rl {command}` is not registered yet")
-    option = next((a for a in args if a.startswith("--") and a != "--run"), None)
-    if option and option not in _options(command):
-        pytest.skip(f"`workflow-rl {command}` has no {option} option")
+    assert command in _commands(), f"`workflow-rl {command}` is not registered: renamed? update the case"
+    missing = [a for a in args if a.startswith("--") and a not in _options(command)]
+    assert not missing, f"`workflow-rl {command}` has no {missing} option: renamed? update the case"
     before = sqlite_file_dump(db)
     code, err = _main(["--db", str(db), *args], capsys)
     _check(code, err, must)
