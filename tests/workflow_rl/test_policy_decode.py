@@ -37,12 +37,26 @@ def lora_policy(tiny_cache):
     return p
 
 
+GREEDY_MARGIN = 1e-3
+"""Smallest gap between the two largest logits at which greedy equality is a fair test: the
+batched, cached path differs from the reference by float rounding (~1e-6), so a closer tie could
+flip the argmax with neither path wrong (the tiny policy's smallest gap on these prompts: 0.04)."""
+
+
 def _reference_greedy(policy: Policy, prompt: list[int], max_new: int) -> tuple[list[int], list[float]]:
-    """One row, no cache, no padding: the full sequence re-run for every token."""
+    """One row, no cache, no padding: the full sequence re-run for every token.
+
+    Checks the premise of comparing greedy decodes: at every step the argmax leads the runner-up
+    by at least ``GREEDY_MARGIN``.
+    """
     ids, lps = list(prompt), []
     with torch.no_grad():
-        for _ in range(max_new):
+        for step in range(max_new):
             logits = policy.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+            first, second = torch.topk(logits, 2).values.tolist()
+            assert first - second > GREEDY_MARGIN, (
+                f"premise: a near tie at greedy step {step} (top-2 logit gap {first - second:.2g}); "
+                "the argmax is decided by rounding there: choose other prompts")
             logprobs = torch.log_softmax(logits, -1)
             tok = int(logprobs.argmax())
             ids.append(tok)
@@ -166,7 +180,7 @@ def test_shared_prompt_pass_equals_per_row_passes(policy, lora_policy, which):
         assert (batched[b, : len(r)] - r).abs().max() < 1e-5
     assert set(grads) == set(row_grads)
     scale = max(float(g.abs().max()) for g in row_grads.values())
-    assert scale > 1.0  # a real gradient (sum of 15 token logprobs); compared relative to it
+    assert scale > 0, "premise: a non-zero gradient to compare (the tolerance is relative to it)"
     assert max(float((grads[k] - row_grads[k]).abs().max()) for k in grads) < 1e-5 * scale
     p.model.eval()
 
