@@ -78,13 +78,18 @@ def test_round_two_children_carry_round_one_checkpoint(loop_db):
         # round 1: every generation (search children and train groups) comes from round 0's checkpoint
         gens = s.scalars(select(Generation).where(Generation.run_id == r1)).all()
         search_gens = [g for g in gens if ":sim" in g.group_key]
-        assert search_gens, "the policy-steered search wrote no policy children"
+        children = s.scalars(select(Workflow).where(Workflow.run_id == r1, Workflow.source == "policy")).all()
+        # the premise: round 1's search stored a policy child (4 at 189153b; a child that duplicates
+        # a tree node is scored as that node and stored nowhere, but at max_new_tokens=24 nearly every
+        # rewrite is a new, mostly invalid, program; invalid ones are stored with their generation)
+        assert search_gens and children, (
+            f"premise: round 1's policy-steered search stored {len(search_gens)} policy children (with a "
+            f"generation row) and round 1 {len(children)} policy workflows; nothing left to check")
         assert {g.policy_version for g in gens} == {ckpt0}
         for g in gens:
             assert (g.temperature, g.top_p, g.top_k, g.sampler) == (1.0, 1.0, 0, "transformers")
             assert len(g.behavior_logprobs) == len(g.completion_token_ids) > 0
-        children = s.scalars(select(Workflow).where(Workflow.run_id == r1, Workflow.source == "policy")).all()
-        assert children and {w.checkpoint_id for w in children} == {ckpt0}
+        assert {w.checkpoint_id for w in children} == {ckpt0}
         rows = [(list(g.prompt_token_ids), list(g.completion_token_ids), list(g.behavior_logprobs))
                 for g in search_gens]
         path = s.get(PolicyCheckpoint, ckpt0).path
@@ -101,7 +106,8 @@ def test_trainer_metrics_record_mismatch(loop_db):
     engine = open_db(db)
     with session_scope(engine) as s:
         metrics = [m for (m,) in s.execute(select(TrainStep.metrics))]
-    assert metrics
+    with_policy = [m.get("samples/policy", 0) for m in metrics]
+    assert any(with_policy), f"premise: no training step had policy samples ({len(metrics)} steps)"
     for m in metrics:
         assert "mismatch/old_behavior_abs_mean" in m and "reward/mean" in m
         if m.get("samples/policy", 0) > 0:
@@ -124,9 +130,34 @@ def test_loop_config_errors_state_the_fix(tmp_path):
         tiny_config(tmp_path, 1, search_branches=-1)
 
 
-def test_graft_mode_children_contain_round_one_policy_branches(tmp_path):
+def test_graft_mode_children_contain_round_one_policy_branches(tmp_path, monkeypatch):
     """Graft mode: round 1's policy-written children are the parent plus verified branches; they are
-    search data (no generation row) that records the checkpoint whose samples they contain."""
+    search data (no generation row) that records the checkpoint whose samples they contain.
+
+    The premise, that the round-0 checkpoint writes a program that solves some failure, is set up
+    at the model call: the policy's greedy program (graft mode's only greedy call in the loop) is
+    the failing problem's oracle; its 16 samples per failure stay the real ones (they verified 2
+    grafts in this run at 189153b, too few to rely on)."""
+    from learner_helpers import scripted_sample
+
+    from workflow_rl.benchmarks import get_benchmark
+    from workflow_rl.policy import PolicySample
+    from workflow_rl.prompts import policy_prompt_for
+
+    bench = get_benchmark("calc")
+    oracle = {policy_prompt_for(bench.description, bench.operator_names, p.text): bench.oracle_for(p)
+              for split in ("train", "validation") for p in bench.problems(split)}
+    real = Policy.sample
+    greedy_calls = []
+
+    def sample(self, prompts, n=1, temperature=1.0, *args, **kw) -> list[PolicySample]:
+        if temperature != 0.0:
+            return real(self, prompts, n, temperature, *args, **kw)
+        greedy_calls.append(len(prompts))
+        assert n == 1 and all(p in oracle for p in prompts), "a greedy call that is not graft mode's"
+        return [scripted_sample(self, prompts, i, oracle[p], 0.0) for i, p in enumerate(prompts)]
+
+    monkeypatch.setattr(Policy, "sample", sample)
     db = str(tmp_path / "graft.db")
     result = run_loop(tiny_config(tmp_path / "runs", 2, run="g", policy_children="graft", graft_samples=16,
                                   search_budget=60, max_new_tokens=48, top_workflows=0, extra_workflows=0), db)
@@ -136,7 +167,8 @@ def test_graft_mode_children_contain_round_one_policy_branches(tmp_path):
         r1 = s.scalar(select(Run.id).where(Run.name == "g/r1"))
         grafts = s.scalars(select(Workflow).join(SearchNode, SearchNode.workflow_id == Workflow.id)
                            .where(SearchNode.run_id == r1, Workflow.checkpoint_id.is_not(None))).all()
-        assert grafts, "no policy branch was verified in round 1"
+        assert greedy_calls, "round 1 never asked the policy for a graft"
+        assert grafts, "no policy branch was verified in round 1 (the greedy programs were the oracles)"
         for wf in grafts:
             assert (wf.source, wf.checkpoint_id, wf.valid) == ("mutation", ckpt0, True)
             assert wf.code.lstrip().startswith("async def solve") and "    if '" in wf.code
