@@ -66,6 +66,15 @@ def policy_once(stored_once, policy, tmp_path_factory):
     path = tmp_path_factory.mktemp("policydb") / "learner.db"
     shutil.copy(src, path)
     n = add_policy_samples(f"sqlite:///{path}", bench, policy, n=3, temperature=0.7, n_problems=2)
+    # The premise of the tests below: each prompt's group keeps >= 2 stored samples (min_group_size),
+    # though a sample whose code the search (or a sibling) already stored is not stored again.
+    engine = open_db(f"sqlite:///{path}")
+    with session_scope(engine) as s:
+        keys = [g.group_key for g in s.scalars(select(Generation).order_by(Generation.id))]
+    engine.dispose()
+    sizes = {k: keys.count(k) for k in keys}
+    assert len(sizes) == 2 and min(sizes.values()) >= 2, (
+        f"premise: each of the 2 prompts keeps >= 2 distinct policy samples, stored {sizes}")
     return path, n
 
 
