@@ -57,9 +57,12 @@ def test_behavior_logprobs_match_teacher_forced_at_sampling_temperature(policy):
     scored = policy.score(*args, 0.7)
     gap = max(abs(a - b) for s, lp in zip(samples, scored, strict=True) for a, b in zip(s.behavior_logprobs, lp, strict=True))
     assert gap < 1e-4
-    wrong_t = policy.score(*args, 1.0)
-    gap_t1 = max(abs(a - b) for s, lp in zip(samples, wrong_t, strict=True) for a, b in zip(s.behavior_logprobs, lp, strict=True))
-    assert gap_t1 > 0.05
+    # and the temperature is applied at all (sampler and scorer both ignoring it would agree too):
+    # at a temperature far from 0.7 the same tokens score differently, unless the policy were so
+    # confident that no temperature matters (then this fails with the gap, not silently)
+    wrong_t = policy.score(*args, 2.0)
+    gap_t2 = max(abs(a - b) for s, lp in zip(samples, wrong_t, strict=True) for a, b in zip(s.behavior_logprobs, lp, strict=True))
+    assert gap_t2 > 0.05, f"logprobs at T = 0.7 and T = 2 differ by at most {gap_t2:.3g}"
     for s in samples:
         assert len(s.behavior_logprobs) == len(s.completion_token_ids)
         assert s.truncated == (s.completion_token_ids[-1] != policy.eos_token_id)
