@@ -69,8 +69,9 @@ def oracle_mass(path: str, cache: str, problems) -> float:
     spec = PromptSpec(bench.description, tuple(bench.operator_names))
     returns = {name: sig.returns for name, sig in load_signatures(tuple(bench.operator_names)).items()}
     policy = Policy.load(path, cache_dir=cache)
-    logprobs = policy.score([policy.encode(spec.render(p.text)) for p in problems],
-                            [policy.completion_ids(canonical(bench.oracle_for(p), returns)) for p in problems], 1.0)
+    prompts = [policy.encode(spec.render(p.text)) for p in problems]
+    oracles = [policy.completion_ids(canonical(bench.oracle_for(p), returns)) for p in problems]
+    logprobs = policy.score(prompts, oracles, 1.0)
     return sum(math.exp(sum(lp)) for lp in logprobs)
 
 
@@ -100,9 +101,9 @@ def test_trained_policy_beats_untrained_on_validation(tmp_path, tiny_cache):
     n = len(validation) * SAMPLES
     before = sampled_successes("builtin:tiny", tiny_cache, validation, SAMPLES)
     after = sampled_successes(trained, tiny_cache, validation, SAMPLES)
+    better, worse = fisher_greater(before, after, n), fisher_greater(after, before, n)
     summary = (f"validation: oracle probability mass {mass[0]:.3f} -> {mass[1]:.3f}; sampled successes "
-               f"{before}/{n} -> {after}/{n} (one-sided Fisher p = {fisher_greater(before, after, n):.2g} for "
-               f"better, {fisher_greater(after, before, n):.2g} for worse)")
+               f"{before}/{n} -> {after}/{n} (one-sided Fisher p = {better:.2g} for better, {worse:.2g} for worse)")
     print(summary)
     assert mass[1] > MIN_GAIN * mass[0], f"{summary}: the right programs did not become likelier"
-    assert fisher_greater(after, before, n) >= ALPHA, f"{summary}: significantly worse at level {ALPHA}"
+    assert worse >= ALPHA, f"{summary}: significantly worse at level {ALPHA}"

@@ -61,7 +61,8 @@ def test_behavior_logprobs_match_teacher_forced_at_sampling_temperature(policy):
     # at a temperature far from 0.7 the same tokens score differently, unless the policy were so
     # confident that no temperature matters (then this fails with the gap, not silently)
     wrong_t = policy.score(*args, 2.0)
-    gap_t2 = max(abs(a - b) for s, lp in zip(samples, wrong_t, strict=True) for a, b in zip(s.behavior_logprobs, lp, strict=True))
+    gap_t2 = max(abs(a - b) for s, lp in zip(samples, wrong_t, strict=True)
+                 for a, b in zip(s.behavior_logprobs, lp, strict=True))
     assert gap_t2 > 0.05, f"logprobs at T = 0.7 and T = 2 differ by at most {gap_t2:.3g}"
     for s in samples:
         assert len(s.behavior_logprobs) == len(s.completion_token_ids)

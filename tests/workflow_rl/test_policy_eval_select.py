@@ -55,7 +55,7 @@ BROKEN = _program("return await ops.median(")  # invalid: ranked after every val
 CRASH = _program("return await ops.calculate('1/0')")  # valid, fails on every problem
 WRONG = _program("return await ops.upper(problem)")  # runs on every problem, never right
 BACKWARDS = _program("return await ops.reverse_text(problem)")  # runs, never right; only ever 4th likeliest
-ROUTED = CalcBenchmark().routed_workflow()  # runs, right on most problems
+ROUTED = CalcBenchmark().routed_workflow()  # right on most problems; fails on held-out arithmetic
 
 
 def _script(bench: CalcBenchmark, i: int) -> list[tuple[str, float]]:
@@ -112,7 +112,10 @@ def scripted(monkeypatch):
             assert (n, temperature) == (6, 1.0) and prompt in index, "not a best-of-6 test prompt"
             return _script(bench, index[prompt])
 
-        monkeypatch.setattr(Policy, "sample", lambda self, *args, **kw: scripted_sampler(self, script)(*args, **kw))
+        def sample(self, *args, **kw):
+            return scripted_sampler(self, script)(*args, **kw)
+
+        monkeypatch.setattr(Policy, "sample", sample)
 
     return install
 

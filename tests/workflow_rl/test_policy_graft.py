@@ -127,7 +127,8 @@ def test_each_solution_is_checked_on_the_failures_once(policy, scripted, monkeyp
     proposer = GraftProposer(policy, checkpoint_id=None, samples=6, max_new_tokens=48)
     expected = asyncio.run(proposer.propose(context, 4, seed=3))
     # the premise: 4 children asked, 2 distinct ones, all sharing the one REVERSE solution
-    assert len(expected) == 2 and all(_statements(REVERSE) in dict(_branches(c.code)).values() for c in expected)
+    assert len(expected) == 2
+    assert all(_statements(REVERSE) in dict(_branches(c.code)).values() for c in expected)
     calls: list[str] = []
     real = policy_graft.solved_map
 

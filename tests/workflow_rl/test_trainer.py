@@ -241,14 +241,14 @@ def test_training_on_calc_search_separates_positive_from_negative_workflows(db, 
     objective = (_objective(before, adv), _objective(after, adv))
     before_pos, after_pos = (_mean_loglik([lp[i] for i in pos]) for lp in (before, after))
     before_neg, after_neg = (_mean_loglik([lp[i] for i in neg]) for lp in (before, after))
-    measured = (f"objective {objective[0]:.4f} -> {objective[1]:.4f}; mean token logprob of {len(pos)} positive "
-                f"workflows {before_pos:.3f} -> {after_pos:.3f}, of {len(neg)} negative {before_neg:.3f} -> "
-                f"{after_neg:.3f}")
+    measured = (f"objective {objective[0]:.4f} -> {objective[1]:.4f}; mean token logprob of {len(pos)} "
+                f"positive workflows {before_pos:.3f} -> {after_pos:.3f}, of {len(neg)} negative "
+                f"{before_neg:.3f} -> {after_neg:.3f}")
     print(measured)
     assert objective[1] > objective[0], f"the trained objective did not rise: {measured}"
     assert after_pos > before_pos, f"positives did not become likelier: {measured}"
     assert after_neg < before_neg, f"negatives did not become less likely: {measured}"
-    assert after_pos - after_neg > (before_pos - before_neg) + 0.05, f"the gap did not widen by 0.05: {measured}"
+    assert after_pos - after_neg > before_pos - before_neg + 0.05, f"the gap did not widen by 0.05: {measured}"
 
 
 def test_later_steps_on_the_same_rollouts_are_clipped_against_the_sampling_policy(db, cache, tmp_path):
