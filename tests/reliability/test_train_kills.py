@@ -3,9 +3,11 @@
 One training run (a checkpoint after every step) is killed again and again; each restart resumes
 from the newest registered checkpoint. Three kills land inside ``Policy.save`` on purpose (the
 process SIGKILLs itself while fsyncing the temporary directory, just before the rename into
-place, and after the rename but before the database registers it); the others at seeded-random
-times. After every kill, every registered checkpoint must be complete and loadable; at the end
-the resumed run must equal an uninterrupted one bit for bit (weights and per-step losses).
+place, and after the rename but before the database registers it), each in the 2nd save of its
+process (checked); the others at a seeded-random time after a save, but before the save after it
+(kills are placed by progress, not by time alone, so a fast machine cannot finish the run first).
+After every kill, every registered checkpoint must be complete and loadable; at the end the
+resumed run must equal an uninterrupted one bit for bit (weights and per-step losses).
 
 Checkpoint writing is verified in the code too: ``Policy.save`` writes a temporary sibling
 directory, fsyncs every file, writes ``policy.json`` last and renames the directory into place,
@@ -21,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from learner_helpers import RUN
-from reliability_helpers import kill_group, spawn, stays_alive, stderr_of, train_command, wait_until
+from reliability_helpers import kill_group, spawn, stderr_of, train_command, wait_until
 from sqlalchemy import func, select
 
 from storage.engine import open_db, read_session_scope, session_scope
@@ -35,10 +37,14 @@ KILLS = 10
 # SIGKILL this process from inside Policy.save, at one chosen point (fault injection prelude).
 _SELF_KILL = "import os, signal\n_kill = lambda: os.kill(os.getpid(), signal.SIGKILL)\n"
 SAVE_FAULTS = {
-    # while fsyncing the temporary directory's files (the 12th fsync: inside the 2nd save)
+    # while fsyncing the temporary directory's files: the 3rd fsync of the 2nd Policy.save (saves
+    # are counted, not fsyncs overall: how many files save_pretrained writes changes with versions)
     "during fsync": _SELF_KILL + (
+        "import workflow_rl.policy as _p\n_save, _saves = _p.Policy.save, [0]\n"
+        "def _s(*a, **k):\n    _saves[0] += 1\n    return _save(*a, **k)\n"
+        "_p.Policy.save = _s\n"
         "_fsync, _n = os.fsync, [0]\n"
-        "def _f(fd):\n    _n[0] += 1\n    _kill() if _n[0] == 12 else _fsync(fd)\n"
+        "def _f(fd):\n    _n[0] += _saves[0] == 2\n    _kill() if _n[0] == 3 else _fsync(fd)\n"
         "os.fsync = _f\n"),
     # complete temporary directory, killed just before it is renamed into place
     "before rename": _SELF_KILL + (
@@ -114,14 +120,16 @@ def test_training_survives_sigkills_and_resumes_bit_for_bit(train_db, tiny_cache
         prelude = ""
         if trial < len(faults):
             prelude = faults[trial][1]
+        before = _saves(engine)
+        tmp_before = {p.name for p in out.iterdir() if ".tmp-" in p.name} if out.exists() else set()
         proc = spawn(train_command(train_db, _options(out, tiny_cache, resume), prelude), raw=True)
         try:
             if prelude:
                 proc.wait(timeout=300)  # it kills itself inside the save
-            else:
-                before = _saves(engine)
-                if wait_until(lambda b=before: _saves(engine) > b, proc, 300):
-                    stays_alive(proc, rng.uniform(0.0, 0.5))  # mid-step or mid-save, at random
+            elif wait_until(lambda b=before: _saves(engine) > b, proc, 300):
+                # mid-step or mid-save at a random time, by progress: never past the next save, so
+                # each kill costs at most 2 steps and all KILLS land before STEPS on any machine
+                wait_until(lambda b=before: _saves(engine) > b + 1, proc, rng.uniform(0.0, 0.5), poll=0.01)
         finally:
             if proc.poll() is None:
                 kill_group(proc)
@@ -133,9 +141,14 @@ def test_training_survives_sigkills_and_resumes_bit_for_bit(train_db, tiny_cache
             assert proc.returncode == 0, err[-3000:]
             break  # the run finished before the kill
         assert "Traceback" not in err, err[-3000:]
+        if prelude:  # the premise: the fault fired inside the process's 2nd save, not elsewhere
+            assert _saves(engine) == before + 1, (faults[trial][0], before, _saves(engine))
+            new_tmp = {p.name for p in out.iterdir() if ".tmp-" in p.name} - tmp_before
+            assert bool(new_tmp) == (faults[trial][0] != "before registration"), (faults[trial][0], new_tmp)
         _assert_registered_complete(engine, tiny_cache)
 
-    assert kills >= KILLS and save_kills == len(SAVE_FAULTS), (kills, save_kills)
+    assert kills >= KILLS and save_kills == len(SAVE_FAULTS), (
+        f"{kills} kills ({save_kills} inside saves) before the run finished its {STEPS} steps")
     proc = spawn(train_command(train_db, _options(out, tiny_cache, True)), raw=True)
     assert proc.wait(timeout=600) == 0, stderr_of(proc)[-3000:]
     _assert_registered_complete(engine, tiny_cache)
