@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed steps per repeat (after 1 warm-up)")
     ap.add_argument("--repeats", type=int, default=3, help="fresh-process runs per learner (>= 3)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in both workers")
-    ap.add_argument("--cache-dir", default=None, help="where builtin:tiny is built (default: the product's)")
+    ap.add_argument("--cache-dir", default=None, help="passed to Policy.load (not used today: builtin:tiny ships inside the package)")
     ap.add_argument("--worker", choices=["trl", "ours"], help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     ap.add_argument("--case", help=argparse.SUPPRESS)

@@ -112,7 +112,8 @@ class Policy:
         """Load ``builtin:tiny``, a model directory, an HF-cache id, or a :meth:`save` checkpoint.
 
         ``lora`` adds a fresh trainable adapter (ignored for a checkpoint that has one already).
-        Defaults: CUDA + bf16 when available, else CPU + float32.
+        Defaults: CUDA + bf16 when available, else CPU + float32. ``cache_dir`` is not used by any
+        policy today (``builtin:tiny`` ships inside the package); callers may still pass it.
         """
         device = torch.device(device) if device is not None else _device()
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)

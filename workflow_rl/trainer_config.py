@@ -26,7 +26,7 @@ class TrainConfig:
     run: str = _f("", "Name of the stored search run whose evaluations are trained on.")
     policy: str = _f("builtin:tiny", "Policy to start from: builtin:tiny, a model directory, or a checkpoint path.")
     out_dir: str | None = _f(None, "Checkpoint directory (default: ./runs/<run>/checkpoints).")
-    cache_dir: str | None = _f(None, "Where builtin:tiny is built and cached (default ~/.cache/workflow-rl).")
+    cache_dir: str | None = _f(None, "Not used today: builtin:tiny ships inside the package (kept so scripts that pass it still work).")
     round: int = _f(0, "Loop round these steps and the checkpoint are recorded under.")
     rounds: tuple[int, ...] | None = _f(None, "Workflow rounds to read samples from (default: all).")
     lora: bool = _f(False, "Train a LoRA adapter instead of all weights (reference = adapter disabled).")
