@@ -152,6 +152,8 @@ async def _validated(
         precision[code] = (sum(r.reward for r in finished) + 1.0) / (len(finished) + 2.0)
     for i, cands in ran.items():
         chosen[i] = max(enumerate(cands), key=lambda jc: (precision[jc[1].text], -jc[0]))[1]
+    # every program that ran has its validation pass stored: the run is complete (runs said "running")
+    _finish(engine, run_id, {"programs": len(precision)})
     return chosen, costs
 
 

@@ -198,7 +198,9 @@ def test_validated_selection_prefers_programs_right_on_validation(tmp_path, tiny
 
     engine = open_db(db)
     with session_scope(engine) as s:  # every program that ran was scored on the validation split
-        run_id = s.scalar(select(Run.id).where(Run.name == "eval/val/validation"))
+        val_run = s.scalar(select(Run).where(Run.name == "eval/val/validation"))
+        run_id = val_run.id
+        assert val_run.status == "done"  # the validation passes are complete, not left "running"
         rows = s.execute(select(Evaluation, Workflow.code).join(Workflow, Workflow.id == Evaluation.workflow_id)
                          .where(Evaluation.run_id == run_id)).all()
     counts: dict[str, list[float]] = {}
