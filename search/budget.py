@@ -30,6 +30,11 @@ from search.config import SearchConfig, SearchConfigError
 from storage.models import Evaluation, Problem
 from storage.repo import stored_evaluations
 
+
+class BudgetCut(Exception):
+    """A child's batch does not fit a budget: the expansion stops before it (``args[0]``: the bound)."""
+
+
 EVALUATIONS, TOKENS, COST = "budget", "token_budget", "cost_budget"
 """Stop reasons of the three bounds (as stored in ``runs.state["stop_reason"]``)."""
 

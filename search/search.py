@@ -28,22 +28,16 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from operators.graph import graph_hash
 from operators.validate import WorkflowValidationError, code_hash, validate_workflow
 from search.base import Candidate, EvalBatch, Evaluator, FailedExample, ProposalContext, Proposer
-from search.budget import Budget, Spent, spent_by_run, unstored
+from search.budget import Budget, BudgetCut, Spent, spent_by_run, unstored
 from search.config import RANDOM, SearchConfig, SearchConfigError
 from search.selection import AFLOW, backpropagate, select_aflow, select_leaf
 from search.tree import ROOT_INDEX, Tree, load_tree, save_nodes
 from storage.engine import session_scope
 from storage.models import Evaluation, Problem, Run, Workflow
 from storage.repo import add_generation, add_workflow, find_run, generations_for, get_or_create_run
-
-
-def workflow_graph_hash(code: str) -> str | None:
-    """Canonical graph hash of a valid program (``operators.graph``), used to spot duplicates."""
-    from operators.graph import graph_hash
-
-    return graph_hash(code)
 
 
 @dataclass(frozen=True)
@@ -85,10 +79,6 @@ class SearchResult:
 def _initial_state() -> dict[str, Any]:
     return {"next_simulation": 0, "evaluations": 0, "cost": 0.0, "stale": 0, "topk_mean": None,
             "stop_reason": None}
-
-
-class _Cut(Exception):
-    """A child's batch does not fit a budget: the expansion stops before it (``args[0]``: the bound)."""
 
 
 def _summary(parent_code: str, child_code: str, limit: int = 160) -> str:
@@ -153,7 +143,7 @@ class Search:
                     await self._seed(run_id, tree, state)
                 else:
                     await self._simulate(run_id, k, tree, state)
-            except _Cut as cut:  # nothing was committed: drop what the simulation changed in memory
+            except BudgetCut as cut:  # nothing was committed: drop what the simulation changed in memory
                 stop = cut.args[0]
                 with session_scope(self.engine) as session:
                     tree = load_tree(session, run_id)
@@ -275,7 +265,7 @@ class Search:
         for candidate in candidates[: c.children]:
             try:
                 reward, child = await self._child(run_id, tree, node, candidate, batch, k, state)
-            except _Cut as cut:
+            except BudgetCut as cut:
                 if len(touched) == 1:  # no child evaluated: nothing to commit, a resume redoes it
                     raise
                 self._cut = cut.args[0]
@@ -312,7 +302,7 @@ class Search:
             validate_workflow(candidate.code, self.benchmark.operator_names)
         except WorkflowValidationError as exc:
             error = str(exc)
-        ghash = workflow_graph_hash(candidate.code) if error is None else None
+        ghash = graph_hash(candidate.code) if error is None else None
         for i in range(1, len(tree)):  # duplicates of a node already in the tree reuse its score
             if tree.code_hash[i] == digest or (ghash is not None and tree.graph_hash[i] == ghash):
                 return tree.own_score[i] or 0.0, None
@@ -321,7 +311,7 @@ class Search:
         if error is None:  # before anything is stored: an invalid child costs nothing
             over = budget.over(state["evaluations"] + n, self._spent(), n)
             if over is not None:
-                raise _Cut(over)
+                raise BudgetCut(over)
         parent_wid = None if parent is None else tree.workflow_id[parent]
         with session_scope(self.engine) as session:
             workflow = add_workflow(
@@ -356,7 +346,7 @@ class Search:
                 missing, spent = unstored(session, workflow_id, batch, self.config.repeats), spent_by_run(session, run_id)
             over = budget.over(state["evaluations"] + n, spent, missing)
             if over is not None:
-                raise _Cut(over)
+                raise BudgetCut(over)
         result: EvalBatch = await self.evaluator.evaluate(
             run_id, workflow_id, candidate.code, batch, self.config.repeats
         )

@@ -37,10 +37,11 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, select
 
+from operators.graph import graph_hash
 from operators.validate import WorkflowValidationError, code_hash, validate_workflow
 from search.config import SearchConfig, SearchConfigError
 from search.mutations import MutationProposer
-from search.search import BenchmarkInfo, Search, SearchProgress, workflow_graph_hash
+from search.search import BenchmarkInfo, Search, SearchProgress
 from search.tree import validation_scores
 from storage.engine import open_db, session_scope
 from storage.models import Generation, PolicyCheckpoint, Problem, Run, SearchNode, TrainStep, Workflow
@@ -228,7 +229,7 @@ def _store_workflow(session, run_id: int, code: str, operator_names, round_: int
         error = str(exc)
     return add_workflow(
         session, run_id, code, "policy", code_hash=code_hash(code), round=round_, checkpoint_id=version,
-        valid=error is None, error=error, graph_hash=workflow_graph_hash(code) if error is None else None,
+        valid=error is None, error=error, graph_hash=graph_hash(code) if error is None else None,
     )
 
 
@@ -323,7 +324,7 @@ def _store_branches(engine, run_id: int, ranked, operator_names, round_: int, li
     with session_scope(engine) as s:
         for program, parent in picked.items():
             wf = add_workflow(s, run_id, program, "mutation", code_hash=code_hash(program), round=round_,
-                              parent_id=parent, graph_hash=workflow_graph_hash(program))
+                              parent_id=parent, graph_hash=graph_hash(program))
             out.append((wf.id, program))
     return out
 
