@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event, exc, make_url
 from sqlalchemy.orm import Session
 
-from workflow_rl.errors import WorkflowRLError
+from storage.errors import StorageError
 
 T = TypeVar("T")
 
@@ -137,7 +137,7 @@ def create_db_engine(db: str) -> Engine:
     try:
         engine = create_engine(url, json_serializer=json_dumps)
     except (exc.ArgumentError, exc.NoSuchModuleError, ImportError, ValueError) as error:
-        raise WorkflowRLError(
+        raise StorageError(
             f"invalid database URL {display_url(url)!r}: {error}; "
             "give a file path or a SQLAlchemy URL like sqlite:///run.db or postgresql+psycopg://user@host/db"
         ) from None
@@ -151,7 +151,7 @@ def create_db_engine(db: str) -> Engine:
 def open_db(db: str, *, upgrade: bool = True) -> Engine:
     """Open the database at ``db`` (a path or any SQLAlchemy URL) and migrate it to the head revision.
 
-    Raises :class:`WorkflowRLError` (one line) for a bad URL, an unreachable server, a file that is
+    Raises :class:`StorageError` (one line) for a bad URL, an unreachable server, a file that is
     not a database, or a schema newer than this code; the database is left unchanged then.
     """
     from storage.migrate import ensure_schema  # late import: migrate imports this module
@@ -166,15 +166,15 @@ def open_db(db: str, *, upgrade: bool = True) -> Engine:
     return engine
 
 
-def describe_db_error(engine: Engine, error: BaseException) -> WorkflowRLError:
+def describe_db_error(engine: Engine, error: BaseException) -> StorageError:
     """Turn a driver error met while opening a database into a one-line project error."""
     url = display_url(engine.url.render_as_string(hide_password=False))
     first = str(getattr(error, "orig", None) or error).strip().splitlines()[0] if str(error).strip() else ""
     if "file is not a database" in first or "malformed" in first:
-        return WorkflowRLError(
+        return StorageError(
             f"{url} is not a SQLite database (or it is corrupt): {first}; point --db at another file"
         )
-    return WorkflowRLError(f"cannot open database {url}: {first}; check the --db URL and that the server runs")
+    return StorageError(f"cannot open database {url}: {first}; check the --db URL and that the server runs")
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, exc, inspect, text
 
-from workflow_rl.errors import WorkflowRLError
+from storage.errors import StorageError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 """The Alembic script location shipped inside the package."""
@@ -62,7 +62,7 @@ def current_revision(conn: Connection) -> str | None:
 
 def _check_known(revision: str | None, url: str) -> None:
     if revision is not None and revision not in known_revisions():
-        raise WorkflowRLError(
+        raise StorageError(
             f"database {url} has schema revision {revision!r}, newer than this workflow-rl "
             f"(knows up to {head_revision()!r}); upgrade workflow-rl (pip install -U workflow-rl)"
         )
@@ -79,7 +79,7 @@ def _probe(engine: Engine) -> str | None:
                 # Touch the file header first so a non-database file fails here, not mid-migration.
                 conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar()
             return current_revision(conn)
-    except WorkflowRLError:
+    except StorageError:
         raise
     except exc.DBAPIError as error:
         raise describe_db_error(engine, error) from None
@@ -113,7 +113,7 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
             if before != head_revision():
                 command.upgrade(alembic_config(conn), "head")
             return before, head_revision()
-    except WorkflowRLError:
+    except StorageError:
         raise
     except exc.DBAPIError as error:
         raise describe_db_error(engine, error) from None

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from storage.engine import read_session_scope, session_scope
-from workflow_rl.errors import WorkflowRLError
+from storage.errors import StorageError
 
 _PG_READ_ONLY_SQLSTATE = "25006"  # read_only_sql_transaction
 
@@ -40,7 +40,7 @@ def _is_read_only_violation(error: BaseException) -> bool:
 def execute_sql(engine: Engine, sql: str, *, write: bool = False) -> SqlResult:
     """Run ``sql`` (one statement) in its own transaction; read-only unless ``write``.
 
-    Raises :class:`WorkflowRLError` with one line for an SQL error or a write attempt without ``write``.
+    Raises :class:`StorageError` with one line for an SQL error or a write attempt without ``write``.
     """
     dbapi_error = engine.dialect.loaded_dbapi.Error
     scope = session_scope if write else read_session_scope
@@ -60,8 +60,8 @@ def execute_sql(engine: Engine, sql: str, *, write: bool = False) -> SqlResult:
     except dbapi_error as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         if not write and _is_read_only_violation(error):
-            raise WorkflowRLError(
+            raise StorageError(
                 f"the statement would change the database ({first}); `workflow-rl sql` is read-only "
                 "unless you pass --write"
             ) from None
-        raise WorkflowRLError(f"SQL error: {first}") from None
+        raise StorageError(f"SQL error: {first}") from None

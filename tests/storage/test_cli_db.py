@@ -16,7 +16,7 @@ from storage import read_session_scope
 from storage.migrate import head_revision
 from storage.models import Run
 from workflow_rl.cli import app, main
-from workflow_rl.errors import WorkflowRLError
+from workflow_rl.errors import USER_ERRORS
 
 runner = CliRunner()
 
@@ -61,7 +61,7 @@ def test_sql_refuses_writes_without_write_flag(demo):
                       "CREATE TABLE t (x INTEGER)"):
         result = runner.invoke(app, ["--db", _url(engine), "sql", statement])
         assert result.exit_code == 1
-        assert isinstance(result.exception, WorkflowRLError) and "--write" in str(result.exception)
+        assert isinstance(result.exception, USER_ERRORS) and "--write" in str(result.exception)
     with read_session_scope(engine) as s:
         assert s.scalar(select(func.count()).select_from(Run)) == 2
     ok = runner.invoke(app, ["--db", _url(engine), "sql", "--write", "UPDATE runs SET status = 'done'"])
@@ -78,7 +78,7 @@ def test_runs_and_show(demo):
     assert f"#{ids['w3']} (policy, round 1) <- #{ids['w2']} (mutation, round 1) <- #{ids['w1']} (seed, round 0)" \
         in shown.output
     missing = runner.invoke(app, ["--db", _url(engine), "show", "999"])
-    assert isinstance(missing.exception, WorkflowRLError)
+    assert isinstance(missing.exception, USER_ERRORS)
 
 
 def test_cli_edge_prints_one_line_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
@@ -118,7 +118,7 @@ def test_eval_of_a_stored_id_never_creates_a_database(tmp_path: Path):
     db = tmp_path / "typo.db"
     for args in (["eval", "5"], ["eval", "--policy", "3"]):
         result = runner.invoke(app, ["--db", str(db), *args])
-        assert result.exit_code == 1 and isinstance(result.exception, WorkflowRLError)
+        assert result.exit_code == 1 and isinstance(result.exception, USER_ERRORS)
         assert "no database at" in str(result.exception) and not db.exists()
 
 

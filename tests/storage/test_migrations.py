@@ -14,10 +14,10 @@ from sqlalchemy import create_engine, inspect, text
 from search.tree import load_tree
 from storage import open_db, read_session_scope, session_scope
 from storage.engine import create_db_engine
+from storage.errors import StorageError
 from storage.migrate import alembic_config, current_revision, head_revision, upgrade
 from storage.models import Base, utcnow
 from storage.views import VIEWS
-from workflow_rl.errors import WorkflowRLError
 
 TABLES = {"runs", "problems", "workflows", "generations", "evaluations", "search_nodes", "policy_checkpoints",
           "train_steps", "alembic_version"}
@@ -60,7 +60,7 @@ def test_newer_schema_is_refused_and_left_unchanged(db_url: str):
         s.execute(text("UPDATE alembic_version SET version_num = 'f00dfeed9999'"))
         s.execute(text("DROP VIEW problem_summary"))  # a marker that a re-migration would restore
     engine.dispose()
-    with pytest.raises(WorkflowRLError) as info:
+    with pytest.raises(StorageError) as info:
         open_db(db_url)
     message = str(info.value)
     assert "f00dfeed9999" in message and "upgrade workflow-rl" in message and "\n" not in message
@@ -75,7 +75,7 @@ def test_corrupt_file_gives_one_line_error_and_is_untouched(tmp_path: Path):
     path = tmp_path / "notes.db"
     path.write_bytes(b"these are my notes, not a database\n" * 200)
     before = hashlib.sha256(path.read_bytes()).hexdigest()
-    with pytest.raises(WorkflowRLError) as info:
+    with pytest.raises(StorageError) as info:
         open_db(str(path))
     assert "not a SQLite database" in str(info.value) and "\n" not in str(info.value)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
@@ -90,7 +90,7 @@ def test_corrupt_file_gives_one_line_error_and_is_untouched(tmp_path: Path):
     ],
 )
 def test_bad_url_gives_one_line_error(url: str, expected: str):
-    with pytest.raises(WorkflowRLError) as info:
+    with pytest.raises(StorageError) as info:
         open_db(url)
     message = str(info.value)
     assert expected in message and "\n" not in message

@@ -1,6 +1,6 @@
 """The ``workflow-rl`` command line: one Typer app; each command group lives in its own module.
 
-Every command module exposes ``register(app)``. Project errors (:class:`WorkflowRLError`) are
+Every command module exposes ``register(app)``. Project errors (``workflow_rl.errors.USER_ERRORS``) are
 caught here and printed as one line on stderr with exit code 1, never a traceback.
 """
 
@@ -15,7 +15,7 @@ import typer
 
 from workflow_rl.cli.options import DB_ENV, DB_HELP, DEFAULT_DB
 from workflow_rl.cli.output import quiet_libraries
-from workflow_rl.errors import WorkflowRLError
+from workflow_rl.errors import USER_ERRORS
 
 __all__ = ["DEFAULT_DB", "app", "main"]
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     quiet_libraries()
     try:
         app(args=argv, standalone_mode=False)
-    except WorkflowRLError as exc:
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     except (typer.Abort, KeyboardInterrupt):
