@@ -23,6 +23,7 @@ import math
 
 import torch
 
+from workflow_rl.grpo import sequence_log_ratio
 from workflow_rl.grpo_options import IS_MODES, ISMode
 
 
@@ -45,22 +46,20 @@ def sampler_is_weights(
     leaves the policy term). A ``None`` bound is open. Rows where ``has_behavior`` is False
     (search samples, no sampler logprobs) get weight 1.
     """
+    if mode not in IS_MODES:
+        raise ValueError(f"unknown importance sampling mode {mode!r}; use one of {', '.join(IS_MODES)}")
     diff = (old_logp.detach() - behavior_logp.detach()) * mask
     if mode.startswith("sequence_"):
         diff = diff.sum(-1, keepdim=True)
-    elif not mode.startswith("token_"):
-        raise ValueError(f"unknown importance sampling mode {mode!r}; use one of {', '.join(IS_MODES)}")
     weights = torch.exp(diff)
     if mode.endswith("_truncate"):
         if clip_min is None and clip_max is None:
             raise ValueError(f"{mode} needs clip_min or clip_max")
         weights = torch.clamp(weights, min=clip_min, max=clip_max)
-    elif mode.endswith("_mask"):
+    else:  # *_mask
         low = -math.inf if clip_min is None else clip_min
         high = math.inf if clip_max is None else clip_max
         weights = weights.masked_fill((weights < low) | (weights > high), 0.0)
-    else:
-        raise ValueError(f"unknown importance sampling mode {mode!r}; use one of {', '.join(IS_MODES)}")
     weights = weights.expand_as(mask)
     if has_behavior is not None:
         weights = torch.where(has_behavior[:, None].bool(), weights, torch.ones_like(weights))
@@ -81,8 +80,7 @@ def off_policy_mask(
     policy) exceeds ``threshold``: pushing down a sample the policy has already moved away from
     mostly adds noise. ``sampling_logp`` is the sampler's logprobs (``old`` for rows without them).
     """
-    kl = (sampling_logp.detach() - logp.detach()) * mask
-    mean_kl = kl.sum(-1) / mask.sum(-1).clamp(min=1.0)
+    mean_kl = sequence_log_ratio(sampling_logp.detach(), logp.detach(), mask).squeeze(-1)
     keep = (advantages >= 0) | (mean_kl <= threshold)
     return keep.to(mask.dtype)
 
@@ -99,7 +97,7 @@ def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float
     if values.numel() == 0:
         return torch.zeros_like(active)
     cut = torch.quantile(values, 1.0 - quantile)
-    return (entropy.detach() * mask >= cut) & active
+    return (entropy.detach() >= cut) & active  # inactive positions are dropped by `active`
 
 
 def mask_stats(keep: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[float, float, int]:
