@@ -66,7 +66,7 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _load_base(name: str, cache_dir: str | Path | None, dtype: torch.dtype):
+def _load_base(name: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = str(shipped_tiny()) if name == BUILTIN_TINY else name
@@ -125,15 +125,15 @@ class Policy:
 
                 # builtin:tiny by name: the package's directory moves with each install.
                 base = BUILTIN_TINY if meta["base_model"] == BUILTIN_TINY else meta["base_path"]
-                model, tokenizer, base_path = _load_base(base, cache_dir, dtype)
+                model, tokenizer, base_path = _load_base(base, dtype)
                 model = PeftModel.from_pretrained(model, str(ckpt / "model"), is_trainable=True)
                 spec = LoraSpec(**{**meta["lora"], "target_modules": tuple(meta["lora"]["target_modules"])})
                 return cls(model.to(device), tokenizer, meta["base_model"], base_path, spec)
-            model, tokenizer, _ = _load_base(str(ckpt / "model"), cache_dir, dtype)
+            model, tokenizer, _ = _load_base(str(ckpt / "model"), dtype)
             return cls(model.to(device), tokenizer, meta["base_model"], meta["base_path"], None).with_lora(lora)
         if name_or_path != BUILTIN_TINY and ckpt.exists() and (ckpt / "model").exists():
             raise WorkflowRLError(f"checkpoint {ckpt} is incomplete (no {POLICY_META}); it was never finished")
-        model, tokenizer, base_path = _load_base(name_or_path, cache_dir, dtype)
+        model, tokenizer, base_path = _load_base(name_or_path, dtype)
         return cls(model.to(device), tokenizer, name_or_path, base_path, None).with_lora(lora)
 
     def with_lora(self, lora: LoraSpec | None) -> Policy:

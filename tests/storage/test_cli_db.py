@@ -15,8 +15,7 @@ from typer.testing import CliRunner
 from storage import read_session_scope
 from storage.migrate import head_revision
 from storage.models import Run
-from workflow_rl.cli import app, main
-from workflow_rl.errors import USER_ERRORS
+from workflow_rl.cli import USER_ERRORS, app, main
 
 runner = CliRunner()
 

@@ -1,6 +1,6 @@
 """The ``workflow-rl`` command line: one Typer app; each command group lives in its own module.
 
-Every command module exposes ``register(app)``. Project errors (``workflow_rl.errors.USER_ERRORS``) are
+Every command module exposes ``register(app)``. Project errors (:data:`USER_ERRORS`) are
 caught here and printed as one line on stderr with exit code 1, never a traceback.
 """
 
@@ -13,11 +13,16 @@ from typing import Annotated
 
 import typer
 
+from storage.errors import StorageError
 from workflow_rl.cli.options import DB_ENV, DB_HELP, DEFAULT_DB
 from workflow_rl.cli.output import quiet_libraries
-from workflow_rl.errors import USER_ERRORS
+from workflow_rl.errors import WorkflowRLError
 
-__all__ = ["DEFAULT_DB", "app", "main"]
+__all__ = ["DEFAULT_DB", "USER_ERRORS", "app", "main"]
+
+USER_ERRORS: tuple[type[Exception], ...] = (WorkflowRLError, StorageError)
+"""Every error a user can fix, printed as one line: ``storage`` raises its own type (it imports nothing
+of ours), and it is only needed here, so importing ``workflow_rl.errors`` stays free of SQLAlchemy."""
 
 app = typer.Typer(
     name="workflow-rl",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from workflow_rl.cli.options import DEFAULT_DB
+from workflow_rl.cli.options import DB_ENV, DEFAULT_DB
 
 OUR_PACKAGES = r"(workflow_rl|search|operators|storage)(\.|$)"
 """Modules whose warnings stay visible: they are ours to fix."""
@@ -87,7 +87,8 @@ def db_label(db: str) -> str:
 def db_facts(db: str) -> list[str]:
     """The summary's database line, and a note when the commands below show a masked password."""
     facts = [f"database: {db_label(db)}"]
-    if _db_option(db) and "***" in _db_option(db)[1]:
+    option = _db_option(db)
+    if option and "***" in option[1]:
         facts.append("  (password shown as ***: put the real one back, or set WORKFLOW_RL_DB to the URL)")
     return facts
 
@@ -98,10 +99,11 @@ def _db_option(db: str) -> list[str]:
     Not needed for the default, nor when ``WORKFLOW_RL_DB`` names it (the next command in the same
     shell reads it too). A password is never printed: the URL is shown masked (``***``).
     """
-    if db == DEFAULT_DB or db == os.environ.get("WORKFLOW_RL_DB"):
+    from storage.engine import display_url
+
+    if db == DEFAULT_DB or db == os.environ.get(DB_ENV):
         return []
-    url = _url(db) if "://" in db else None
-    return ["--db", db if url is None else url.render_as_string(hide_password=True)]
+    return ["--db", display_url(db)]  # a plain path is not a URL and comes back as it is
 
 
 def command(db: str, *args: str) -> str:

@@ -289,10 +289,9 @@ class OpenAICompatibleClient:
     async def _post_within_wait_bound(self, http: httpx.AsyncClient, path: str,
                                       body: dict[str, Any]) -> tuple[Any, bool]:
         """:meth:`_post_with_retries` bounded by ``max_wait_s`` in all; past it, :class:`LLMWaitExceeded`."""
-        try:
-            async with asyncio.timeout(self.max_wait_s):
-                return await self._post_with_retries(http, path, body)
-        except TimeoutError:
+        try:  # wait_for, not asyncio.timeout: that needs Python 3.11 and the package supports 3.10
+            return await asyncio.wait_for(self._post_with_retries(http, path, body), self.max_wait_s)
+        except asyncio.TimeoutError:
             raise LLMWaitExceeded(
                 f"{self.url}{path}: no answer within the LLM wait bound of {self.max_wait_s:g}s (retries included; "
                 "WORKFLOW_RL_LLM_MAX_WAIT): the endpoint is stuck or too slow for this load; raise the bound "
