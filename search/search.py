@@ -133,8 +133,11 @@ class Search:
         with session_scope(self.engine) as session:
             tree = load_tree(session, run_id)
         stop = None
+        self._cut = None
+        # one read of the stored tokens/dollars per simulation, shared by the stop rule and progress line
+        spent = self._spent(for_progress=on_progress is not None)
         while True:
-            stop = self._stop_reason(state)
+            stop = self._stop_reason(state, spent)
             if stop is not None:
                 break
             k = state["next_simulation"]
@@ -149,8 +152,9 @@ class Search:
                     tree = load_tree(session, run_id)
                     state = {**_initial_state(), **(session.get(Run, run_id).state or {})}
                 break
+            spent = self._spent(for_progress=on_progress is not None)
             if on_progress is not None:
-                on_progress(self._progress(tree, state))
+                on_progress(self._progress(tree, state, spent))
             if self._cut is not None:  # a bound cut this expansion short (its children are committed)
                 stop = self._cut
                 break
@@ -159,8 +163,8 @@ class Search:
             run.status = "done"
             run.state = {**state, "stop_reason": stop}
         seeds = [tree.own_score[i] or 0.0 for i in tree.children[ROOT_INDEX]]
-        return SearchResult(run_id, tree, self._progress(tree, state), max(seeds, default=0.0), stop,
-                            tuple(self.resume_notes))
+        return SearchResult(run_id, tree, self._progress(tree, state, self._spent(for_progress=True)),
+                            max(seeds, default=0.0), stop, tuple(self.resume_notes))
 
     def _open_run(self, run_name: str, parent: tuple[int, int] | None = None) -> tuple[int, dict[str, Any]]:
         with session_scope(self.engine) as session:
@@ -192,19 +196,20 @@ class Search:
         """Evaluations one child's batch counts."""
         return min(self.config.batch_size, len(self.problem_ids)) * self.config.repeats
 
-    def _spent(self) -> Spent | None:
-        """Tokens and dollars stored for the run (None when neither is bounded: nothing to read)."""
-        if not Budget.of(self.config).metered:
+    def _spent(self, for_progress: bool = False) -> Spent | None:
+        """Tokens and dollars stored for the run; None when no bound needs them and no progress
+        line shows them (nothing to read)."""
+        if not (for_progress or Budget.of(self.config).metered):
             return None
         with session_scope(self.engine) as session:
             return spent_by_run(session, self.run_id)
 
-    def _stop_reason(self, state: dict[str, Any]) -> str | None:
+    def _stop_reason(self, state: dict[str, Any], spent: Spent | None) -> str | None:
         c = self.config
         if state["next_simulation"] == 0:
             return None
         n = self._per_child()  # an expansion starts only if at least one child's batch fits
-        over = Budget.of(c).over(state["evaluations"] + n, self._spent(), n)
+        over = Budget.of(c).over(state["evaluations"] + n, spent, n)
         if over is not None:
             return over
         if c.max_simulations and state["next_simulation"] - 1 >= c.max_simulations:
@@ -213,20 +218,15 @@ class Search:
             return "converged"
         return None
 
-    def _progress(self, tree: Tree, state: dict[str, Any]) -> SearchProgress:
+    def _progress(self, tree: Tree, state: dict[str, Any], spent: Spent) -> SearchProgress:
         best = tree.best()
         return SearchProgress(
             simulations=max(state["next_simulation"] - 1, 0), evaluations=state["evaluations"],
             executed=self.executed, nodes=len(tree) - 1,
             best_score=0.0 if best is None else tree.own_score[best] or 0.0,
             best_workflow_id=None if best is None else tree.workflow_id[best], cost=state["cost"],
-            tokens=self._tokens(),
+            tokens=spent.tokens,
         )
-
-    def _tokens(self) -> int:
-        """LLM tokens stored for the run so far (shown in the progress line)."""
-        with session_scope(self.engine) as session:
-            return spent_by_run(session, self.run_id).tokens
 
     # ------------------------------------------------------------------ simulation
 
