@@ -28,7 +28,6 @@ from sqlalchemy.orm import Session
 
 from search.config import SearchConfig, SearchConfigError
 from storage.models import Evaluation, Problem
-from storage.repo import stored_evaluations
 
 
 class BudgetCut(Exception):
@@ -71,9 +70,13 @@ def spent_by_run(session: Session, run_id: int) -> Spent:
 
 
 def unstored(session: Session, workflow_id: int, problem_ids: list[int], repeats: int) -> int:
-    """How many of ``problem_ids x range(repeats)`` have no stored evaluation of ``workflow_id`` yet."""
-    stored = stored_evaluations(session, workflow_id, problem_ids)
-    return sum(1 for pid in problem_ids for r in range(repeats) if (pid, r) not in stored)
+    """How many of ``problem_ids x range(repeats)`` have no stored evaluation of ``workflow_id`` yet.
+
+    A count, not the rows: (workflow, problem, repeat) is unique and ``problem_ids`` are distinct.
+    """
+    stored = session.scalar(select(func.count()).select_from(Evaluation).where(
+        Evaluation.workflow_id == workflow_id, Evaluation.problem_id.in_(problem_ids), Evaluation.repeat < repeats))
+    return len(problem_ids) * repeats - int(stored or 0)
 
 
 @dataclass(frozen=True)
