@@ -218,10 +218,11 @@ def train_panels(steps: list[dict[str, Any]], beta: float | None) -> list[tuple[
     return out
 
 
-def training_figure(rows: list[RoundRows], beta: float | None):
-    """The figure of ``training.png`` (needs at least one panel, see :func:`train_panels`)."""
+def training_figure(rows: list[RoundRows], beta: float | None, panels: list | None = None):
+    """The figure of ``training.png`` (needs at least one panel, see :func:`train_panels`; pass
+    ``panels`` when the caller has already worked them out)."""
     steps = [(row.round, m) for row in rows for m in row.steps]
-    panels = train_panels([m for _, m in steps], beta)
+    panels = panels or train_panels([m for _, m in steps], beta)
     fig, axes = _pyplot().subplots(len(panels), 1, figsize=(9, 2.6 * len(panels) + 0.6), sharex=True, squeeze=False)
     spans: list[tuple[int, float, float]] = []  # (round, first x, last x) of each round's steps
     for i, (r, _) in enumerate(steps):
@@ -362,6 +363,6 @@ def write_report(db: str | Engine, run: str, out_dir: str | Path | None = None) 
     training_png = out / "training.png" if panels else None
     _save(search_figure(rows), search_png)
     if training_png is not None:
-        _save(training_figure(rows, beta), training_png)
+        _save(training_figure(rows, beta, panels), training_png)
     summary_md.write_text(summary)
     return Report(search_png, training_png, summary_md, summary, tables, totals)

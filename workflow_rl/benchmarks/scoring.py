@@ -187,7 +187,7 @@ def math_match(output: str, reference: str) -> Score:
         # "2\\sqrt{2}", "2" out of "(1, 2)"), and a piece must never stand in for the whole answer.
         pred = parse(f"${bare}$", extraction_config=[LatexExtractionConfig()], parsing_timeout=timeout)
         # A failed parse leaves only math-verify's fallback string; the free-text reading then decides.
-        if not any(not isinstance(p, str) for p in pred):
+        if all(isinstance(p, str) for p in pred):
             pred = []
     if not pred:
         pred = parse(str(output) if answer is None else f"$\\boxed{{{answer}}}$", parsing_timeout=timeout)
