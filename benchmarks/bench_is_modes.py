@@ -23,12 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from workflow_rl.benchmarks import get_benchmark  # noqa: E402
-from workflow_rl.grpo import completion_mask  # noqa: E402
-from workflow_rl.grpo_is import mask_stats, sampler_is_weights  # noqa: E402
-from workflow_rl.loop_config import LoopConfig  # noqa: E402
-from workflow_rl.policy import Policy  # noqa: E402
-from workflow_rl.prompts import policy_prompt_for  # noqa: E402
+from workflow_rl.learner.grpo import completion_mask  # noqa: E402
+from workflow_rl.learner.grpo_is import mask_stats, sampler_is_weights  # noqa: E402
+from workflow_rl.loop.config import LoopConfig  # noqa: E402
+from workflow_rl.policy.model import Policy  # noqa: E402
+from workflow_rl.policy.prompts import policy_prompt_for  # noqa: E402
+from workflow_rl.tasks import get_benchmark  # noqa: E402
 
 MODES = [("token_truncate", 2.0), ("token_truncate", 3.0), ("token_mask", 3.0), ("sequence_truncate", 3.0),
          ("sequence_mask", 3.0), ("sequence_mask", 2.0)]

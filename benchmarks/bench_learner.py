@@ -4,7 +4,7 @@ Memory: each method runs in a fresh subprocess that first allocates the same flo
 ``[batch, seq, vocab]`` (default 8 x 1024 x 151,936 = 5 GB, Qwen's vocabulary), records its peak
 RSS, then computes the logprobs of given token ids at T = 1 and reports the *extra* peak RSS
 above the logits (``ru_maxrss`` delta). "naive" is ``log_softmax(logits, -1).gather(...)``;
-"ours" is :func:`workflow_rl.grpo.token_logprobs` (chunked logsumexp + gather). Logits are the
+"ours" is :func:`workflow_rl.learner.grpo.token_logprobs` (chunked logsumexp + gather). Logits are the
 input of both, so the comparison is of the logprob computation only.
 
 Tokens/s: forward + backward of the GRPO loss on the built-in tiny policy (CPU), ours vs naive.
@@ -36,7 +36,7 @@ def child(method: str, batch: int, seq: int, vocab: int) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from workflow_rl.grpo import token_logprobs
+    from workflow_rl.learner.grpo import token_logprobs
 
     torch.manual_seed(0)
     logits = torch.empty(batch, seq, vocab).uniform_(-8.0, 8.0)  # touched: counted in the baseline
@@ -74,8 +74,8 @@ def measure_tokens_per_s(steps: int = 3) -> dict[str, float]:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from workflow_rl.grpo import completion_mask, policy_loss
-    from workflow_rl.policy import Policy
+    from workflow_rl.learner.grpo import completion_mask, policy_loss
+    from workflow_rl.policy.model import Policy
 
     policy = Policy.load("builtin:tiny", device="cpu")
     gen = torch.Generator().manual_seed(0)

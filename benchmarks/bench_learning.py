@@ -33,10 +33,10 @@ from sqlalchemy import select
 
 from storage.engine import open_db, session_scope
 from storage.models import Run, Workflow
-from workflow_rl.loop import round_run_name, run_loop
-from workflow_rl.loop_config import LoopConfig
-from workflow_rl.policy_eval import evaluate_code, evaluate_policy
-from workflow_rl.report import evaluations_to_reach, search_curve
+from workflow_rl.loop.config import LoopConfig
+from workflow_rl.loop.driver import round_run_name, run_loop
+from workflow_rl.loop.policy_eval import evaluate_code, evaluate_policy
+from workflow_rl.loop.report import evaluations_to_reach, search_curve
 
 
 def best_workflow(engine, search_run: str) -> tuple[str, float]:
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="Directory for the database and checkpoints (default: temp).")
     parser.add_argument("--best-of", type=int, default=32, help="k of best-of-k (b) and (c) (1 = greedy only).")
     parser.add_argument("--selection", default="validated", choices=["validated", "runs", "logprob"],
-                        help="How best-of-k chooses (see workflow_rl.policy_eval).")
+                        help="How best-of-k chooses (see workflow_rl.loop.policy_eval).")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-learning-"))
     out.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from operators.base import OpContext, OperatorError  # noqa: E402
 from operators.registry import get_operators  # noqa: E402
 from operators.runtime import Sandbox, run_inprocess  # noqa: E402
-from workflow_rl.benchmarks import get_benchmark  # noqa: E402
+from workflow_rl.tasks import get_benchmark  # noqa: E402
 
 
 def _jobs(repeat: int) -> tuple[list[tuple[str, str]], dict]:

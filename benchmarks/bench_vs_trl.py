@@ -5,7 +5,7 @@ TRL is a benchmark-only dependency (``pip install -e .[bench]``); the product ne
 1. **Parity** on identical fixed completions for every objective mode of ``trl_parity.modes()`` (TRL
    1.16's defaults, ours, every loss type, IS mode and masking option): TRL's own scoring
    (``_generate_and_score_completions``) and ``compute_loss`` against our loss path
-   (``Policy.forward_logprobs`` + ``workflow_rl.grpo``/``grpo_is``, and the trainer's own ``grpo_step``);
+   (``Policy.forward_logprobs`` + ``workflow_rl.learner.grpo``/``grpo_is``, and the trainer's own ``grpo_step``);
    max |loss diff| and max |grad diff| over every parameter.
 2. **GRPO steps per second** end to end (sample G completions for each of B prompts, reward,
    one update) with the same tiny model, prompts, reward, G, completion length and temperature, at
@@ -49,9 +49,9 @@ for _path in (ROOT, ROOT / "benchmarks"):  # run as a script, or loaded by path 
 
 from trl_parity import ParityCase, modes, our_default_mode, our_options, parity, trl_grpo_config  # noqa: E402
 
-from workflow_rl import grpo  # noqa: E402
-from workflow_rl.policy import Policy  # noqa: E402
-from workflow_rl.prompts import render_policy_prompt  # noqa: E402
+from workflow_rl.learner import grpo  # noqa: E402
+from workflow_rl.policy.model import Policy  # noqa: E402
+from workflow_rl.policy.prompts import render_policy_prompt  # noqa: E402
 
 # ---------------------------------------------------------------- 2/3. steps per second and memory
 
@@ -169,9 +169,9 @@ def run_ours(case: StepCase, model_dir: str) -> dict[str, float]:
     logprobs recorded), reward, group advantages, one ``trainer.grpo_step`` (ref pass if beta > 0, IS, update)."""
     from accelerate import Accelerator
 
-    from workflow_rl.dataset import Sample
-    from workflow_rl.trainer import adamw, grpo_step
-    from workflow_rl.trainer_config import TrainConfig
+    from workflow_rl.learner.config import TrainConfig
+    from workflow_rl.learner.dataset import Sample
+    from workflow_rl.learner.trainer import adamw, grpo_step
 
     n = case.n_prompts * case.group_size
     config = TrainConfig(run="bench", lr=case.lr, batch_size=n, micro_batch_size=n, seed=case.seed,

@@ -1,14 +1,14 @@
 """Loss/gradient parity of our GRPO learner with TRL's ``GRPOTrainer`` on fixed completions, per objective mode.
 
-Used by ``benchmarks/bench_vs_trl.py`` and ``tests/workflow_rl/test_trl_parity.py``. A *mode* is a dict of
+Used by ``benchmarks/bench_vs_trl.py`` and ``tests/workflow_rl/learner/test_trl_parity.py``. A *mode* is a dict of
 TRL ``GRPOConfig`` objective options (``loss_type``, ``beta``, ``epsilon``, ``use_bias_correction_kl``,
 ``vllm_importance_sampling_mode``, ...) on top of TRL's own defaults; our ``TrainConfig`` takes the same
 names (:func:`our_options`). TRL's side is its own code end to end after sampling: ``GRPOTrainer.
 _generate_and_score_completions`` with only ``_generate`` replaced by the fixed completions and sampler
 logprobs (so TRL itself computes the old logprobs of the pre-update policy, the reference logprobs, the
 advantages, the truncation mask and its importance-sampling ratio), then ``compute_loss`` and backward.
-Ours is the maths (``Policy.forward_logprobs`` + ``workflow_rl.grpo`` / ``grpo_is``) and the trainer's
-real optimizer step (``workflow_rl.trainer.grpo_step``, reference pass and all), fed TRL's old logprobs
+Ours is the maths (``Policy.forward_logprobs`` + ``workflow_rl.learner.grpo`` / ``grpo_is``) and the trainer's
+real optimizer step (``workflow_rl.learner.trainer.grpo_step``, reference pass and all), fed TRL's old logprobs
 so that both sides share one old policy.
 """
 
@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # loaded by path from a script or a test
     sys.path.insert(0, str(ROOT))
 
-from workflow_rl import grpo, grpo_is  # noqa: E402
-from workflow_rl.policy import Policy  # noqa: E402
+from workflow_rl.learner import grpo, grpo_is  # noqa: E402
+from workflow_rl.policy.model import Policy  # noqa: E402
 
 TRL_LOSS = {"token": "dapo", "sequence": "grpo", "constant": "dr_grpo"}
 """Our loss aggregation name -> TRL's ``loss_type`` with the same normalisation."""
@@ -49,7 +49,7 @@ def trl_defaults() -> dict[str, Any]:
 
 def our_default_mode() -> dict[str, Any]:
     """Our ``TrainConfig`` defaults expressed as TRL options (read from the dataclass, checked by a test)."""
-    from workflow_rl.trainer_config import TrainConfig
+    from workflow_rl.learner.config import TrainConfig
 
     c = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     return {"loss_type": TRL_LOSS[c["agg"]], "beta": c["beta"], "epsilon": c["eps_low"], "epsilon_high": c["eps_high"],
@@ -235,14 +235,14 @@ class GradCapture(torch.optim.Optimizer):
 
 def ours_trainer(policy: Policy, batch: dict[str, Any], case: ParityCase, options: dict[str, Any],
                  old: torch.Tensor, sampler_logprobs: bool):
-    """``({param: grad}, metrics)`` of one real ``workflow_rl.trainer.grpo_step`` on ``batch``: policy samples
+    """``({param: grad}, metrics)`` of one real ``workflow_rl.learner.trainer.grpo_step`` on ``batch``: policy samples
     (behavior logprobs) or search samples, the reference pass through the batch's reference model, and
     ``old`` given (as for a later PPO iteration, so clipping is exercised)."""
     from accelerate import Accelerator
 
-    from workflow_rl.dataset import Sample
-    from workflow_rl.trainer import grpo_step
-    from workflow_rl.trainer_config import TrainConfig
+    from workflow_rl.learner.config import TrainConfig
+    from workflow_rl.learner.dataset import Sample
+    from workflow_rl.learner.trainer import grpo_step
 
     ours = Policy(copy.deepcopy(policy.model), policy.tokenizer, "", "")
     group_ids = torch.arange(case.n_prompts).repeat_interleave(case.group_size)

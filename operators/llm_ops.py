@@ -22,7 +22,7 @@ from operators.llm_parse import (
     infer_entry_point,
     option_letters,
 )
-from operators.registry import register
+from operators.registration import register
 
 DEFAULT_TEMPERATURE = 0.7
 """Executor sampling temperature when ``ctx.extras`` does not set ``llm_temperature``."""

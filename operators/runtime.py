@@ -40,7 +40,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from operators.base import CodeResult, ExecutionResult, OpContext, Operator
@@ -48,6 +47,7 @@ from operators.sandbox_clock import ExecClock, PausingLLM
 from operators.sandbox_code import run_code_process
 from operators.sandbox_host import WorkerHandle
 from operators.sandbox_inprocess import run_inprocess
+from operators.sandbox_state import Execution, Limits
 from operators.validate import WorkflowValidationError, validate_workflow
 
 __all__ = ["Limits", "Sandbox", "run_inprocess"]  # run_inprocess lives in operators.sandbox_inprocess
@@ -55,53 +55,6 @@ __all__ = ["Limits", "Sandbox", "run_inprocess"]  # run_inprocess lives in opera
 _STARTUP_GRACE_S = 20.0
 MAX_RESTARTS = 3
 """Most times one execution is rerun after losing its worker to another execution's fault."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Resource limits of one execution (and of each worker process)."""
-
-    wall_s: float = 60.0
-    """Wall-clock limit of the workflow's own time in one execution: its code and its operator calls,
-    except the time its LLM requests wait (for a slot, the server, retries) and its ``run_code``
-    calls wait for a code slot, which the clock does not count. An execution restarted because
-    another one killed its worker gets a fresh clock once, so at most about twice this in all."""
-    cpu_s: float = 2.0
-    """CPU seconds the workflow code itself may use in one execution (operators run on the host)."""
-    memory_mb: int = 512
-    """Address-space limit (RLIMIT_AS) of each worker / run_code process, in MiB."""
-    output_bytes: int = 1_000_000
-    """Largest workflow output (chars) and run_code stdout+stderr (bytes)."""
-    max_op_calls: int = 500
-    """Most operator calls one execution may make (exceeding it is a ``timeout``: a budget limit)."""
-    message_bytes: int = 16_000_000
-    """Largest frame a worker may send (bigger is a protocol violation: the worker is killed)."""
-    step_grace_s: float = 3.0
-    """Extra wall time the host waits for a busy worker beyond ``cpu_s`` before killing it."""
-    max_execs_per_worker: int = 50_000
-    """Recycle a worker after this many executions (bounds any slow leak inside it)."""
-
-    def __post_init__(self):
-        for name in ("wall_s", "cpu_s", "memory_mb", "output_bytes", "max_op_calls", "message_bytes"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"Limits.{name} must be > 0, got {getattr(self, name)!r}")
-
-
-class _Exec:
-    """Host-side state of one execution."""
-
-    __slots__ = ("id", "code", "problem", "ctx", "future", "worker", "epoch", "op_calls", "clock",
-                 "restarts", "tasks", "started")
-
-    def __init__(self, exec_id: int, code: str, problem: Any, future: asyncio.Future, clock: ExecClock):
-        self.id, self.code, self.problem, self.future, self.clock = exec_id, code, problem, future, clock
-        self.ctx: OpContext | None = None
-        self.worker: WorkerHandle | None = None
-        self.epoch = 0  # bumped on restart so that stale replies are dropped
-        self.op_calls = 0
-        self.restarts = 0
-        self.tasks: set[asyncio.Task] = set()
-        self.started = False
 
 
 class Sandbox:
@@ -187,7 +140,7 @@ class Sandbox:
         self._start()
         future = self._loop.create_future()
         self._next_id += 1
-        ex = _Exec(self._next_id, code, problem, future,
+        ex = Execution(self._next_id, code, problem, future,
                    ExecClock(self._loop, self.limits.wall_s, lambda: self._on_deadline(ex)))
         ex.ctx = self._exec_context(ctx, ex.clock)
         ex.clock.start()
@@ -257,7 +210,7 @@ class Sandbox:
         self._invalid[code] = error
         return error
 
-    def _dispatch(self, ex: _Exec) -> None:
+    def _dispatch(self, ex: Execution) -> None:
         """Start (or restart) an execution on the least-loaded live worker."""
         live = [w for w in self._workers if not w.retiring]
         # Prefer workers not busy in a step (empty fifo), then the fewest executions held.
@@ -277,7 +230,7 @@ class Sandbox:
             self._workers.remove(worker)
         self._workers.append(self._spawn())
 
-    def _replace(self, worker: WorkerHandle) -> None:
+    def replace_worker(self, worker: WorkerHandle) -> None:
         """Called by a worker that died or was killed: spawn its successor."""
         self.killed_workers += 1
         if worker in self._workers:
@@ -285,7 +238,7 @@ class Sandbox:
             if self._tmp is not None:
                 self._workers.append(self._spawn())
 
-    def _restart_or_fail(self, ex: _Exec, message: str) -> None:
+    def restart_or_fail(self, ex: Execution, message: str) -> None:
         """An execution lost its worker through no fault of its own: rerun it (a bounded number of times).
 
         A bystander can lose its worker more than once when several hostile programs share the
@@ -308,19 +261,19 @@ class Sandbox:
             ex.clock.restart()
         self._dispatch(ex)
 
-    def finish(self, ex: _Exec, output: str | None, kind: str | None, message: str | None) -> None:
+    def finish(self, ex: Execution, output: str | None, kind: str | None, message: str | None) -> None:
         """Resolve an execution (idempotent)."""
         if not ex.future.done():
             self._release(ex)
             ex.future.set_result((output, kind, message))
 
-    def abort(self, ex: _Exec, error: BaseException) -> None:
+    def abort(self, ex: Execution, error: BaseException) -> None:
         """End an execution by raising ``error`` from :meth:`run` (an outage, not a workflow fault)."""
         if not ex.future.done():
             self._release(ex)
             ex.future.set_exception(error)
 
-    def _release(self, ex: _Exec) -> None:
+    def _release(self, ex: Execution) -> None:
         """Stop an execution's clock and operator tasks and free its worker slot."""
         ex.clock.stop()
         for task in ex.tasks:
@@ -332,7 +285,7 @@ class Sandbox:
             if worker.retiring and not worker.live and worker in self._workers:
                 self._retire(worker)
 
-    def _abandon(self, ex: _Exec) -> None:
+    def _abandon(self, ex: Execution) -> None:
         ex.clock.stop()
         for task in ex.tasks:
             task.cancel()
@@ -341,7 +294,7 @@ class Sandbox:
         if worker is not None and worker.live.pop(ex.id, None) is not None and not worker.dead:
             worker.cancel_exec(ex)
 
-    def _on_deadline(self, ex: _Exec) -> None:
+    def _on_deadline(self, ex: Execution) -> None:
         if ex.future.done():
             return
         worker = ex.worker

@@ -14,12 +14,9 @@ import shutil
 import signal
 import sys
 import tempfile
-from typing import TYPE_CHECKING
 
 from operators.base import CodeResult
-
-if TYPE_CHECKING:
-    from operators.runtime import Limits
+from operators.sandbox_state import Limits
 
 EXEC_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_exec.py")
 """Path of the child program (run with ``python -I``)."""

@@ -15,12 +15,10 @@ import sys
 import time
 import types
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from operators.base import InfrastructureError, OperatorError
-
-if TYPE_CHECKING:
-    from operators.runtime import Limits, Sandbox, _Exec
+from operators.sandbox_state import Execution, Limits, WorkerOwner
 
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_worker.py")
 """Path of the worker program (run with ``python -I``: nothing of the project is importable)."""
@@ -62,7 +60,7 @@ async def _finish_op(coro, pending):
 class WorkerHandle:
     """One worker process plus the executions it holds; owned by a :class:`Sandbox`."""
 
-    def __init__(self, sandbox: Sandbox, loop: asyncio.AbstractEventLoop, tmp: str, limits: Limits):
+    def __init__(self, sandbox: WorkerOwner, loop: asyncio.AbstractEventLoop, tmp: str, limits: Limits):
         self.sandbox, self.loop, self.limits = sandbox, loop, limits
         workdir = os.path.join(tmp, f"w{id(self):x}")
         os.makedirs(workdir, exist_ok=True)
@@ -84,10 +82,10 @@ class WorkerHandle:
         self.wbuf = bytearray()
         self.flush_scheduled = False
         self.writer_added = False
-        self.fifo: deque[tuple[int, _Exec | None, int]] = deque()  # (seq, exec, epoch) awaiting answers
+        self.fifo: deque[tuple[int, Execution | None, int]] = deque()  # (seq, exec, epoch) awaiting answers
         self.head_since = time.monotonic()
         self.seq = 0
-        self.live: dict[int, _Exec] = {}
+        self.live: dict[int, Execution] = {}
         self.started = 0
         self.retiring = False
         self.dead = False
@@ -96,7 +94,7 @@ class WorkerHandle:
 
     # ------------------------------------------------------------------ sending
 
-    def _send(self, frame: list, ex: _Exec | None) -> None:
+    def _send(self, frame: list, ex: Execution | None) -> None:
         """Queue one frame; a value JSON cannot carry fails ``ex`` (never the event loop)."""
         frame[1] = self.seq
         try:
@@ -137,7 +135,7 @@ class WorkerHandle:
         self.writer_added = False
         self._flush()
 
-    def start_exec(self, ex: _Exec) -> None:
+    def start_exec(self, ex: Execution) -> None:
         """Send an execution's start message."""
         self.live[ex.id] = ex
         self.started += 1
@@ -145,11 +143,11 @@ class WorkerHandle:
             self.retiring = True
         self._send(["s", 0, ex.id, ex.code, ex.problem, self.limits.cpu_s, self.limits.output_bytes], ex)
 
-    def cancel_exec(self, ex: _Exec) -> None:
+    def cancel_exec(self, ex: Execution) -> None:
         """Ask the worker to drop an execution the host already resolved."""
         self._send(["c", 0, ex.id], None)
 
-    def is_running(self, ex: _Exec) -> bool:
+    def is_running(self, ex: Execution) -> bool:
         """True when the worker is (as far as the host knows) executing ``ex``'s code right now."""
         return bool(self.fifo) and self.fifo[0][1] is ex
 
@@ -227,7 +225,7 @@ class WorkerHandle:
 
     # ------------------------------------------------------------------ operators
 
-    def _call(self, ex: _Exec, name: str, args: list, kwargs: dict) -> None:
+    def _call(self, ex: Execution, name: str, args: list, kwargs: dict) -> None:
         ex.op_calls += 1
         if ex.op_calls > self.limits.max_op_calls:
             self.sandbox.finish(ex, None, "timeout", f"more than max_op_calls={self.limits.max_op_calls} operator calls")
@@ -258,7 +256,7 @@ class WorkerHandle:
         epoch = ex.epoch
         task.add_done_callback(lambda t: self._on_op_done(ex, epoch, t))
 
-    def _on_op_done(self, ex: _Exec, epoch: int, task: asyncio.Task) -> None:
+    def _on_op_done(self, ex: Execution, epoch: int, task: asyncio.Task) -> None:
         ex.tasks.discard(task)
         if task.cancelled():
             return
@@ -268,7 +266,7 @@ class WorkerHandle:
         else:
             self._op_failed(ex, epoch, exc)
 
-    def _op_failed(self, ex: _Exec, epoch: int, exc: BaseException) -> None:
+    def _op_failed(self, ex: Execution, epoch: int, exc: BaseException) -> None:
         if not isinstance(exc, InfrastructureError):
             self._reply(ex, epoch, False, _op_message(exc))
         elif not self.dead and epoch == ex.epoch and ex.worker is self and not ex.future.done():
@@ -277,7 +275,7 @@ class WorkerHandle:
             self.cancel_exec(ex)  # the worker drops the suspended workflow coroutine
             self.sandbox.abort(ex, exc)
 
-    def _reply(self, ex: _Exec, epoch: int, ok: bool, value: Any) -> None:
+    def _reply(self, ex: Execution, epoch: int, ok: bool, value: Any) -> None:
         if self.dead or ex.future.done() or epoch != ex.epoch or ex.worker is not self:
             return
         if ok and not isinstance(value, (str, int, float, bool, type(None), list, dict)):
@@ -286,7 +284,7 @@ class WorkerHandle:
 
     # ------------------------------------------------------------------ killing
 
-    def kill(self, message: str, culprit_kind: str, replace: bool = True, culprit: _Exec | None = None) -> None:
+    def kill(self, message: str, culprit_kind: str, replace: bool = True, culprit: Execution | None = None) -> None:
         """Kill the process; the running execution fails with ``culprit_kind``, the others restart.
 
         The culprit is ``culprit`` when given, else the execution of the oldest unanswered message.
@@ -318,13 +316,13 @@ class WorkerHandle:
         self.fifo.clear()
         sandbox = self.sandbox
         if replace:
-            sandbox._replace(self)
+            sandbox.replace_worker(self)
         if culprit is not None and not culprit.future.done():
             sandbox.finish(culprit, None, culprit_kind, message)
         for ex in list(self.live.values()):
             if ex is not culprit:
                 if replace:
-                    sandbox._restart_or_fail(ex, f"worker lost: {message}")
+                    sandbox.restart_or_fail(ex, f"worker lost: {message}")
                 else:
                     sandbox.finish(ex, None, "crash", message)
         self.live.clear()

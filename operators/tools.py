@@ -16,7 +16,7 @@ from fractions import Fraction
 
 from operators import tools_text as text_tools
 from operators.base import CodeResult, OpContext, OperatorError
-from operators.registry import register
+from operators.registration import register
 from operators.tools_numbers import (
     evaluate_expression,
     format_number,

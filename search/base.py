@@ -116,7 +116,7 @@ class ProblemRef:
 class Evaluator(Protocol):
     """Runs workflows on stored problems and persists one evaluation row per execution.
 
-    Implemented by ``workflow_rl.evaluation``; ``search`` only sees this protocol so that it
+    Implemented by ``workflow_rl.loop.evaluation``; ``search`` only sees this protocol so that it
     never imports ``workflow_rl`` (dependency direction in docs/design.md).
     """
 

@@ -22,10 +22,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, exc, make_url
+from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.orm import Session
 
-from storage.errors import StorageError
+from storage.errors import READONLY_OPTION, StorageError, display_url
+from storage.migrate import ensure_schema
 
 T = TypeVar("T")
 
@@ -35,23 +36,12 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 BEGIN_RETRY_SECONDS = 120.0
 """Total time ``BEGIN IMMEDIATE`` keeps retrying on SQLITE_BUSY before the error surfaces."""
 
-READONLY_OPTION = "workflow_rl_readonly"
-"""Connection execution option: when true the transaction is read-only at the database level."""
-
 
 def normalize_url(db: str) -> str:
     """Accept a SQLAlchemy URL or a plain file path (``run.db`` -> ``sqlite:///run.db``)."""
     if "://" in db:
         return db
     return f"sqlite:///{Path(db).expanduser()}"
-
-
-def display_url(url: str) -> str:
-    """The URL with any password masked, for error messages."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except exc.ArgumentError:
-        return url
 
 
 def _is_busy(error: BaseException) -> bool:
@@ -154,8 +144,6 @@ def open_db(db: str, *, upgrade: bool = True) -> Engine:
     Raises :class:`StorageError` (one line) for a bad URL, an unreachable server, a file that is
     not a database, or a schema newer than this code; the database is left unchanged then.
     """
-    from storage.migrate import ensure_schema  # late import: migrate imports this module
-
     engine = create_db_engine(db)
     if upgrade:
         try:
@@ -164,17 +152,6 @@ def open_db(db: str, *, upgrade: bool = True) -> Engine:
             engine.dispose()
             raise
     return engine
-
-
-def describe_db_error(engine: Engine, error: BaseException) -> StorageError:
-    """Turn a driver error met while opening a database into a one-line project error."""
-    url = display_url(engine.url.render_as_string(hide_password=False))
-    first = str(getattr(error, "orig", None) or error).strip().splitlines()[0] if str(error).strip() else ""
-    if "file is not a database" in first or "malformed" in first:
-        return StorageError(
-            f"{url} is not a SQLite database (or it is corrupt): {first}; point --db at another file"
-        )
-    return StorageError(f"cannot open database {url}: {first}; check the --db URL and that the server runs")
 
 
 @contextmanager

@@ -13,9 +13,9 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, exc, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, exc, inspect, text
 
-from storage.errors import StorageError
+from storage.errors import READONLY_OPTION, StorageError, describe_db_error
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 """The Alembic script location shipped inside the package."""
@@ -70,8 +70,6 @@ def _check_known(revision: str | None, url: str) -> None:
 
 def _probe(engine: Engine) -> str | None:
     """Read the stored revision (read-only, cheap); turn driver failures into one-line errors."""
-    from storage.engine import READONLY_OPTION, describe_db_error
-
     try:
         with engine.connect() as conn:
             conn.execution_options(**{READONLY_OPTION: True})  # never take the write lock to look
@@ -101,8 +99,6 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
     The stored revision is re-read under the write lock (SQLite BEGIN IMMEDIATE, PostgreSQL
     advisory lock) so that two processes opening a fresh database at once migrate it only once.
     """
-    from storage.engine import describe_db_error
-
     url = engine.url.render_as_string(hide_password=True)
     try:
         with engine.begin() as conn:
@@ -127,13 +123,12 @@ def autogenerate_revision(message: str, script_location: Path = MIGRATIONS_DIR) 
     autogenerate misses renames, and changed views must be dropped/recreated by hand (see views.py).
     Run as ``python -m storage.migrate "add column x"``.
     """
-    from storage.engine import create_db_engine
-
     script = ScriptDirectory.from_config(alembic_config(script_location=script_location))
     head = script.get_current_head()
     rev_id = f"{int(head) + 1:04d}" if head and head.isdigit() else None
     with tempfile.TemporaryDirectory() as tmp:
-        engine = create_db_engine(f"sqlite:///{Path(tmp) / 'scratch.db'}")
+        # A plain engine: a throwaway file needs none of storage.engine's locking (which imports this module).
+        engine = create_engine(f"sqlite:///{Path(tmp) / 'scratch.db'}")
         try:
             with engine.begin() as conn:
                 command.upgrade(alembic_config(conn, script_location), "head")

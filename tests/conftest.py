@@ -65,6 +65,6 @@ def tiny_cache() -> str:
     ``builtin:tiny`` ships inside the package, so nothing is built here; custom tiny builds in
     tests go to their own ``tmp_path``.
     """
-    from workflow_rl.tiny import default_cache_dir
+    from workflow_rl.policy.tiny import default_cache_dir
 
     return str(default_cache_dir())

@@ -6,7 +6,7 @@ import networkx as nx
 import pytest
 
 from operators.graph import INPUT, OUTPUT, graph_hash, workflow_graph
-from workflow_rl.benchmarks import get_benchmark
+from workflow_rl.tasks import get_benchmark
 
 BASE = '''async def solve(problem, ops):
     expr = await ops.extract_expression(problem)

@@ -10,7 +10,7 @@ import operators.sandbox_host as sandbox_host
 from operators.base import OpContext, Operator, OperatorError
 from operators.registry import get_operators
 from operators.runtime import MAX_RESTARTS, Limits, Sandbox, run_inprocess
-from workflow_rl.benchmarks import get_benchmark
+from workflow_rl.tasks import get_benchmark
 
 FAST = Limits(wall_s=10.0, cpu_s=0.5, memory_mb=256, step_grace_s=8.0)  # grace: 2 busy shared cores
 

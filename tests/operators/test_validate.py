@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from operators.validate import WorkflowValidationError, code_hash, validate_workflow
-from workflow_rl.benchmarks import get_benchmark
+from workflow_rl.tasks import get_benchmark
 
 OPS = {"calculate", "extract_expression", "echo"}
 

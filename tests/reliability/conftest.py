@@ -1,6 +1,6 @@
 """Fixtures of the reliability tests: one tiny-policy cache and one stored calc "search" per session.
 
-The stored run comes from the learner's test helper (``tests/workflow_rl/learner_helpers.py``:
+The stored run comes from the learner's test helper (``tests/helpers/learner.py``:
 real calc workflows run in the real sandbox and scored on train and validation problems), so the
 trainer has real train-split samples to learn from.
 """
@@ -8,18 +8,15 @@ trainer has real train-split samples to learn from.
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.append(str(Path(__file__).resolve().parents[1] / "workflow_rl"))  # learner_helpers (a unique name)
 
 
 @pytest.fixture(scope="session")
 def train_db_file(tmp_path_factory) -> Path:
     """A SQLite file holding run ``calc-search`` with train-split evaluations (built once)."""
-    from learner_helpers import calc_search_db
+    from tests.helpers.learner import calc_search_db
 
     path = tmp_path_factory.mktemp("train-db")
     calc_search_db(path, n_train=6, n_val=4)

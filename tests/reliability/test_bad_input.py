@@ -12,14 +12,14 @@ import socket
 from pathlib import Path
 
 import pytest
-from reliability_helpers import run_cli, sqlite_file_dump
 from sqlalchemy import text
 
 from storage.engine import open_db, session_scope
 from storage.repo import get_or_create_run
-from workflow_rl.benchmarks import BENCHMARKS, get_benchmark, persist_problems, register_benchmark
-from workflow_rl.benchmarks.calc import CalcBenchmark
+from tests.helpers.reliability import run_cli, sqlite_file_dump
 from workflow_rl.cli import app, main
+from workflow_rl.tasks import BENCHMARKS, get_benchmark, persist_problems, register_benchmark
+from workflow_rl.tasks.calc import CalcBenchmark
 
 
 def _closed_port() -> int:
@@ -250,8 +250,8 @@ def test_temperature_zero_for_rl_sampling_is_refused_by_the_configs():
     """T = 0 (greedy) has no sampling distribution to train on: the configs the commands build
     refuse it directly too (the CLI case above runs ``loop --temperature 0``), naming the value and the fix."""
     from workflow_rl.errors import WorkflowRLError
-    from workflow_rl.loop_config import LoopConfig
-    from workflow_rl.trainer_config import TrainConfig
+    from workflow_rl.learner.config import TrainConfig
+    from workflow_rl.loop.config import LoopConfig
 
     with pytest.raises(WorkflowRLError, match=r"temperature=0.*T > 0"):
         LoopConfig(temperature=0)

@@ -13,8 +13,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from learner_helpers import RUN
-from reliability_helpers import (
+from sqlalchemy import func, insert, select, text
+
+from search.config import SearchConfig
+from storage.engine import open_db, session_scope
+from storage.models import Base, PolicyCheckpoint, Run, TrainStep
+from tests.helpers.learner import RUN
+from tests.helpers.reliability import (
     CLI,
     cli_env,
     duplicate_evaluations,
@@ -23,11 +28,6 @@ from reliability_helpers import (
     train_command,
     workflow_set,
 )
-from sqlalchemy import func, insert, select, text
-
-from search.config import SearchConfig
-from storage.engine import open_db, session_scope
-from storage.models import Base, PolicyCheckpoint, Run, TrainStep
 from workflow_rl.cli.search import run_search
 
 SEARCHES = {"left": {"seed": 1}, "right": {"seed": 2}}

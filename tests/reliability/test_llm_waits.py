@@ -12,16 +12,16 @@ import json
 import re
 
 import pytest
-from reliability_helpers import query_rows
 
 from operators.runtime import Limits
 from storage.engine import open_db, session_scope
 from storage.repo import add_workflow, get_or_create_run
-from workflow_rl.benchmarks.options import build_benchmark
+from tests.helpers.reliability import query_rows
 from workflow_rl.cli import main
-from workflow_rl.evaluation import BenchmarkEvaluator
 from workflow_rl.llm import OpenAICompatibleClient
 from workflow_rl.llm.testing import ScriptedOpenAIServer, ScriptedReply
+from workflow_rl.loop.evaluation import BenchmarkEvaluator
+from workflow_rl.tasks.options import build_benchmark
 
 
 def _gsm8k_file(tmp_path) -> str:

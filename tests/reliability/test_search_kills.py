@@ -17,7 +17,12 @@ import random
 import time
 
 import pytest
-from reliability_helpers import (
+
+from search.config import SearchConfig
+from search.tree import load_tree
+from storage.engine import open_db, session_scope
+from storage.models import Run
+from tests.helpers.reliability import (
     duplicate_evaluations,
     evaluation_count,
     evaluation_set,
@@ -29,11 +34,6 @@ from reliability_helpers import (
     wait_until,
     workflow_set,
 )
-
-from search.config import SearchConfig
-from search.tree import load_tree
-from storage.engine import open_db, session_scope
-from storage.models import Run
 from workflow_rl.cli.search import run_search
 
 SETTINGS = {"budget": 1500, "batch_size": 8, "children": 3, "seed": 11}

@@ -12,14 +12,14 @@ import math
 
 import pytest
 import torch
-from learner_helpers import RUN
 from sqlalchemy import select
 
 from storage.engine import open_db, session_scope
 from storage.models import TrainStep
-from workflow_rl.policy import Policy
-from workflow_rl.trainer import train
-from workflow_rl.trainer_config import TrainConfig
+from tests.helpers.learner import RUN
+from workflow_rl.learner.config import TrainConfig
+from workflow_rl.learner.trainer import train
+from workflow_rl.policy.model import Policy
 
 
 def _cfg(tmp_path, cache, **kw) -> TrainConfig:
@@ -117,7 +117,7 @@ def test_every_step_poisoned_leaves_weights_bit_identical(train_db, tiny_cache, 
 def test_non_finite_reward_skips_its_steps(bad, train_db, tiny_cache, tmp_path, monkeypatch):
     """A NaN/inf reward reaching the learner (a broken scorer) poisons the advantages of its group:
     every step whose batch holds it is skipped and logged; the weights never change."""
-    import workflow_rl.trainer as trainer
+    import workflow_rl.learner.trainer as trainer
 
     original = trainer.load_samples
 

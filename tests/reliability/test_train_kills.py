@@ -22,14 +22,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from learner_helpers import RUN
-from reliability_helpers import kill_group, spawn, stderr_of, train_command, wait_until
 from sqlalchemy import func, select
 
 from storage.engine import open_db, read_session_scope, session_scope
 from storage.models import PolicyCheckpoint, TrainStep
-from workflow_rl import trainer
-from workflow_rl.policy import POLICY_META, Policy
+from tests.helpers.learner import RUN
+from tests.helpers.reliability import kill_group, spawn, stderr_of, train_command, wait_until
+from workflow_rl.learner import trainer
+from workflow_rl.policy.model import POLICY_META, Policy
 
 STEPS = 24
 KILLS = 10
@@ -40,7 +40,7 @@ SAVE_FAULTS = {
     # while fsyncing the temporary directory's files: the 3rd fsync of the 2nd Policy.save (saves
     # are counted, not fsyncs overall: how many files save_pretrained writes changes with versions)
     "during fsync": _SELF_KILL + (
-        "import workflow_rl.policy as _p\n_save, _saves = _p.Policy.save, [0]\n"
+        "import workflow_rl.policy.model as _p\n_save, _saves = _p.Policy.save, [0]\n"
         "def _s(*a, **k):\n    _saves[0] += 1\n    return _save(*a, **k)\n"
         "_p.Policy.save = _s\n"
         "_fsync, _n = os.fsync, [0]\n"
@@ -53,7 +53,7 @@ SAVE_FAULTS = {
         "os.rename = _r\n"),
     # renamed into place, killed before the database registers it
     "before registration": _SELF_KILL + (
-        "import workflow_rl.trainer as _t\n_add, _n = _t.add_checkpoint, [0]\n"
+        "import workflow_rl.learner.trainer as _t\n_add, _n = _t.add_checkpoint, [0]\n"
         "def _a(*a, **k):\n    _n[0] += 1\n    return _kill() if _n[0] == 2 else _add(*a, **k)\n"
         "_t.add_checkpoint = _a\n"),
 }

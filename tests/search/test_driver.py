@@ -14,9 +14,9 @@ from search.tree import load_tree
 from storage.engine import open_db, session_scope
 from storage.models import Evaluation, SearchNode, Workflow
 from storage.models import Generation as GenerationRow
-from workflow_rl.benchmarks import get_benchmark
 from workflow_rl.cli.search import run_search
-from workflow_rl.evaluation import BenchmarkEvaluator
+from workflow_rl.loop.evaluation import BenchmarkEvaluator
+from workflow_rl.tasks import get_benchmark
 
 SEED = """async def solve(problem, ops):
     expression = await ops.extract_expression(problem)

@@ -18,7 +18,7 @@ from storage.models import (
     TrainStep,
     Workflow,
 )
-from workflow_rl.benchmarks.base import BenchProblem
+from workflow_rl.tasks.base import BenchProblem
 
 CODE = "async def solve(problem, ops):\n    return await ops.generate(problem)\n"
 

@@ -12,12 +12,12 @@ from rich.text import Text
 from workflow_rl.cli.options import DbOption, resolve_db
 from workflow_rl.cli.output import Summary, command, db_facts, log_console, next_for_run, print_summary
 from workflow_rl.errors import WorkflowRLError
-from workflow_rl.loop_config import LoopConfig
+from workflow_rl.loop.config import LoopConfig
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from workflow_rl.loop import LoopResult
+    from workflow_rl.loop.driver import LoopResult
 
 H = LoopConfig.help
 
@@ -25,7 +25,7 @@ H = LoopConfig.help
 def policy_eval_command(db: str | Engine, policy: str, split: str, benchmark: str, best_of: int,
                         workers: int | None = None, selection: str = "logprob", validate_top: int = 0) -> None:
     """``eval --policy``: the policy writes one workflow per problem of ``split``; print accuracy and cost."""
-    from workflow_rl.policy_eval import evaluate_policy
+    from workflow_rl.loop.policy_eval import evaluate_policy
 
     if split not in ("train", "validation", "test"):
         raise WorkflowRLError(f"--split {split!r}: use train, validation or test")
@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
             epochs=epochs, out_dir=out_dir,
             workers=workers,
         )
-        from workflow_rl.loop import run_loop
+        from workflow_rl.loop.driver import run_loop
 
         db = resolve_db(ctx, db)
         console = log_console()
@@ -141,7 +141,7 @@ def register(app: typer.Typer) -> None:
         Its counts are those of `workflow-rl runs`; a legend says what each column counts.
         """
         from workflow_rl.cli.tables import print_table
-        from workflow_rl.report import legend, write_report
+        from workflow_rl.loop.report import legend, write_report
 
         report = write_report(resolve_db(ctx, db), run, out)
         console = Console(soft_wrap=False)

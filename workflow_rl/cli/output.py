@@ -99,7 +99,7 @@ def _db_option(db: str) -> list[str]:
     Not needed for the default, nor when ``WORKFLOW_RL_DB`` names it (the next command in the same
     shell reads it too). A password is never printed: the URL is shown masked (``***``).
     """
-    from storage.engine import display_url
+    from storage.errors import display_url
 
     if db == DEFAULT_DB or db == os.environ.get(DB_ENV):
         return []

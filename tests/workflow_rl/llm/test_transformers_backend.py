@@ -10,7 +10,7 @@ import torch
 from operators.base import LLMRequest, OpContext
 from operators.registry import get_operators
 from workflow_rl.llm.transformers_backend import TransformersClient, apply_stop
-from workflow_rl.policy import Policy
+from workflow_rl.policy.model import Policy
 
 CORPUS = ["async def solve(problem, ops):", "return await ops.custom(problem)", "hello world 123",
           "<answer>42</answer>", "the quick brown fox jumps over the lazy dog"] * 4

@@ -1,0 +1,103 @@
+"""``LoopConfig``: the one documented config of ``workflow-rl loop`` (like TRL's ``GRPOConfig``).
+
+Every field has help text (``metadata["help"]``, also used by the CLI); ``__post_init__``
+validates, and its errors state the value and the fix. Defaults are sized so that
+``workflow-rl loop --rounds 2`` on ``calc`` finishes in a few minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from workflow_rl.errors import WorkflowRLError
+from workflow_rl.learner.config import SEARCH_SAMPLES
+
+
+def _f(default: Any, help: str) -> Any:  # noqa: A002 - "help" mirrors typer naming
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class LoopConfig:
+    """Settings of the closed loop: search -> train -> policy-steered search -> train ..."""
+
+    run: str = _f("loop", "Name of the loop; round r's search run is <run>/r<r>.")
+    benchmark: str = _f("calc", "Benchmark (validation drives search, train feeds the learner).")
+    rounds: int = _f(3, "Rounds; each = one search + one training round (round 0 searches with mutations).")
+    policy: str = _f("builtin:tiny", "Starting policy: builtin:tiny, a model directory or a checkpoint path.")
+    seed: int = _f(0, "Seed of search, sampling, problem choice and training.")
+    search_budget: int = _f(320, "Evaluation budget of each round's search (workflow x problem executions).")
+    search_batch: int = _f(20, "Validation problems per expansion.")
+    children: int = _f(4, "G: children per expansion (a policy expansion is one GRPO group).")
+    selection: str = _f("puct", "Node selection of every round (uct, puct, aflow, random).")
+    policy_children: str = _f(
+        "auto", "How the policy writes search children from round 1 on: 'graft' (it writes per-problem "
+        "programs for the parent's failures, as trained; those verified on their failure with tool operators "
+        "become routing branches of the parent), 'rewrite' (it rewrites the parent from the expansion prompt; "
+        "each child is an exact policy sample, one GRPO group) or 'auto' (graft when every operator of the "
+        "benchmark is a tool, so a branch can be checked without LLM calls; else rewrite).")
+    graft_samples: int = _f(64, "Graft mode: programs the policy samples per failing problem of an expanded "
+                             "node (plus its greedy one); the verified ones are shared by the children.")
+    mutation_fraction: float = _f(0.25, "Share of child slots given to mutations in policy-steered rounds (all of them "
+                                  "where the policy proposes nothing).")
+    train_problems: int = _f(128, "Train problems drawn per round for the learner's samples.")
+    group_size: int = _f(16, "Policy samples per train problem (one GRPO group per problem; rewards are sparse at "
+                             "first, so a bigger group is likelier to hold a success).")
+    top_workflows: int = _f(0, "Best search workflows (by validation score) run on the round's train problems "
+                              "(0 = pure on-policy GRPO; search positives in a policy group swamp it).")
+    search_branches: int = _f(0, "Distinct straight-line branches of the round's search workflows (best first, in "
+                                 "canonical form) run on its train problems; each joins the policy's group of its problem "
+                                 "as a per-problem search sample (0 = none: on calc with builtin:tiny it did not raise "
+                                 "test accuracy, see README).")
+    search_samples: str = _f("positive", "With search_branches > 0: which of the round's search samples are trained "
+                                         "('positive', 'contrast' or 'all'; see train --help).")
+    extra_workflows: int = _f(0, "Further random search workflows run on them (contrast for the advantages).")
+    temperature: float = _f(1.0, "Sampling temperature of the policy (training uses the same T).")
+    max_new_tokens: int = _f(80, "Longest completion the policy may sample.")
+    lr: float = _f(1e-4, "Learner learning rate (0 = the control loop: parameters stay bit-identical).")
+    beta: float = _f(0.0, "KL coefficient (k3) to the policy each round's training starts from (0 = no reference pass).")
+    epochs: int = _f(2, "Learner passes over each round's samples.")
+    drop_zero_std: bool = _f(True, "Train only on groups whose rewards differ (DAPO dynamic sampling): an "
+                                   "all-equal group has zero advantage and would only cost compute.")
+    batch_size: int = _f(32, "Samples per optimizer step.")
+    micro_batch_size: int = _f(16, "Samples per forward pass.")
+    out_dir: str | None = _f(None, "Where checkpoints go (default ./runs/<run>).")
+    cache_dir: str | None = _f(None, "Not used today: builtin:tiny ships inside the package (kept so stored configs and scripts that pass it still work).")
+    workers: int | None = _f(None, "Sandbox worker processes (default: CPU count).")
+
+    def __post_init__(self) -> None:
+        """Validate; errors say the value and the fix."""
+        if not self.run or "/" in self.run:
+            raise WorkflowRLError(f"run={self.run!r}: use a non-empty name without '/' (round runs add /r<N>)")
+        if self.policy_children not in ("auto", "graft", "rewrite"):
+            raise WorkflowRLError(f"policy_children={self.policy_children!r}: use 'auto', 'graft' or 'rewrite'")
+        for name in ("rounds", "graft_samples", "search_budget", "search_batch", "children", "train_problems",
+                     "group_size", "max_new_tokens", "epochs", "batch_size", "micro_batch_size"):
+            if getattr(self, name) < 1:
+                raise WorkflowRLError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.group_size < 2:
+            raise WorkflowRLError(f"group_size={self.group_size}: a GRPO group needs >= 2 samples")
+        if self.search_samples not in SEARCH_SAMPLES:
+            raise WorkflowRLError(f"search_samples={self.search_samples!r}: use 'positive', 'contrast' or 'all'")
+        if min(self.top_workflows, self.extra_workflows, self.search_branches) < 0:
+            raise WorkflowRLError("top_workflows, extra_workflows and search_branches must be >= 0")
+        if not 0.0 <= self.mutation_fraction <= 1.0:
+            raise WorkflowRLError(f"mutation_fraction={self.mutation_fraction} must be in [0, 1]")
+        if self.temperature <= 0:
+            raise WorkflowRLError(f"temperature={self.temperature}: RL sampling needs T > 0 (e.g. 1.0)")
+        if self.lr < 0:
+            raise WorkflowRLError(f"lr={self.lr} is negative: use >= 0 (0 = control loop)")
+        if self.batch_size % self.micro_batch_size:
+            raise WorkflowRLError(
+                f"batch_size={self.batch_size} must be a multiple of micro_batch_size={self.micro_batch_size}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (stored in ``runs.config`` of the loop run)."""
+        return asdict(self)
+
+    @staticmethod
+    def help(name: str) -> str:
+        """Help text of one field (CLI options use it)."""
+        return next(f.metadata["help"] for f in fields(LoopConfig) if f.name == name)

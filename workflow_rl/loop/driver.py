@@ -1,0 +1,357 @@
+"""The closed loop: search -> train -> policy-steered search -> train -> ...
+
+Round ``r`` (0-based) has three phases, each recorded in the loop run's ``runs.state`` as soon as
+it is finished, so re-running the same command continues where it stopped:
+
+1. **search** (run ``<loop>/r<r>``, which records the loop as its ``runs.parent_id`` and ``r`` as
+   its ``loop_round``, so listings and SQL views show the rounds as the loop): round 0 uses
+   mutations; round ``r >= 1`` draws children from round ``r-1``'s checkpoint plus a fraction of mutations
+   (:class:`~workflow_rl.policy.proposer.MixedProposer`). ``policy_children="graft"`` (the
+   ``auto`` default on benchmarks whose operators are all tools, such as calc):
+   the policy writes per-problem programs for the parent's failures and verified ones become
+   routing branches of the parent (:mod:`workflow_rl.policy.graft`, search data);
+   ``"rewrite"`` (``auto`` with LLM operators): the policy rewrites the parent from the expansion
+   prompt, each child an exact policy sample with its generation. Search resumes by itself.
+2. **data**: on ``train_problems`` train problems drawn for this round, the same policy samples
+   ``group_size`` workflows per problem from the per-problem prompt (one GRPO group per problem,
+   exact token ids and behavior logprobs), and optionally the best and a few random search
+   workflows (``top_workflows``, ``extra_workflows``) and the straight-line branches of the
+   search workflows in canonical form (``search_branches``: per-problem programs the search found,
+   which join the policy's group of their problem) are run on the same problems (search data:
+   trained with ratio 1, docs/design.md rule 8; ``search_samples`` picks which are kept). Validation and test
+   problems never enter training. Idempotent: workflows are unique per code hash, generations per
+   (workflow, problem, group) and evaluations are reused.
+3. **train**: :func:`workflow_rl.learner.trainer.train` on the round run, starting from the previous
+   checkpoint; the new checkpoint is the next round's policy version. An interrupted training is
+   redone from its start (its partial steps and checkpoints are removed first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, delete, select
+
+from operators.graph import graph_hash
+from operators.validate import WorkflowValidationError, code_hash, validate_workflow
+from search.config import SearchConfig, SearchConfigError
+from search.mutations import MutationProposer
+from search.search import BenchmarkInfo, Search, SearchProgress
+from search.tree import validation_scores
+from storage.engine import open_db, session_scope
+from storage.models import Generation, PolicyCheckpoint, Problem, Run, SearchNode, TrainStep, Workflow
+from storage.repo import add_generation, add_workflow, find_run, get_or_create_run
+from workflow_rl.errors import WorkflowRLError
+from workflow_rl.learner.dataset import NoTrainSamples, PromptSpec
+from workflow_rl.loop.config import LoopConfig
+from workflow_rl.loop.evaluation import BenchmarkEvaluator
+from workflow_rl.policy.graft import GraftProposer
+from workflow_rl.policy.model import Policy
+from workflow_rl.policy.proposer import SAMPLER, MixedProposer, PolicyProposer
+from workflow_rl.tasks import get_benchmark
+
+RESUME_FREE = ("rounds", "workers", "cache_dir")
+"""Config fields a resumed loop may change; every other field keeps the stored value."""
+
+Message = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RoundInfo:
+    """What one finished round left in the database."""
+
+    round: int
+    search_run: str
+    best_score: float
+    evaluations: int
+    checkpoint_id: int
+    checkpoint_path: str
+    best_workflow_id: int | None = None  # None for a round finished before this was recorded
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    """All finished rounds; the last checkpoint is the loop's policy."""
+
+    run: str
+    rounds: tuple[RoundInfo, ...]
+
+    @property
+    def final_checkpoint(self) -> RoundInfo:
+        """The last round (its checkpoint is the trained policy)."""
+        return self.rounds[-1]
+
+
+def round_run_name(loop_run: str, round_: int) -> str:
+    """Name of round ``round_``'s search run."""
+    return f"{loop_run}/r{round_}"
+
+
+def _open_loop(engine: Engine, config: LoopConfig, benchmark: str) -> tuple[int, LoopConfig, dict[str, Any]]:
+    with session_scope(engine) as s:
+        existing = find_run(s, config.run)
+        if existing is not None:
+            if existing.kind != "loop":
+                raise WorkflowRLError(f"run {config.run!r} is a {existing.kind} run, not a loop; pick another --run")
+            stored = {k: v for k, v in (existing.config or {}).items() if k not in RESUME_FREE}
+            config = LoopConfig(**{**config.to_dict(), **stored})
+        run = get_or_create_run(s, config.run, benchmark, kind="loop", config=config.to_dict())
+        run.status = "running"
+        state = dict(run.state or {})
+        state.setdefault("rounds", {})
+        return run.id, config, state
+
+
+def _save_state(engine: Engine, run_id: int, state: dict[str, Any], status: str | None = None) -> None:
+    with session_scope(engine) as s:
+        run = s.get(Run, run_id)
+        run.state = {**state, "rounds": {k: dict(v) for k, v in state["rounds"].items()}}
+        if status:
+            run.status = status
+
+
+def run_loop(
+    config: LoopConfig,
+    db: str | Engine,
+    message: Message | None = None,
+    on_search: Callable[[int, SearchProgress], None] | None = None,
+    on_step: Callable[[int, int, int, dict[str, float]], None] | None = None,
+) -> LoopResult:
+    """Run (or continue) the loop ``config.run``; returns every finished round.
+
+    ``message(text)`` reports phase changes, ``on_search(round, progress)`` each simulation and
+    ``on_step(round, step, total, metrics)`` each optimizer step (for progress displays).
+    """
+    engine = open_db(db) if isinstance(db, str) else db
+    bench = get_benchmark(config.benchmark)
+    loop_id, config, state = _open_loop(engine, config, bench.name)
+    say = message or (lambda _text: None)
+    try:
+        asyncio.run(_rounds(engine, config, bench, loop_id, state, say, on_search, on_step))
+    except BaseException:
+        _save_state(engine, loop_id, state, "failed")
+        raise
+    _save_state(engine, loop_id, state, "done")
+    return LoopResult(config.run, tuple(_round_info(r, v) for r, v in sorted(
+        ((int(k), v) for k, v in state["rounds"].items() if v.get("phase") == "done"))))
+
+
+def _round_info(r: int, v: dict[str, Any]) -> RoundInfo:
+    return RoundInfo(r, v["search_run"], v["best_score"], v["evaluations"], v["checkpoint_id"], v["checkpoint_path"],
+                     v.get("best_workflow_id"))
+
+
+async def _rounds(engine, config: LoopConfig, bench, loop_id, state, say, on_search, on_step) -> None:
+    out_dir = Path(config.out_dir or Path("runs") / config.run)
+    info = BenchmarkInfo(bench.name, bench.description, tuple(bench.operator_names), bench.seed_workflows())
+    async with BenchmarkEvaluator(engine, bench, None, config.workers) as evaluator:
+        for r in range(config.rounds):
+            rs = state["rounds"].setdefault(str(r), {"phase": "search", "search_run": round_run_name(config.run, r)})
+            if rs["phase"] == "done":
+                continue
+            prev = state["rounds"].get(str(r - 1)) if r else None
+            version = prev["checkpoint_id"] if prev else None
+            start = prev["checkpoint_path"] if prev else config.policy
+            say(f"round {r}: loading policy {'base ' + start if version is None else f'checkpoint {version}'}")
+            policy = Policy.load(start, cache_dir=config.cache_dir)
+            if rs["phase"] == "search":
+                mode = children_mode(config, info.operator_names)
+                say(f"round {r}: search ({'mutation' if r == 0 else f'policy {mode} + mutation'})")
+                result = await _search(engine, config, info, evaluator, policy, version, r, mode, on_search, loop_id)
+                rs.update(phase="data", best_score=result.progress.best_score,
+                          best_workflow_id=result.progress.best_workflow_id,
+                          evaluations=result.progress.evaluations, search_run_id=result.run_id)
+                _save_state(engine, loop_id, state)
+            if rs["phase"] == "data":
+                say(f"round {r}: sampling the policy and running search workflows on train problems")
+                rs["samples"] = await collect_train_data(
+                    engine, evaluator, bench, policy, version, rs["search_run_id"], r, config)
+                rs["phase"] = "train"
+                _save_state(engine, loop_id, state)
+            del policy  # the learner loads its own copy
+            say(f"round {r}: training from {'base' if version is None else f'checkpoint {version}'}")
+            ckpt_id, ckpt_path, steps = _train(engine, config, rs, r, start, out_dir, on_step)
+            rs.update(phase="done", checkpoint_id=ckpt_id, checkpoint_path=ckpt_path, train_steps=steps)
+            _save_state(engine, loop_id, state)
+            say(f"round {r}: done, best validation {rs['best_score']:.3f}, checkpoint {ckpt_id}")
+
+
+async def _search(engine, config: LoopConfig, info: BenchmarkInfo, evaluator, policy, version, r, mode, on_search,
+                  loop_id: int):
+    if r == 0:
+        proposer: Any = MutationProposer()
+    else:
+        if mode == "graft":
+            writer: Any = GraftProposer(policy, version, config.temperature, config.max_new_tokens,
+                                        config.graft_samples)
+        else:
+            writer = PolicyProposer(policy, version, config.temperature, config.max_new_tokens)
+        proposer = MixedProposer(writer, MutationProposer(), config.mutation_fraction)
+    try:
+        search_config = SearchConfig(
+            benchmark=info.name, proposer="mutation" if r == 0 else "policy", selection=config.selection,
+            budget=config.search_budget, children=config.children, batch_size=config.search_batch,
+            seed=config.seed,
+        )
+    except SearchConfigError as exc:
+        raise WorkflowRLError(str(exc)) from exc
+    search = Search(engine, search_config, info, evaluator, proposer)
+    callback = None if on_search is None else (lambda progress: on_search(r, progress))
+    return await search.run(round_run_name(config.run, r), callback, parent=(loop_id, r))
+
+
+def children_mode(config: LoopConfig, operator_names) -> str:
+    """``graft`` or ``rewrite``: ``auto`` grafts when every operator is a tool (branches are checked
+    on the host without LLM calls; a program calling an LLM operator could never be verified)."""
+    if config.policy_children != "auto":
+        return config.policy_children
+    from operators.registry import get_operators
+
+    tools_only = all(op.kind == "tool" for op in get_operators(list(operator_names)).values())
+    return "graft" if tools_only else "rewrite"
+
+
+def _problem_texts(engine: Engine, ids: list[int]) -> dict[int, str]:
+    with session_scope(engine) as s:
+        return dict(s.execute(select(Problem.id, Problem.text).where(Problem.id.in_(ids))).all())
+
+
+def _store_workflow(session, run_id: int, code: str, operator_names, round_: int, version: int | None) -> Workflow:
+    error = None
+    try:
+        validate_workflow(code, operator_names)
+    except WorkflowValidationError as exc:
+        error = str(exc)
+    return add_workflow(
+        session, run_id, code, "policy", code_hash=code_hash(code), round=round_, checkpoint_id=version,
+        valid=error is None, error=error, graph_hash=graph_hash(code) if error is None else None,
+    )
+
+
+async def collect_train_data(
+    engine: Engine, evaluator: BenchmarkEvaluator, bench, policy: Policy, version: int | None,
+    run_id: int, round_: int, config: LoopConfig,
+) -> dict[str, int]:
+    """Policy groups and search workflows on this round's train problems, all stored in ``run_id``.
+
+    Returns counts: ``policy_samples``, ``policy_valid``, ``search_workflows``, ``evaluations``.
+    """
+    rng = random.Random(f"{config.seed}:{round_}:train")
+    train_ids = evaluator.problem_ids("train")
+    pids = sorted(rng.sample(train_ids, min(config.train_problems, len(train_ids))))
+    texts = _problem_texts(engine, pids)
+    spec = PromptSpec(bench.description, tuple(bench.operator_names))
+    prompts = [spec.render(texts[pid]) for pid in pids]
+    samples = await asyncio.to_thread(
+        policy.sample, prompts, config.group_size, config.temperature, 1.0, config.max_new_tokens,
+        rng.randrange(2**31))
+    todo: dict[int, tuple[str, set[int]]] = {}  # workflow id -> (code, problems to run it on)
+    valid = 0
+    groups = [f"{round_run_name(config.run, round_)}:p{pid}" for pid in pids]
+    with session_scope(engine) as s:
+        # One row per sample, duplicates included (a program drawn twice counts twice in its GRPO
+        # group); a re-run of this phase (same seed, same samples) replaces the rows it wrote.
+        s.execute(delete(Generation).where(Generation.run_id == run_id, Generation.group_key.in_(groups)))
+        for sample in samples:
+            pid = pids[sample.prompt_index]
+            wf = _store_workflow(s, run_id, sample.text, bench.operator_names, round_, version)
+            group = groups[sample.prompt_index]
+            add_generation(
+                s, run_id=run_id, workflow_id=wf.id, problem_id=pid, parent_workflow_id=None, group_key=group,
+                prompt_text=prompts[sample.prompt_index], prompt_token_ids=list(sample.prompt_token_ids),
+                completion_text=sample.text, completion_token_ids=list(sample.completion_token_ids),
+                behavior_logprobs=list(sample.behavior_logprobs), temperature=sample.temperature,
+                top_p=sample.top_p, top_k=0, sampler=SAMPLER, policy_version=version,
+                truncated=sample.truncated,
+            )
+            if wf.valid:  # invalid programs are stored with their error, never run (as in search)
+                valid += 1
+                todo.setdefault(wf.id, (wf.code, set()))[1].add(pid)
+        # Search workflows: the best by validation score plus random others, shortest first on ties.
+        scores = validation_scores(s, run_id)
+        nodes = s.execute(
+            select(Workflow.id, Workflow.code).join(SearchNode, SearchNode.workflow_id == Workflow.id)
+            .where(SearchNode.run_id == run_id, Workflow.valid.is_(True)).order_by(SearchNode.id)
+        ).all()
+    ranked = sorted(nodes, key=lambda n: (-scores.get(n[0], 0.0), len(n[1]), n[0]))
+    chosen = ranked[: config.top_workflows]
+    rest = ranked[config.top_workflows:]
+    chosen += rng.sample(rest, min(config.extra_workflows, len(rest)))
+    for wid, code in chosen:
+        todo.setdefault(wid, (code, set()))[1].update(pids)
+    if config.search_branches:
+        for wid, code in _store_branches(engine, run_id, ranked, bench.operator_names, round_, config.search_branches):
+            todo.setdefault(wid, (code, set()))[1].update(pids)
+    evaluations = 0
+    for wid, (code, problems) in sorted(todo.items()):
+        batch = await evaluator.evaluate(run_id, wid, code, sorted(problems), 1)
+        evaluations += len(batch.records)
+    return {"policy_samples": len(samples), "policy_valid": valid, "search_workflows": len(chosen),
+            "evaluations": evaluations}
+
+
+def _store_branches(engine, run_id: int, ranked, operator_names, round_: int, limit: int) -> list[tuple[int, str]]:
+    """The first ``limit`` distinct valid branch programs of the ranked search workflows, stored."""
+    from search.graft import branch_programs, canonical
+    from search.signatures import load_signatures
+
+    returns = {name: sig.returns for name, sig in load_signatures(tuple(operator_names)).items()}
+
+    def valid_branches():  # distinct valid programs, each with the best workflow it came from
+        seen: set[str] = set()
+        for wid, code in ranked:
+            for program in (canonical(p, returns) for p in branch_programs(code)):
+                if program in seen:  # a branch repeated in several workflows is validated once
+                    continue
+                seen.add(program)
+                try:
+                    validate_workflow(program, operator_names)
+                except WorkflowValidationError:
+                    continue
+                yield program, wid
+
+    picked: dict[str, int] = {}
+    for program, wid in valid_branches():
+        picked[program] = wid
+        if len(picked) >= limit:
+            break
+    out = []
+    with session_scope(engine) as s:
+        for program, parent in picked.items():
+            wf = add_workflow(s, run_id, program, "mutation", code_hash=code_hash(program), round=round_,
+                              parent_id=parent, graph_hash=graph_hash(program))
+            out.append((wf.id, program))
+    return out
+
+
+def _train(engine, config: LoopConfig, rs: dict[str, Any], r: int, start: str, out_dir: Path, on_step):
+    from workflow_rl.learner.config import TrainConfig
+    from workflow_rl.learner.trainer import train
+
+    run_id = rs["search_run_id"]
+    with session_scope(engine) as s:  # an interrupted training restarts from its beginning
+        s.execute(delete(TrainStep).where(TrainStep.run_id == run_id, TrainStep.round == r))
+        s.execute(delete(PolicyCheckpoint).where(PolicyCheckpoint.run_id == run_id, PolicyCheckpoint.round == r))
+    train_config = TrainConfig(
+        run=rs["search_run"], policy=start, out_dir=str(out_dir / f"r{r}"), cache_dir=config.cache_dir, round=r,
+        lr=config.lr, epochs=config.epochs, batch_size=config.batch_size,
+        micro_batch_size=config.micro_batch_size, seed=config.seed + r,
+        search_temperature=config.temperature, drop_zero_std=config.drop_zero_std,
+        beta=config.beta, group_by_prompt=not config.search_branches,
+        search_samples=config.search_samples if config.search_branches else "all",
+    )
+    callback = None if on_step is None else (lambda step, total, metrics: on_step(r, step, total, metrics))
+    try:
+        result = train(train_config, engine, on_step=callback)
+    except NoTrainSamples:
+        if not config.drop_zero_std:
+            raise
+        # Every group had equal rewards: nothing to learn, but the round still needs its checkpoint
+        # (the next round's policy version), so train on the zero-advantage groups (a no-op step).
+        result = train(replace(train_config, drop_zero_std=False), engine, on_step=callback)
+    return result.checkpoint_id, str(result.checkpoint_path), result.steps
