@@ -23,7 +23,7 @@ from pathlib import Path
 
 from search.config import SearchConfig
 from search.search import SearchProgress
-from workflow_rl.cli.search import run_search
+from workflow_rl.loop.search_run import run_search
 
 
 def evals_to_target(db: str, run: str, config: SearchConfig, target: float, workers: int) -> tuple[int, float, bool]:

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, exc
+from sqlalchemy import Connection, Engine, create_engine, event, exc, make_url
 from sqlalchemy.orm import Session
 
 from storage.errors import READONLY_OPTION, StorageError, display_url
@@ -42,6 +42,17 @@ def normalize_url(db: str) -> str:
     if "://" in db:
         return db
     return f"sqlite:///{Path(db).expanduser()}"
+
+
+def sqlite_file(db: str) -> Path | None:
+    """The file a SQLite ``db`` (path or URL) names; None for other backends, in-memory or unparsable URLs."""
+    try:
+        url = make_url(normalize_url(db))
+    except exc.ArgumentError:
+        return None
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
 
 
 def _is_busy(error: BaseException) -> bool:

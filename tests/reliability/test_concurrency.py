@@ -28,7 +28,7 @@ from tests.helpers.reliability import (
     train_command,
     workflow_set,
 )
-from workflow_rl.cli.search import run_search
+from workflow_rl.loop.search_run import run_search
 
 SEARCHES = {"left": {"seed": 1}, "right": {"seed": 2}}
 SEARCH = {"budget": 160, "batch_size": 8, "children": 3}

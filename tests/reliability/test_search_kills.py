@@ -34,7 +34,7 @@ from tests.helpers.reliability import (
     wait_until,
     workflow_set,
 )
-from workflow_rl.cli.search import run_search
+from workflow_rl.loop.search_run import run_search
 
 SETTINGS = {"budget": 1500, "batch_size": 8, "children": 3, "seed": 11}
 KILLS = {"sqlite": 10, "postgres": 4}

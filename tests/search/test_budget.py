@@ -13,8 +13,8 @@ from search.budget import COST, EVALUATIONS, TOKENS, Budget, Spent
 from search.config import SearchConfig, SearchConfigError
 from storage.engine import open_db, session_scope
 from storage.models import Evaluation, Run, SearchNode
-from workflow_rl.cli.search import run_search
 from workflow_rl.errors import WorkflowRLError
+from workflow_rl.loop.search_run import run_search
 
 SMALL = {"batch_size": 12, "children": 3}  # calc has 2 seeds: the seed simulation counts 24
 

@@ -14,8 +14,8 @@ from search.tree import load_tree
 from storage.engine import open_db, session_scope
 from storage.models import Evaluation, SearchNode, Workflow
 from storage.models import Generation as GenerationRow
-from workflow_rl.cli.search import run_search
 from workflow_rl.loop.evaluation import BenchmarkEvaluator
+from workflow_rl.loop.search_run import run_search
 from workflow_rl.tasks import get_benchmark
 
 SEED = """async def solve(problem, ops):

@@ -75,7 +75,7 @@ def test_llm_search_end_to_end(sqlite_url, monkeypatch):
     from storage.engine import open_db, session_scope
     from storage.models import Generation as GenerationRow
     from storage.models import Workflow
-    from workflow_rl.cli.search import run_search
+    from workflow_rl.loop.search_run import run_search
 
     monkeypatch.setenv("WORKFLOW_RL_LLM_NO_CACHE", "1")
     reply = f"<modification>route medians</modification>\n```python\n{IMPROVED}```"

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from search.config import SearchConfig, SearchConfigError
 from storage.engine import open_db, session_scope
 from storage.models import Evaluation, Problem, Run, SearchNode, Workflow
-from workflow_rl.cli.search import run_search
+from workflow_rl.loop.search_run import run_search
 
 SMALL = {"batch_size": 12, "children": 3, "budget": 300}
 

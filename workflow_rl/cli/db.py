@@ -10,18 +10,16 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.panel import Panel
 from rich.syntax import Syntax
-from sqlalchemy import Engine, make_url, select
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy import Engine, select
 
-from storage import open_db, read_session_scope, repo
-from storage.engine import create_db_engine, normalize_url
+from storage import read_session_scope, repo
+from storage.engine import create_db_engine
 from storage.listing import run_listing
 from storage.migrate import upgrade as migrate_upgrade
 from storage.models import Run, SearchNode
@@ -30,6 +28,7 @@ from workflow_rl.cli.hints import empty_result_hints, named_runs
 from workflow_rl.cli.options import DbOption, resolve_db
 from workflow_rl.cli.tables import cell, print_table
 from workflow_rl.errors import WorkflowRLError
+from workflow_rl.loop.search_run import open_existing
 
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 
@@ -39,19 +38,6 @@ def _console() -> Console:
 
 
 WIDE_HELP = "Print every column in full (by default tables fit the terminal, 80 columns when piped)."
-
-def open_existing(db: str) -> Engine:
-    """Open a database that must already exist (a typo in --db must not create a stray empty file)."""
-    try:
-        url = make_url(normalize_url(db))
-    except ArgumentError:
-        return open_db(db)  # raises the one-line "invalid database URL" error
-    path = url.database
-    if url.get_backend_name() == "sqlite" and path and path != ":memory:" and not Path(path).exists():
-        raise WorkflowRLError(f"no database at {path}; pass --db (or set WORKFLOW_RL_DB) to an existing one, "
-                              "or create it with: workflow-rl db upgrade")
-    return open_db(db)
-
 
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context, db: DbOption = None) -> None:

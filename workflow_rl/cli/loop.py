@@ -30,7 +30,7 @@ def policy_eval_command(db: str | Engine, policy: str, split: str, benchmark: st
     if split not in ("train", "validation", "test"):
         raise WorkflowRLError(f"--split {split!r}: use train, validation or test")
     if policy.isdigit():  # a checkpoint id names a row of an existing database: never create one
-        from workflow_rl.cli.db import open_existing
+        from workflow_rl.loop.search_run import open_existing
 
         db = open_existing(db)
     console = log_console()

@@ -30,7 +30,7 @@ from workflow_rl.cli.output import (
     sql_command,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 # What dependencies print when they are not kept quiet: transformers' weight loading and saving
 # bars, tqdm's rate and percentage columns, Python warnings of any kind.

@@ -22,7 +22,7 @@ pytest.importorskip("datasets")
 from workflow_rl.learner.config import TrainConfig  # noqa: E402
 from workflow_rl.policy.model import Policy  # noqa: E402
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
 TOL = 1e-5
 
 

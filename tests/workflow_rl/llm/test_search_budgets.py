@@ -22,8 +22,8 @@ from sqlalchemy import text
 
 from storage.engine import open_db
 from workflow_rl.cli import main
-from workflow_rl.cli import search as search_cli
 from workflow_rl.llm.testing import ScriptedOpenAIServer, ScriptedReply, _prompt_text
+from workflow_rl.loop import search_run as search_cli
 
 REPO = Path(__file__).resolve().parents[3]
 
