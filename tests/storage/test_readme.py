@@ -1,4 +1,5 @@
-"""The README's SQL examples run as written and give the hand-computed answers on the example DB."""
+"""The SQL examples of the docs run as written; those of docs/storage.md give the hand-computed answers
+on the example DB."""
 
 from __future__ import annotations
 
@@ -9,16 +10,15 @@ import pytest
 
 from storage.sql import execute_sql
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+STORAGE = ROOT / "docs" / "storage.md"
+OTHER_PAGES = sorted({ROOT / "README.md", ROOT / "benchmarks" / "README.md", *(ROOT / "docs").rglob("*.md")} - {STORAGE})
 
 
 def _sections() -> tuple[str, str]:
-    """(the "Storage and SQL" section, the rest of the README)."""
-    text = README.read_text(encoding="utf-8")
-    start = text.index("## Storage and SQL")
-    end = text.find("\n## ", start + 1)
-    end = len(text) if end < 0 else end
-    return text[start:end], text[:start] + text[end:]
+    """(docs/storage.md, where the examples are, the other pages of the docs)."""
+    return (STORAGE.read_text(encoding="utf-8"),
+            "\n".join(page.read_text(encoding="utf-8") for page in OTHER_PAGES))
 
 
 def _sql_blocks(text: str) -> list[str]:
@@ -26,7 +26,7 @@ def _sql_blocks(text: str) -> list[str]:
 
 
 def readme_queries() -> list[str]:
-    """The ```sql examples of the storage section, in order."""
+    """The ```sql examples of docs/storage.md, in order."""
     return _sql_blocks(_sections()[0])
 
 
@@ -40,7 +40,7 @@ def _dialect_blocks(text: str, dialect: str) -> list[str]:
 
 
 def test_other_readme_sql_runs_as_written(demo):
-    """SQL shown in other sections of the README must at least execute on a real database.
+    """SQL shown in the other pages of the docs must at least execute on a real database.
 
     Portable examples are fenced ```sql; backend-specific ones (JSON access differs) are fenced
     ```sqlite / ```postgresql and run only on their backend.
@@ -69,7 +69,7 @@ def test_readme_queries_answer_the_example(demo):
 
 def test_readme_queries_select_a_whole_loop_by_its_name(loop_demo):
     """The same example stored as round 0 of a loop called ``demo`` (as ``workflow-rl loop`` stores
-    it: run ``demo/r0`` under loop ``demo``): the README's queries give the same answers."""
+    it: run ``demo/r0`` under loop ``demo``): the queries of docs/storage.md give the same answers."""
     engine, ids = loop_demo
     best, unsolved, by_round, *_ = (execute_sql(engine, q) for q in readme_queries())
     assert [r[0] for r in best.rows] == [ids["w2"], ids["w1"], ids["w3"]]
