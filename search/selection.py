@@ -13,7 +13,7 @@ it worse; with one-shot expansion (or progressive widening) the search walked aw
 node after a few bad children. Back-up (:func:`backpropagate`) is ``mean`` (classic MCTS) or ``max``
 (the best reward found below a node, the default of ``SearchConfig``): under ``mean`` a strong node's
 value sinks with every failed mutation below it, and on calc the search stalled at the first
-plateau (see ``benchmarks/bench_search.py`` and the README).
+plateau (see ``benchmarks/bench_search.py`` and docs/search.md).
 
 Every function here consumes plain numbers or a :class:`search.tree.Tree` and returns numbers or
 indices; nothing touches the database or a random source except through an explicit ``rng``.

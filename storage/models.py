@@ -1,6 +1,6 @@
 """Typed SQLAlchemy 2 ORM models: the one schema every part of workflow-rl reads and writes.
 
-Column names are part of the public SQL surface (README queries, views), so rename with a migration.
+Column names are part of the public SQL surface (the queries of docs/storage.md, views), so rename with a migration.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ def sql(
     wide: Annotated[bool, typer.Option("--wide", help=WIDE_HELP)] = False,
     db: DbOption = None,
 ) -> None:
-    """Run one SQL statement and print its rows (read-only unless --write; views: see README)."""
+    """Run one SQL statement and print its rows (read-only unless --write; views: see docs/storage.md)."""
     if fmt not in ("table", "csv", "json"):
         raise WorkflowRLError(f"--format {fmt!r} is not one of table, csv, json")
     engine = open_existing(resolve_db(ctx, db))

@@ -170,5 +170,5 @@ def next_for_run(db: str, run: str) -> list[tuple[str, str]]:
     return [
         ("plots and a summary of the run", command(db, "report", "--run", run)),
         ("every run in the database", command(db, "runs")),
-        ("the best workflows (any SELECT works; the views are listed in the README)", sql_command(db, query)),
+        ("the best workflows (any SELECT works; the views are listed in docs/storage.md)", sql_command(db, query)),
     ]

@@ -49,7 +49,7 @@ class LoopConfig:
     search_branches: int = _f(0, "Distinct straight-line branches of the round's search workflows (best first, in "
                                  "canonical form) run on its train problems; each joins the policy's group of its problem "
                                  "as a per-problem search sample (0 = none: on calc with builtin:tiny it did not raise "
-                                 "test accuracy, see README).")
+                                 "test accuracy, see docs/experiments/2026-11-22-closed-loop.md).")
     search_samples: str = _f("positive", "With search_branches > 0: which of the round's search samples are trained "
                                          "('positive', 'contrast' or 'all'; see train --help).")
     extra_workflows: int = _f(0, "Further random search workflows run on them (contrast for the advantages).")

@@ -1,7 +1,7 @@
 """Hand-written workflow programs for the ``calc`` benchmark: seeds, per-recipe oracles, and the
 best single routed workflow written by hand from train/validation phrasings.
 
-Measured scores are in :mod:`workflow_rl.tasks.calc` (module docstring) and the README.
+Measured scores are in :mod:`workflow_rl.tasks.calc` (module docstring) and docs/tasks.md.
 """
 
 from __future__ import annotations
