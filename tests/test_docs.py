@@ -44,6 +44,12 @@ def test_workflow_rl_commands_named_in_the_docs_exist():
     assert not unknown, f"the docs name commands that do not exist: {unknown} (have {sorted(commands)})"
 
 
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_code_fences_are_closed(page):
+    fences = re.findall(r"^```", page.read_text(encoding="utf-8"), flags=re.M)
+    assert len(fences) % 2 == 0, f"{page.relative_to(ROOT)} has a ``` block that is never closed"
+
+
 # Paths in `backticks` that name a file or folder of this repository; `<x>` is a placeholder (any name).
 REPO_PATH = re.compile(r"`((?:workflow_rl|tests|benchmarks|docs|search|operators|storage)/[^`\s]*)`")
 
