@@ -7,6 +7,7 @@ cannot clash with other helpers' fixtures.
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 
 from operators.base import OpContext
@@ -154,3 +155,9 @@ def scripted_sampler(policy: Policy, script, calls: list | None = None):
         return out
 
     return sample
+
+
+def fresh_copy(src: Path, tmp_path: Path) -> str:
+    """A private copy of the SQLite file ``src`` in ``tmp_path`` (tests may modify it), as a URL."""
+    shutil.copy(src, tmp_path / "learner.db")
+    return f"sqlite:///{tmp_path / 'learner.db'}"

@@ -14,7 +14,8 @@ from sqlalchemy import func, select
 
 from search.config import SearchConfig, SearchConfigError
 from storage.engine import open_db, session_scope
-from storage.models import Evaluation, Problem, Run, SearchNode, Workflow
+from storage.models import Evaluation, Problem, Run, SearchNode
+from tests.helpers.reliability import evaluation_set
 from workflow_rl.loop.search_run import run_search
 
 SMALL = {"batch_size": 12, "children": 3, "budget": 300}
@@ -25,16 +26,7 @@ def _search(db: str, name: str, **kw):
 
 
 def _evaluations(db: str, run_name: str) -> list[tuple]:
-    """(workflow code hash, problem key, repeat, reward) of every evaluation of a run, sorted."""
-    with session_scope(open_db(db)) as session:
-        rows = session.execute(
-            select(Workflow.code_hash, Problem.key, Evaluation.repeat, Evaluation.reward)
-            .join(Workflow, Workflow.id == Evaluation.workflow_id)
-            .join(Problem, Problem.id == Evaluation.problem_id)
-            .join(Run, Run.id == Evaluation.run_id)
-            .where(Run.name == run_name)
-        ).all()
-    return sorted(tuple(r) for r in rows)
+    return evaluation_set(open_db(db), run_name)
 
 
 def test_config_validation_states_value_and_fix():

@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 
 from storage.engine import open_db, session_scope
 from storage.models import Generation, Problem
-from tests.helpers.learner import RUN, add_policy_samples, calc_search_db
+from tests.helpers.learner import RUN, add_policy_samples, calc_search_db, fresh_copy
 from workflow_rl.errors import WorkflowRLError
 from workflow_rl.learner.dataset import DatasetFilter, load_samples
 from workflow_rl.policy.model import Policy
@@ -30,8 +30,7 @@ def stored_once(tmp_path_factory):
 def stored(stored_once, tmp_path):
     """A fresh copy of the module's stored calc search (tests may modify it)."""
     (_, bench), src = stored_once
-    shutil.copy(src, tmp_path / "learner.db")
-    return f"sqlite:///{tmp_path / 'learner.db'}", bench
+    return fresh_copy(src, tmp_path), bench
 
 
 def test_search_samples_are_train_only_and_grouped_by_problem(stored, policy):
@@ -82,8 +81,7 @@ def policy_once(stored_once, policy, tmp_path_factory):
 def with_policy(policy_once, stored_once, tmp_path):
     """A fresh copy of the database with policy samples, and how many were stored."""
     src, n = policy_once
-    shutil.copy(src, tmp_path / "learner.db")
-    return f"sqlite:///{tmp_path / 'learner.db'}", n
+    return fresh_copy(src, tmp_path), n
 
 
 def test_group_filters(stored, policy):

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from storage.engine import open_db, session_scope
 from storage.models import PolicyCheckpoint, TrainStep
-from tests.helpers.learner import RUN, add_policy_samples, calc_search_db
+from tests.helpers.learner import RUN, add_policy_samples, calc_search_db, fresh_copy
 from workflow_rl.errors import WorkflowRLError
 from workflow_rl.learner.config import TrainConfig
 from workflow_rl.learner.dataset import DatasetFilter, load_samples
@@ -34,8 +34,7 @@ def base_db(tmp_path_factory):
 @pytest.fixture
 def db(base_db, tmp_path):
     (_, bench), src = base_db
-    shutil.copy(src, tmp_path / "learner.db")
-    return f"sqlite:///{tmp_path / 'learner.db'}", bench
+    return fresh_copy(src, tmp_path), bench
 
 
 def _cfg(tmp_path, cache, **kw) -> TrainConfig:
