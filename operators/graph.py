@@ -35,6 +35,7 @@ import warnings
 import networkx as nx
 
 from operators.base import ENTRY_POINT
+from operators.op_calls import op_call_name
 
 INPUT = "input"
 """Node id (and label) of the problem input."""
@@ -161,7 +162,7 @@ class _Builder:
             return frozenset()
         if isinstance(node, ast.Name):
             return self.defs.get(node.id, frozenset())
-        if isinstance(node, ast.Call) and _ops_name(node) is not None:
+        if isinstance(node, ast.Call) and op_call_name(node) is not None:
             deps = self.control
             parts = []
             for arg in node.args:
@@ -170,7 +171,7 @@ class _Builder:
             for kw in sorted(node.keywords, key=lambda k: k.arg or ""):
                 deps |= self.expr(kw.value)
                 parts.append(f"{kw.arg}={self.shape(kw.value)}")
-            label = f"{_ops_name(node)}({','.join(parts)})"
+            label = f"{op_call_name(node)}({','.join(parts)})"
             return frozenset({self.node(node, label, deps)})
         if (
             isinstance(node, ast.Call)
@@ -274,7 +275,7 @@ class _Builder:
         """
         inner = value.value if isinstance(value, ast.Await) else value
         if not always and (inner is None or isinstance(inner, ast.Name) or (
-            isinstance(inner, ast.Call) and _ops_name(inner) is not None
+            isinstance(inner, ast.Call) and op_call_name(inner) is not None
         )):
             return deps
         return frozenset({self.node(stmt, f"{kind}[{self.shape(value)}]", deps)})
@@ -318,10 +319,3 @@ class _Builder:
             if self.defs == before_defs and self.graph.number_of_edges() == before_edges:
                 break
         self.block(stmt.orelse)
-
-
-def _ops_name(call: ast.Call) -> str | None:
-    func = call.func
-    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "ops":
-        return func.attr
-    return None

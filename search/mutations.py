@@ -25,6 +25,7 @@ import ast
 import copy
 import random
 
+from operators.op_calls import awaited_op_calls
 from search.base import Candidate, ProposalContext
 from search.routing import cue_words, route_branch
 from search.signatures import ANY, OpSignature, load_signatures, types_match
@@ -74,17 +75,7 @@ class _Program:
 
     def op_sites(self) -> list[tuple[ast.Await, str]]:
         """``await ops.X(...)`` nodes in a deterministic (breadth-first) order, with X."""
-        sites = []
-        for node in ast.walk(self.solve):
-            if (
-                isinstance(node, ast.Await)
-                and isinstance(node.value, ast.Call)
-                and isinstance(node.value.func, ast.Attribute)
-                and isinstance(node.value.func.value, ast.Name)
-                and node.value.func.value.id == self.ops_name
-            ):
-                sites.append((node, node.value.func.attr))
-        return sites
+        return awaited_op_calls(self.solve, self.ops_name)
 
     def problem_args(self) -> list[ast.Name]:
         """Loads of the problem variable that are operator arguments."""
