@@ -25,7 +25,7 @@ from search.base import FailedExample
 from search.routing import WORD, operator_docs, run_pipeline, same_answer, stems
 
 
-def _solve_def(code: str) -> tuple[ast.Module, ast.AsyncFunctionDef] | None:
+def solve_def(code: str) -> tuple[ast.Module, ast.AsyncFunctionDef] | None:
     """``code`` parsed, and its two-argument ``async def`` (None on a syntax error or without one)."""
     try:
         tree = ast.parse(code)
@@ -39,25 +39,17 @@ def _has_docstring(body: list[ast.stmt]) -> bool:
     return bool(body) and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
 
 
-def _without_docstring(body: list[ast.stmt]) -> list[ast.stmt]:
+def without_docstring(body: list[ast.stmt]) -> list[ast.stmt]:
+    """``body`` without a leading docstring (a copy of the list)."""
     return list(body[1:] if _has_docstring(body) else body)
 
 
-def _is_straight(body: list[ast.stmt]) -> bool:
+def is_straight(body: list[ast.stmt]) -> bool:
     """Only single-name assignments, then one ``return <expr>``."""
     if not body or not isinstance(body[-1], ast.Return) or body[-1].value is None:
         return False
     return all(isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name)
                for s in body[:-1])
-
-
-def op_call_name(node: ast.AST | None, ops_name: str) -> str | None:
-    """``X`` when ``node`` is ``await <ops_name>.X(...)``, else None."""
-    if (isinstance(node, ast.Await) and isinstance(node.value, ast.Call)
-            and isinstance(node.value.func, ast.Attribute) and isinstance(node.value.func.value, ast.Name)
-            and node.value.func.value.id == ops_name):
-        return node.value.func.attr
-    return None
 
 
 def straight_line(code: str) -> tuple[list[ast.stmt], str] | None:
@@ -66,12 +58,12 @@ def straight_line(code: str) -> tuple[list[ast.stmt], str] | None:
     Straight-line = only ``name = <expr>`` assignments, then one final ``return <expr>``
     (a docstring is skipped). Anything else (branches, loops, several returns) is not grafted.
     """
-    parsed = _solve_def(code)
+    parsed = solve_def(code)
     if parsed is None:
         return None
     fn = parsed[1]
-    body = _without_docstring(fn.body)
-    return (body, fn.args.args[0].arg) if _is_straight(body) else None
+    body = without_docstring(fn.body)
+    return (body, fn.args.args[0].arg) if is_straight(body) else None
 
 
 async def run_straight_line(statements: list[ast.stmt], problem_name: str, text: str) -> Any:
@@ -150,7 +142,7 @@ def graft(parent_code: str, branches: list[tuple[str, list[ast.stmt]]]) -> str |
     the signature to ``solve(problem, ops)``, so the statements' names already match the parent's.
     None if the parent has no two-argument async ``solve``.
     """
-    parsed = _solve_def(parent_code)
+    parsed = solve_def(parent_code)
     if parsed is None:
         return None
     tree, fn = parsed
@@ -159,127 +151,4 @@ def graft(parent_code: str, branches: list[tuple[str, list[ast.stmt]]]) -> str |
     for cue, statements in reversed(branches):
         test = ast.Compare(left=ast.Constant(cue), ops=[ast.In()], comparators=[ast.Name(id=problem, ctx=ast.Load())])
         fn.body.insert(at, ast.If(test=test, body=[copy.deepcopy(s) for s in statements], orelse=[]))
-    return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
-
-
-def branch_programs(code: str) -> list[str]:
-    """Per-problem programs inside a task-level workflow: the reverse of :func:`graft`.
-
-    Each leading ``if`` whose body (or ``else``) is straight-line, and the straight-line tail of
-    ``solve`` after them, becomes ``async def solve(problem, ops): <statements>``: the program the
-    workflow runs for the problems that reach that branch. Other shapes give nothing.
-    """
-    parsed = _solve_def(code)
-    if parsed is None:
-        return []
-    fn = parsed[1]
-    body = _without_docstring(fn.body)
-    found: list[list[ast.stmt]] = []
-    i = 0
-    while i < len(body) and isinstance(body[i], ast.If):
-        found += [part for part in (body[i].body, body[i].orelse) if _is_straight(part)]
-        i += 1
-    if _is_straight(body[i:]):
-        found.append(body[i:])
-    out = []
-    for statements in found:
-        solve = ast.AsyncFunctionDef(name="solve", args=copy.deepcopy(fn.args), body=copy.deepcopy(statements),
-                                     decorator_list=[], returns=None, type_params=[])
-        out.append(ast.unparse(ast.fix_missing_locations(ast.Module(body=[solve], type_ignores=[]))) + "\n")
-    return list(dict.fromkeys(out))
-
-
-HOIST_NAMES = {"list": "values", "str": "text", "number": "value", "int": "count"}
-"""Variable a hoisted operator result gets, by its return type (the tiny corpus's names)."""
-
-
-def flatten(code: str, returns: dict[str, str]) -> str:
-    """Nested operator calls hoisted into one assignment each: the style policies are taught.
-
-    ``return await ops.f(await ops.g(problem))`` becomes ``text = await ops.g(problem)`` then
-    ``return await ops.f(text)``: the same program, in the ``name = extract(...)`` / ``return
-    op(name)`` form of the built-in policy's warm start, so the learner imitates search programs
-    without having to learn a second syntax. ``returns`` maps operator -> return type. A result is
-    only hoisted when its variable name is free (not in the program, not holding a sibling argument).
-    """
-    parsed = _solve_def(code)
-    if parsed is None:
-        return code
-    tree, fn = parsed
-    ops_name = fn.args.args[1].arg
-    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-
-    def op_name(node: ast.expr) -> str | None:
-        return op_call_name(node, ops_name)
-
-    def hoist(node: ast.expr, out: list[ast.stmt], live: set[str]) -> ast.expr:
-        if op_name(node) is None:
-            return node
-        call = node.value  # type: ignore[attr-defined]
-        taken: set[str] = set()
-        args = []
-        for arg in call.args:
-            name = HOIST_NAMES.get(returns.get(op_name(arg) or "", ""))
-            inner = hoist(arg, out, live | taken)
-            if name is None or name in live or name in taken or name in used:
-                args.append(inner)
-                continue
-            out.append(ast.Assign(targets=[ast.Name(id=name, ctx=ast.Store())], value=inner))
-            args.append(ast.Name(id=name, ctx=ast.Load()))
-            taken.add(name)
-        call.args = args
-        return node
-
-    body: list[ast.stmt] = []
-    for stmt in fn.body:
-        if isinstance(stmt, (ast.Assign, ast.Return)) and stmt.value is not None:
-            stmt.value = hoist(stmt.value, body, set())
-        body.append(stmt)
-    fn.body = body
-    return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
-
-
-def canonical(code: str, returns: dict[str, str]) -> str:
-    """:func:`flatten`, then each variable holding an operator result renamed to its type's name.
-
-    ``expression = await ops.extract_expression(problem)`` becomes ``text = ...`` (uses renamed
-    too), so search programs share one naming scheme with what the policy writes: a learner shown
-    ``expression`` in some programs and ``text`` in others blends them into undefined names. A
-    rename is skipped where the type's name is used by the program itself or still holds a value
-    that a later statement reads.
-    """
-    flat = flatten(code, returns)
-    parsed = _solve_def(flat)
-    if parsed is None:
-        return flat
-    tree, fn = parsed
-    ops_name = fn.args.args[1].arg
-    body = fn.body
-    original = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-    last_use: dict[str, int] = {}
-    for i, stmt in enumerate(body):
-        value = getattr(stmt, "value", None)
-        for node in ast.walk(value) if value is not None else ():
-            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
-                last_use[node.id] = i
-    rename: dict[str, str] = {}
-    holder: dict[str, str] = {}  # new name -> original variable whose value it holds
-    for i, stmt in enumerate(body):
-        value = getattr(stmt, "value", None)
-        for node in ast.walk(value) if value is not None else ():
-            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
-                node.id = rename.get(node.id, node.id)
-        if not (isinstance(stmt, ast.Assign) and isinstance(stmt.targets[0], ast.Name)):
-            continue
-        old = stmt.targets[0].id
-        op = op_call_name(stmt.value, ops_name)
-        new = HOIST_NAMES.get(returns.get(op or "", ""))
-        busy = new in holder and holder[new] != old and last_use.get(holder[new], -1) > i
-        if new is None or busy or (new in original and new != old):
-            rename.pop(old, None)
-            holder = {k: v for k, v in holder.items() if k != old}
-            continue
-        rename[old] = new
-        holder[new] = old
-        stmt.targets[0].id = new
     return ast.unparse(ast.fix_missing_locations(tree)) + "\n"

@@ -297,8 +297,8 @@ async def collect_train_data(
 
 def _store_branches(engine, run_id: int, ranked, operator_names, round_: int, limit: int) -> list[tuple[int, str]]:
     """The first ``limit`` distinct valid branch programs of the ranked search workflows, stored."""
-    from search.graft import branch_programs, canonical
     from search.signatures import load_signatures
+    from workflow_rl.policy.canonical import branch_programs, canonical
 
     returns = {name: sig.returns for name, sig in load_signatures(tuple(operator_names)).items()}
 

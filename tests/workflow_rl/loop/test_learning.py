@@ -26,11 +26,11 @@ from math import comb
 
 from operators.registry import get_operators
 from operators.runtime import Sandbox
-from search.graft import canonical
 from search.signatures import load_signatures
 from workflow_rl.learner.dataset import PromptSpec
 from workflow_rl.loop.config import LoopConfig
 from workflow_rl.loop.driver import run_loop
+from workflow_rl.policy.canonical import canonical
 from workflow_rl.policy.model import Policy
 from workflow_rl.tasks import get_benchmark
 
@@ -64,7 +64,7 @@ def sampled_successes(path: str, cache: str, problems, n: int, seed: int = 1) ->
 
 def oracle_mass(path: str, cache: str, problems) -> float:
     """``sum_i p(oracle_i | prompt_i)`` at T = 1: the expected number of problems whose one sample
-    is exactly its oracle program, canonical (``search.graft.canonical``: the form the loop trains)."""
+    is exactly its oracle program, canonical (``workflow_rl.policy.canonical.canonical``: the form the loop trains)."""
     bench = get_benchmark("calc")
     spec = PromptSpec(bench.description, tuple(bench.operator_names))
     returns = {name: sig.returns for name, sig in load_signatures(tuple(bench.operator_names)).items()}
