@@ -10,7 +10,8 @@ parent's own path.
 
 :func:`solves_example` runs such a program on the failing problem with the host's *tool*
 operators (the same check the mutation proposer's routing edit makes), so a branch is only
-grafted when it produces that problem's expected answer.
+grafted when it produces that problem's expected answer, as the benchmark's answer check
+(:data:`search.routing.AnswerCheck`, passed in by the caller) judges it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from search.base import FailedExample
-from search.routing import WORD, operator_docs, run_pipeline, same_answer, stems
+from search.routing import WORD, AnswerCheck, exact_answer, operator_docs, run_pipeline, stems
 
 
 def solve_def(code: str) -> tuple[ast.Module, ast.AsyncFunctionDef] | None:
@@ -74,17 +75,23 @@ async def run_straight_line(statements: list[ast.stmt], problem_name: str, text:
     return await run_pipeline(statements[-1].value, problem_name, text, env)  # type: ignore[attr-defined]
 
 
-async def solves_example(statements: list[ast.stmt], problem_name: str, failure: FailedExample) -> bool:
-    """True when the statements produce the failing example's expected answer (tool operators only)."""
+async def solves_example(
+    statements: list[ast.stmt], problem_name: str, failure: FailedExample, same_answer: AnswerCheck = exact_answer,
+) -> bool:
+    """True when the statements produce the failing example's expected answer (tool operators only),
+    as the benchmark's ``same_answer`` judges it."""
     try:
         return same_answer(await run_straight_line(statements, problem_name, failure.problem), failure.expected)
     except Exception:  # noqa: BLE001 - an operator error, an LLM operator, a bad index: "does not solve it"
         return False
 
 
-async def solved_map(statements: list[ast.stmt], problem_name: str, failures: list[FailedExample]) -> dict[int, bool]:
+async def solved_map(
+    statements: list[ast.stmt], problem_name: str, failures: list[FailedExample],
+    same_answer: AnswerCheck = exact_answer,
+) -> dict[int, bool]:
     """Problem id -> whether the statements solve that failing example (see :func:`solves_example`)."""
-    return {f.problem_id: await solves_example(statements, problem_name, f) for f in failures}
+    return {f.problem_id: await solves_example(statements, problem_name, f, same_answer) for f in failures}
 
 
 QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|“[^”]*”|‘[^’]*’")
@@ -108,6 +115,7 @@ def operator_stems(statements: list[ast.stmt]) -> set[str]:
 async def best_cue(
     statements: list[ast.stmt], problem_name: str, target: FailedExample, failures: list[FailedExample],
     passes: list[str], taken: set[str], solved: Mapping[int, bool] | None = None,
+    same_answer: AnswerCheck = exact_answer,
 ) -> str | None:
     """The word of ``target`` that best routes exactly the problems the statements solve.
 
@@ -118,10 +126,11 @@ async def best_cue(
     what the statements' operators do ('median' for ``ops.median``, 'largest' for ``ops.max_list``:
     such words recur in the problems of that kind, a name or a number word does not), then to the
     earliest; words in ``taken`` are skipped. ``solved`` (problem id -> solves it) saves running
-    the statements on ``failures`` again when the caller already knows.
+    the statements on ``failures`` again when the caller already knows; without it they are run and
+    judged by ``same_answer`` (the benchmark's check).
     """
     if solved is None:
-        solved = await solved_map(statements, problem_name, failures)
+        solved = await solved_map(statements, problem_name, failures, same_answer)
     relevant = operator_stems(statements)
     best: tuple[int, int, str] | None = None
     for word in dict.fromkeys(WORD.findall(QUOTED.sub(" ", target.problem))):

@@ -11,7 +11,7 @@ Edits (each picked by a seeded RNG, so ``propose(ctx, n, seed)`` is deterministi
 - ``route``: add ``if "<cue>" in problem: return <pipeline>`` at the top of ``solve``, with the cue
   taken from the text of failing problems (``ProposalContext.failures``) and not of solved ones,
   and the pipeline a type-checked composition of operators (:mod:`search.routing`), optionally
-  checked on that failing example with the host's tool operators. Routing is what lets a workflow
+  checked on that failing example with the host's tool operators (and the benchmark's answer check). Routing is what lets a workflow
   treat problem families differently (calc needs it for a perfect score).
 
 Candidates that fail the runtime's validator are discarded and redrawn. Measured on calc (100 proposals
@@ -27,7 +27,7 @@ import random
 
 from operators.op_calls import awaited_op_calls
 from search.base import Candidate, ProposalContext
-from search.routing import cue_words, route_branch
+from search.routing import DEFAULT_PRIOR, AnswerCheck, RoutingPrior, cue_words, exact_answer, route_branch
 from search.signatures import ANY, OpSignature, load_signatures, types_match
 
 MUTATION_WEIGHTS: dict[str, float] = {
@@ -38,7 +38,11 @@ MUTATION_WEIGHTS: dict[str, float] = {
     "ensemble": 0.25,
     "route": 4.0,
 }
-"""Relative probability of each edit kind (inapplicable kinds are skipped)."""
+"""Relative probability of each edit kind (inapplicable kinds are skipped).
+
+Tuned on calc (commit b873504): ``route`` is 4.0 because calc needs one routing branch per problem
+family for a perfect score, and routing edits were the ones that raised its validation score. A
+benchmark without families may want less: ``MutationProposer(weights=...)``."""
 
 INSTRUCTIONS = (
     "Solve the problem step by step and give only the final answer.",
@@ -117,12 +121,18 @@ class MutationProposer:
     name = "mutation"
 
     def __init__(self, weights: dict[str, float] | None = None, max_attempts_per_candidate: int = 25,
-                 route_checks: int = 30):
+                 route_checks: int = 30, same_answer: AnswerCheck = exact_answer,
+                 prior: RoutingPrior = DEFAULT_PRIOR):
         """``weights`` overrides :data:`MUTATION_WEIGHTS`; invalid edits are retried up to the limit.
 
         ``route_checks``: pipelines a routing edit may try on its failing example (0 = no checks).
+        ``same_answer``: the benchmark's answer check those tries use (``workflow_rl.tasks.base.
+        answer_check(bench)``; the default is exact text after strip). ``prior``: how routing ranks
+        pipelines (:class:`search.routing.RoutingPrior`, calc-tuned defaults).
         """
         self.route_checks = route_checks
+        self.same_answer = same_answer
+        self.prior = prior
         self.weights = dict(MUTATION_WEIGHTS if weights is None else weights)
         self.max_attempts = max_attempts_per_candidate
 
@@ -256,7 +266,7 @@ class MutationProposer:
             return ast.Name(id=p.problem_name, ctx=ast.Load())
 
         made = await route_branch(p.call, problem, sigs, list(ctx.failures), list(ctx.passes), rng,
-                                  checks=self.route_checks)
+                                  checks=self.route_checks, same_answer=self.same_answer, prior=self.prior)
         if made is None:
             return None
         branch, description = made

@@ -6,7 +6,11 @@ composition of operators drawn from a softmax over a score that uses only the op
 how many word stems the failing problems share with an operator's name and description
 (:func:`description_relevance`: "median" -> ``ops.median``, "capital letters" -> ``ops.upper``),
 "feeds" links where one operator's description names the next ("ready for ops.solve_equation"),
-and a preference for two-step extract -> compute pipelines that end in text.
+and a preference for two-step extract -> compute pipelines that end in text (:class:`RoutingPrior`).
+
+Whether a pipeline's output counts as a failing example's expected answer is the benchmark's call,
+not search's: callers pass an :data:`AnswerCheck` (``workflow_rl.tasks.base.answer_check`` gives a
+benchmark's own; calc compares numbers by exact value).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import math
 import random
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from search.base import FailedExample
@@ -26,17 +31,42 @@ from search.signatures import ANY, OpSignature
 WORD = re.compile(r"[A-Za-z]{3,}")
 """Words that can serve as routing cues."""
 
-LENGTH_BONUS = {1: -1.0, 2: 0.0, 3: -1.5}
-"""Score added to a pipeline by its number of operators (extract -> compute is typical)."""
 
-FEEDS_BONUS = 1.0
-"""Score added for each step whose description names the next operator."""
 
-TEMPERATURE = 0.5
-"""Softmax temperature over pipeline scores (lower = greedier)."""
+@dataclass(frozen=True)
+class RoutingPrior:
+    """How a routing edit ranks candidate pipelines before running any (scores go through a softmax).
+
+    The defaults were tuned by hand on calc when routing was written (commit b873504; the
+    mutation proposer's docstring has the measurement), where extract -> compute is the typical
+    recipe. Another benchmark's operator set may want other values: pass a prior to
+    :class:`search.mutations.MutationProposer`.
+    """
+
+    length_bonus: Mapping[int, float] = field(default_factory=lambda: {1: -1.0, 2: 0.0, 3: -1.5})
+    """Score added to a pipeline by its number of operators (extract -> compute is typical)."""
+    other_length_bonus: float = -3.0
+    """Score of a pipeline length missing from ``length_bonus``."""
+    feeds_bonus: float = 1.0
+    """Score added for each step whose description names the next operator."""
+    temperature: float = 0.5
+    """Softmax temperature over pipeline scores and extractor relevance (lower = greedier)."""
+
+
+DEFAULT_PRIOR = RoutingPrior()
+"""Today's calc-tuned values."""
 
 Call = Callable[[str, list[ast.expr]], ast.expr]
 """Builds ``await ops.<name>(*args)``."""
+
+AnswerCheck = Callable[[Any, str], bool]
+"""``(output, expected) -> bool``: whether a pipeline's output is the failing example's expected
+answer. The benchmark supplies it (it knows that '4.0' is '4' in calc, or that case matters)."""
+
+
+def exact_answer(output: Any, expected: str) -> bool:
+    """The default :data:`AnswerCheck`: equal text after stripping whitespace, nothing looser."""
+    return str(output).strip() == str(expected).strip()
 
 
 def cue_words(failures: list[str], passes: list[str], limit: int = 8) -> list[str]:
@@ -94,13 +124,15 @@ def description_relevance(text: str, sigs: dict[str, OpSignature]) -> dict[str, 
     return {n: len(words & docs[n]) for n in sigs}
 
 
-def chain_score(chain: list[str], sigs: dict[str, OpSignature], relevance: dict[str, int]) -> float:
+def chain_score(
+    chain: list[str], sigs: dict[str, OpSignature], relevance: dict[str, int], prior: RoutingPrior = DEFAULT_PRIOR,
+) -> float:
     """Score of a unary pipeline: relevance of its operators + feeds links + length/answer-type terms."""
     from operators.registry import get_operators
 
     ops = get_operators(chain)
-    score = sum(relevance.get(n, 0) for n in chain) + LENGTH_BONUS.get(len(chain), -3.0)
-    score += FEEDS_BONUS * sum(f"ops.{b}" in ops[a].description for a, b in zip(chain, chain[1:], strict=False))
+    score = sum(relevance.get(n, 0) for n in chain) + prior.length_bonus.get(len(chain), prior.other_length_bonus)
+    score += prior.feeds_bonus * sum(f"ops.{b}" in ops[a].description for a, b in zip(chain, chain[1:], strict=False))
     return score + (0.0 if sigs[chain[-1]].returns == "str" else -1.0)
 
 
@@ -123,14 +155,14 @@ def indexed_sources(sigs: dict[str, OpSignature]) -> list[tuple[str, bool]]:
 
 def multi_arg_call(
     call: Call, problem: Callable[[], ast.expr], sigs: dict[str, OpSignature], op: str, rng: random.Random,
-    relevance: dict[str, int] | None = None,
+    relevance: dict[str, int] | None = None, prior: RoutingPrior = DEFAULT_PRIOR,
 ) -> ast.expr | None:
     """``await ops.<op>(...)`` with every required argument extracted from the problem text.
 
     Arguments of one type share one extractor with distinct indices (``units[0], units[1]``;
     ``extract_quoted(problem, 1), extract_quoted(problem, 0)``), the pattern of multi-input
     operators; a lone argument takes a unary extractor returning its type. Extractors are drawn
-    with weights ``exp(relevance / TEMPERATURE)`` (uniform without ``relevance``).
+    with weights ``exp(relevance / prior.temperature)`` (uniform without ``relevance``).
     """
     rel = relevance or {}
     sig = sigs[op]
@@ -143,7 +175,7 @@ def multi_arg_call(
 
     def pick(names: list[str]) -> int:
         """Index of one extractor, drawn by relevance."""
-        return rng.choices(range(len(names)), weights=[math.exp(rel.get(n, 0) / TEMPERATURE) for n in names])[0]
+        return rng.choices(range(len(names)), weights=[math.exp(rel.get(n, 0) / prior.temperature) for n in names])[0]
 
     for type_, positions in sorted(by_type.items()):
         if len(positions) == 1:
@@ -203,16 +235,11 @@ async def run_pipeline(expr: ast.expr, problem_name: str, text: str, env: dict[s
     raise LookupError(f"cannot run {ast.unparse(expr)}")
 
 
-def same_answer(output: Any, expected: str) -> bool:
-    """Exact text match after strip, or equal exact numbers ('4' == '4.0' == '8/2')."""
-    from operators.tools_numbers import numbers_equal
-
-    text = str(output).strip()
-    return text == str(expected).strip() or numbers_equal(text, str(expected).strip())
-
-
-async def solves(expr: ast.expr, problem_name: str, failure: FailedExample) -> bool:
-    """True when the pipeline produces the failing example's expected answer (tool operators only)."""
+async def solves(
+    expr: ast.expr, problem_name: str, failure: FailedExample, same_answer: AnswerCheck = exact_answer,
+) -> bool:
+    """True when the pipeline produces the failing example's expected answer (tool operators only),
+    as the benchmark's ``same_answer`` judges it."""
     try:
         return same_answer(await run_pipeline(expr, problem_name, failure.problem), failure.expected)
     except Exception:  # noqa: BLE001 - any operator failure just means "does not solve it"
@@ -221,13 +248,15 @@ async def solves(expr: ast.expr, problem_name: str, failure: FailedExample) -> b
 
 async def route_branch(
     call: Call, problem: Callable[[], ast.Name], sigs: dict[str, OpSignature], failures: list[FailedExample],
-    passes: list[str], rng: random.Random, checks: int = 0,
+    passes: list[str], rng: random.Random, checks: int = 0, same_answer: AnswerCheck = exact_answer,
+    prior: RoutingPrior = DEFAULT_PRIOR,
 ) -> tuple[ast.If, str] | None:
     """A routing branch for the kind of one failing problem, and its description (None if none fits).
 
     With ``checks > 0``, up to that many pipelines are drawn and run on the failing problem (tool
-    operators only, on the host); the first that yields its expected answer is used. This is the
-    model-free counterpart of an LLM optimizer reading the failed examples.
+    operators only, on the host); the first that yields its expected answer (``same_answer``, the
+    benchmark's check) is used. This is the model-free counterpart of an LLM optimizer reading the
+    failed examples. ``prior`` ranks the pipelines.
     """
     chains = [chain for by_len in pipelines(sigs) for chain in by_len]
     multi = [n for n, s in sigs.items() if s.required >= 2]
@@ -243,18 +272,18 @@ async def route_branch(
     # One softmax over every pipeline: unary chains, and each multi-input operator scored by its
     # own relevance plus its best extractor's.
     options: list[tuple[str, list[str] | str]] = [("chain", c) for c in chains]
-    scores = [chain_score(c, sigs, relevance) for c in chains]
+    scores = [chain_score(c, sigs, relevance, prior) for c in chains]
     best_source = max((relevance.get(n, 0) for n, _ in indexed_sources(sigs)), default=0)
     for op in multi:
         options.append(("multi", op))
         scores.append(relevance.get(op, 0) + best_source - 1.0)
     top = max(scores)
-    weights = [math.exp((s - top) / TEMPERATURE) for s in scores]
+    weights = [math.exp((s - top) / prior.temperature) for s in scores]
     chosen: tuple[ast.expr, str] | None = None
     for _ in range(max(checks, 1)):
         kind, choice = options[rng.choices(range(len(options)), weights=weights)[0]]
         if kind == "multi":
-            expr = multi_arg_call(call, problem, sigs, choice, rng, relevance)  # type: ignore[arg-type]
+            expr = multi_arg_call(call, problem, sigs, choice, rng, relevance, prior)  # type: ignore[arg-type]
             if expr is None:
                 continue
             shape = f"{choice}(...)"
@@ -265,7 +294,7 @@ async def route_branch(
             shape = " -> ".join(choice)
         if chosen is None:
             chosen = (expr, shape)
-        if checks and await solves(expr, problem().id, target):
+        if checks and await solves(expr, problem().id, target, same_answer):
             chosen = (expr, shape + " (checked on a failing example)")
             break
     if chosen is None:

@@ -106,12 +106,15 @@ def test_change_arg_rewrites_routing_cue():
         assert any(f"'{w}' in problem" in cand.code for w in ("median", "abc", "backwards", "Find", "the"))
 
 
-def test_run_pipeline_and_same_answer():
+def test_run_pipeline_and_answer_checks():
     import ast
 
     import pytest
 
-    from search.routing import run_pipeline, same_answer
+    from search.routing import exact_answer, run_pipeline
+    from workflow_rl.tasks.calc import CalcBenchmark
+
+    same_answer = CalcBenchmark().same_answer  # the benchmark's check: calc compares numbers by value
 
     expr = ast.parse("await ops.median(await ops.extract_list(problem))", mode="eval").body
     assert asyncio.run(run_pipeline(expr, "problem", "Find the median of 3, 9, 5.")) == "5"
@@ -119,6 +122,7 @@ def test_run_pipeline_and_same_answer():
                       "(await ops.extract_units(problem))[0], (await ops.extract_units(problem))[1])", mode="eval").body
     assert same_answer(asyncio.run(run_pipeline(units, "problem", "Convert 2 kg to g.")), "2000")
     assert same_answer("4.0", "4") and same_answer(" cba", "cba") and not same_answer("x", "y")
+    assert exact_answer(" cba", "cba") and not exact_answer("4.0", "4")  # search's default knows no numbers
     llm = ast.parse("await ops.answer_generate(problem)", mode="eval").body
     with pytest.raises(LookupError):
         asyncio.run(run_pipeline(llm, "problem", "hi"))

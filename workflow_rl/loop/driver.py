@@ -54,6 +54,7 @@ from workflow_rl.policy.graft import GraftProposer
 from workflow_rl.policy.model import Policy
 from workflow_rl.policy.proposer import SAMPLER, MixedProposer, PolicyProposer
 from workflow_rl.tasks import get_benchmark
+from workflow_rl.tasks.base import answer_check
 
 RESUME_FREE = ("rounds", "workers", "cache_dir")
 """Config fields a resumed loop may change; every other field keeps the stored value."""
@@ -162,7 +163,8 @@ async def _rounds(engine, config: LoopConfig, bench, loop_id, state, say, on_sea
             if rs["phase"] == "search":
                 mode = children_mode(config, info.operator_names)
                 say(f"round {r}: search ({'mutation' if r == 0 else f'policy {mode} + mutation'})")
-                result = await _search(engine, config, info, evaluator, policy, version, r, mode, on_search, loop_id)
+                result = await _search(engine, config, info, evaluator, policy, version, r, mode, on_search, loop_id,
+                                       answer_check(bench))
                 rs.update(phase="data", best_score=result.progress.best_score,
                           best_workflow_id=result.progress.best_workflow_id,
                           evaluations=result.progress.evaluations, search_run_id=result.run_id)
@@ -182,16 +184,17 @@ async def _rounds(engine, config: LoopConfig, bench, loop_id, state, say, on_sea
 
 
 async def _search(engine, config: LoopConfig, info: BenchmarkInfo, evaluator, policy, version, r, mode, on_search,
-                  loop_id: int):
+                  loop_id: int, same_answer):
+    # same_answer: the benchmark's answer check, for the routing and graft checks on failing examples.
     if r == 0:
-        proposer: Any = MutationProposer()
+        proposer: Any = MutationProposer(same_answer=same_answer)
     else:
         if mode == "graft":
             writer: Any = GraftProposer(policy, version, config.temperature, config.max_new_tokens,
-                                        config.graft_samples)
+                                        config.graft_samples, same_answer=same_answer)
         else:
             writer = PolicyProposer(policy, version, config.temperature, config.max_new_tokens)
-        proposer = MixedProposer(writer, MutationProposer(), config.mutation_fraction)
+        proposer = MixedProposer(writer, MutationProposer(same_answer=same_answer), config.mutation_fraction)
     try:
         search_config = SearchConfig(
             benchmark=info.name, proposer="mutation" if r == 0 else "policy", selection=config.selection,

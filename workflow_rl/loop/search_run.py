@@ -30,12 +30,16 @@ def open_existing(db: str) -> Engine:
     return open_db(db)  # other backends: open_db reports a bad URL or an unreachable server
 
 
-def make_proposer(name: str, optimizer: str | None, executor: str | None):
-    """The proposer called ``name`` (``llm`` uses ``--optimizer``, else ``--executor``)."""
+def make_proposer(name: str, optimizer: str | None, executor: str | None, same_answer=None):
+    """The proposer called ``name`` (``llm`` uses ``--optimizer``, else ``--executor``).
+
+    ``same_answer``: the benchmark's answer check (:func:`workflow_rl.tasks.base.answer_check`),
+    which the mutation proposer's routing edit uses on failing examples.
+    """
     if name == "mutation":
         from search.mutations import MutationProposer
 
-        return MutationProposer()
+        return MutationProposer() if same_answer is None else MutationProposer(same_answer=same_answer)
     if name == "llm":
         spec = optimizer or executor
         if not spec:
@@ -114,6 +118,7 @@ async def run_search(db: str, run: str, config: SearchConfig, *, executor: str |
     """
     from workflow_rl.loop.evaluation import BenchmarkEvaluator
     from workflow_rl.tasks import SPLITS
+    from workflow_rl.tasks.base import answer_check
     from workflow_rl.tasks.options import build_benchmark
 
     # Every check that can fail on user input runs before the database is opened (or created), so
@@ -129,7 +134,7 @@ async def run_search(db: str, run: str, config: SearchConfig, *, executor: str |
         benchmark.problems(split)
     info = BenchmarkInfo(benchmark.name, benchmark.description, tuple(benchmark.operator_names),
                          benchmark.seed_workflows())
-    proposer = make_proposer(config.proposer, optimizer, executor)
+    proposer = make_proposer(config.proposer, optimizer, executor, answer_check(benchmark))
     if config.proposer == "llm":
         require_reachable(optimizer or executor, "--optimizer" if optimizer else "--executor")
     if executor:

@@ -28,8 +28,10 @@ from dataclasses import replace
 from search.base import Candidate, ProposalContext
 from search.graft import best_cue, graft, solved_map, solves_example, straight_line
 from search.mutations import validation_error
+from search.routing import AnswerCheck
 from workflow_rl.policy.model import Policy
 from workflow_rl.policy.prompts import policy_prompt_for
+from workflow_rl.tasks.base import text_or_number_equal
 
 
 class GraftProposer:
@@ -45,9 +47,11 @@ class GraftProposer:
         max_new_tokens: int = 80,
         samples: int = 64,
         max_failures: int = 6,
+        same_answer: AnswerCheck = text_or_number_equal,
     ):
         """``samples`` programs drawn per failing problem (shared by the children); at most
-        ``max_failures`` problems."""
+        ``max_failures`` problems. ``same_answer`` judges whether a program's output is a failing
+        problem's expected answer: the benchmark's check (:func:`workflow_rl.tasks.base.answer_check`)."""
         if temperature <= 0 or samples < 1 or max_failures < 1:
             raise ValueError(f"temperature={temperature}, samples={samples}, max_failures={max_failures}: "
                              "need T > 0 and at least one sample of one failure")
@@ -57,6 +61,7 @@ class GraftProposer:
         self.max_new_tokens = max_new_tokens
         self.samples = samples
         self.max_failures = max_failures
+        self.same_answer = same_answer
 
     async def propose(self, context: ProposalContext, n: int, seed: int) -> list[Candidate]:
         """Up to ``n`` distinct children (none when the policy solves none of the failures)."""
@@ -88,7 +93,7 @@ class GraftProposer:
                     continue
                 tried.add(sample.text)
                 body = straight_line(sample.text)
-                if body is not None and await solves_example(body[0], body[1], failure):
+                if body is not None and await solves_example(body[0], body[1], failure, self.same_answer):
                     found.append(body)
             solutions.append(found)
         out: list[Candidate] = []
@@ -104,7 +109,7 @@ class GraftProposer:
                     key = (failure.problem_id, (child + j) % len(found))
                     statements, problem_name = found[key[1]]
                     if key not in solved:
-                        solved[key] = await solved_map(statements, problem_name, failures)
+                        solved[key] = await solved_map(statements, problem_name, failures, self.same_answer)
                     cue = await best_cue(statements, problem_name, failure, failures, passes, taken, solved[key])
                     if cue is None:
                         continue  # solves it, but no word routes it without breaking others

@@ -34,7 +34,7 @@ from typing import Literal
 from operators.base import OpContext
 from operators.tools_numbers import numbers_equal
 from workflow_rl.errors import WorkflowRLError
-from workflow_rl.tasks.base import SPLITS, BenchProblem, Score
+from workflow_rl.tasks.base import SPLITS, BenchProblem, Score, text_or_number_equal
 from workflow_rl.tasks.calc_gen import FAMILIES, RECIPES, generate_split
 from workflow_rl.tasks.calc_workflows import ORACLE_WORKFLOWS, ROUTED_WORKFLOW, SEED_WORKFLOWS
 
@@ -148,6 +148,12 @@ class CalcBenchmark:
     async def score(self, problem: BenchProblem, output: str | None, ctx: OpContext) -> Score:
         """Exact score of ``output`` against the problem's reference."""
         return score_answer(output, problem.reference, problem.meta.get("answer_type", "number"))
+
+    def same_answer(self, output: object, expected: str) -> bool:
+        """Calc's answer check for search's routing and graft checks: text after strip, or numbers
+        by exact value ('4' == '4.0' == '8/2'). Looser than :meth:`score` (no answer type: a failing
+        example carries only the expected text), as search has always compared calc answers."""
+        return text_or_number_equal(output, expected)
 
     def seed_workflows(self) -> dict[str, str]:
         """Weak straight-line seeds (see the score table in the module docstring)."""

@@ -31,6 +31,7 @@ from workflow_rl.loop.report import (
     write_report,
 )
 from workflow_rl.tasks import get_benchmark
+from workflow_rl.tasks.base import answer_check
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -55,7 +56,7 @@ def loop_db(tmp_path_factory):
     async def search():
         async with BenchmarkEvaluator(engine, bench, None, 1) as evaluator:
             config = SearchConfig(budget=60, batch_size=10, children=2, seed=0)
-            return await Search(engine, config, info, evaluator, MutationProposer()).run("rep/r0")
+            return await Search(engine, config, info, evaluator, MutationProposer(same_answer=answer_check(bench))).run("rep/r0")
 
     result = asyncio.run(search())
     with session_scope(engine) as s:

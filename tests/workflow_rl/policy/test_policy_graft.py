@@ -132,9 +132,9 @@ def test_each_solution_is_checked_on_the_failures_once(policy, scripted, monkeyp
     calls: list[str] = []
     real = policy_graft.solved_map
 
-    async def counting(statements, problem_name, failures):
+    async def counting(statements, problem_name, failures, same_answer):
         calls.append(ast.dump(ast.Module(statements, [])))
-        return await real(statements, problem_name, failures)
+        return await real(statements, problem_name, failures, same_answer)
 
     monkeypatch.setattr(policy_graft, "solved_map", counting)
     assert asyncio.run(proposer.propose(context, 4, seed=3)) == expected
