@@ -314,7 +314,7 @@ async def programmer(ctx: OpContext, problem: str, analysis: str = "") -> str:
     """Return the stdout of a model-written program, repairing it on errors."""
     _need_runner(ctx)
     prompt = PROGRAMMER_PROMPT.format(problem=_text("problem", problem), analysis=_text("analysis", analysis))
-    last_error = ""
+    last_error, reply = "", ""
     for _ in range(MAX_REPAIR_ATTEMPTS):
         reply = await ask(ctx, prompt)
         try:
@@ -328,7 +328,8 @@ async def programmer(ctx: OpContext, problem: str, analysis: str = "") -> str:
             return result.stdout.strip()
         last_error = (result.error_message or result.stderr or "the program printed nothing").strip()[-1500:]
         prompt = PROGRAMMER_REPAIR_PROMPT.format(problem=problem, code=code, error=last_error)
-    raise OperatorError(f"programmer: no working program after {MAX_REPAIR_ATTEMPTS} attempts: {last_error[-300:]}")
+    raise OperatorError(f"programmer: no working program after {MAX_REPAIR_ATTEMPTS} attempts: {last_error[-300:]}",
+                        raw=reply)  # the last reply, as every operator error of a model's reply keeps it
 
 
 @register(
