@@ -195,7 +195,7 @@ class LocalServer:
         self.n_ctx = n_ctx or _env_int("WORKFLOW_RL_LOCAL_N_CTX", DEFAULT_N_CTX)
         # Half the CPUs: llama.cpp's threads spin while they wait for each other, so one that shares
         # its core with the sandbox workers (or anything else) stalls all of them. Measured on 2
-        # busy cores: 1 thread 32-63 tokens/s, 2 threads 5-10.
+        # busy cores: 1 thread 20-60 tokens/s, 2 threads 5-20.
         self.threads = threads or _env_int("WORKFLOW_RL_LOCAL_THREADS", max(1, min(8, (os.cpu_count() or 2) // 2)))
         self.start_timeout_s = start_timeout_s or _env_int("WORKFLOW_RL_LOCAL_START_TIMEOUT", 120)
         log = log_path or os.environ.get("WORKFLOW_RL_LOCAL_LOG") or None

@@ -16,8 +16,9 @@ import pytest
 
 from operators.base import LLMRequest
 from workflow_rl.errors import WorkflowRLError
-from workflow_rl.llm import make_executor
+from workflow_rl.llm import OpenAICompatibleClient, ResponseCache, make_executor
 from workflow_rl.llm.local_server import LocalServer, is_local_spec, resolve_local_model, stop_shared_servers
+from workflow_rl.llm.testing import ScriptedOpenAIServer, ScriptedReply
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -55,6 +56,27 @@ def test_server_answers_a_chat_completion_and_is_gone_after_the_block(local_extr
         assert 0 < data["usage"]["completion_tokens"] <= 8
     assert server.process is None and _gone(pid)
     assert "POST /v1/chat/completions" in log.read_text()  # the server's own lines went to its log
+
+
+def test_the_cache_identity_and_the_token_cap_of_a_client(tmp_path):
+    """No model needed: the scripted server. The cap cuts a request before it is sent and keyed, and
+    a client at another URL with the same ``cache_endpoint`` replays without connecting anywhere."""
+    seen = []
+
+    def reply(request: dict) -> ScriptedReply:
+        seen.append(request["max_tokens"])
+        return ScriptedReply(text="ok")
+
+    cache = ResponseCache(tmp_path / "cache.sqlite")
+    asked = LLMRequest(messages=(("user", "x"),), max_tokens=1024)
+    with ScriptedOpenAIServer(reply) as server:
+        client = OpenAICompatibleClient(server.url, "m", cache=cache, cache_endpoint="model-file", max_tokens=16)
+        assert not asyncio.run(client.complete(asked)).cached
+        assert asyncio.run(client.complete(LLMRequest(messages=(("user", "x"),), max_tokens=16))).cached
+    assert seen == [16]
+    elsewhere = OpenAICompatibleClient("http://127.0.0.1:9/v1", "m", cache=cache, cache_endpoint="model-file",
+                                       max_tokens=16, max_attempts=1)
+    assert asyncio.run(elsewhere.complete(asked)).choices[0].text == "ok"
 
 
 @pytest.mark.parametrize("content", [None, b"not a model", b"GGUF" + b"\0" * 64], ids=["missing", "not-gguf", "broken-gguf"])
