@@ -285,7 +285,9 @@ class LocalServer:
     def stop(self) -> None:
         """Terminate the server (SIGTERM to its group), then SIGKILL it after 5 s; idempotent."""
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
+        if process is not None and process.poll() is not None:
+            self._failed = True  # it died on its own (a crash, a kill): keep its log for the post-mortem
+        elif process is not None:
             for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
                 try:
                     os.killpg(process.pid, sig)

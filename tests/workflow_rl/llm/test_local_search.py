@@ -117,7 +117,8 @@ def test_killed_local_search_resumes_from_the_cache_and_stops_at_its_token_budge
     replay = run_cli(_argv(tmp_path, db2, "--token-budget", str(TOKEN_BUDGET)), timeout=300, **env)
     assert replay.returncode == 0, replay.stderr
     assert _posts(tmp_path) == posts  # every reply came from the cache: keys do not depend on the port
-    assert _evaluations(db2) == _evaluations(db)
+    # The same evaluations (the error texts aside: a model-written program's run may differ in timing).
+    assert [r[:4] for r in _evaluations(db2)] == [r[:4] for r in _evaluations(db)]
     assert len(_server_pids(tmp_path)) == 3 and not any(_alive(pid) for pid in _server_pids(tmp_path))
 
 
