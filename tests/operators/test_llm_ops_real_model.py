@@ -8,9 +8,9 @@ reply kept, never any other exception, whatever the model writes.
 from __future__ import annotations
 
 import pytest
-from test_llm_ops import LLM_OPS, run_op, subprocess_runner  # same directory: the scripted-server tests
 
 from operators.base import OpContext, OperatorError
+from tests.operators.test_llm_ops import LLM_OPS, run_op, subprocess_runner  # the scripted-server tests
 from workflow_rl.llm import OpenAICompatibleClient, parse_executor_spec
 
 SUM = "What is 2 plus 3?"

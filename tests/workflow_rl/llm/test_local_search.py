@@ -10,17 +10,14 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import sys
 import time
 from pathlib import Path
 
 from sqlalchemy import text
-from test_search_budgets import _gsm8k_file, _run  # same directory: the scripted-endpoint budget tests
 
 from storage.engine import open_db
-
-sys.path.append(str(Path(__file__).resolve().parents[2] / "reliability"))  # reliability_helpers (a unique name)
-from reliability_helpers import kill_group, run_cli, spawn, stderr_of, wait_until  # noqa: E402
+from tests.helpers.reliability import kill_group, run_cli, spawn, stderr_of, wait_until
+from tests.workflow_rl.llm.test_search_budgets import _gsm8k_file, _run  # the scripted-endpoint budget tests
 
 TOKEN_BUDGET = 900
 
