@@ -16,7 +16,7 @@ from operators.runtime import Sandbox
 from storage.engine import open_db, session_scope
 from storage.repo import add_generation, add_workflow, bulk_insert_evaluations, get_or_create_run, problem_ids
 from workflow_rl.policy.model import Policy, PolicySample
-from workflow_rl.policy.prompts import policy_prompt_for
+from workflow_rl.policy.prompts import PromptSpec
 from workflow_rl.tasks import get_benchmark, persist_problems
 
 RUN = "calc-search"
@@ -92,13 +92,14 @@ def add_policy_samples(url: str, bench, policy: Policy, n: int = 4, temperature:
     Returns the number of stored policy generations."""
     engine = open_db(url)
     problems = bench.problems("train")[:n_problems]
-    prompts = [policy_prompt_for(bench.description, bench.operator_names, p.text) for p in problems]
+    spec = PromptSpec.of(bench)
+    prompts = [policy.prompt(spec, p.text) for p in problems]
     samples = policy.sample(prompts, n=n, temperature=temperature, max_new_tokens=64, seed=seed)
     behavior = [s.behavior_logprobs for s in samples]
     if score_temperature is not None:
         behavior = policy.score([list(s.prompt_token_ids) for s in samples],
                                 [list(s.completion_token_ids) for s in samples], score_temperature)
-    rewards = evaluate_pairs(bench, [(x.text, problems[x.prompt_index]) for x in samples])
+    rewards = evaluate_pairs(bench, [(x.program, problems[x.prompt_index]) for x in samples])
     stored, seen = 0, set()
     with session_scope(engine) as s:
         run = get_or_create_run(s, RUN, bench.name)
@@ -106,7 +107,7 @@ def add_policy_samples(url: str, bench, policy: Policy, n: int = 4, temperature:
         for k, sample in enumerate(samples):
             problem = problems[sample.prompt_index]
             reward = rewards[k]
-            wf = add_workflow(s, run.id, sample.text, "policy", round=1)
+            wf = add_workflow(s, run.id, sample.program, "policy", round=1)
             if wf.source != "policy" or wf.id in seen:
                 continue  # the same code already exists (search data, or a sibling sampled it first)
             seen.add(wf.id)
@@ -129,10 +130,10 @@ def scripted_sample(policy: Policy, prompts: list[str], index: int, text: str, t
     """What :meth:`Policy.sample` returns for completion ``text`` of ``prompts[index]``: the real
     tokenizer's prompt and completion ids (EOS included, finish reason ``stop``) and behavior
     logprob ``logprob`` on every token (so ``logprob`` is also the sample's mean token logprob)."""
-    ids = tuple(policy.completion_ids(text))
+    ids = (*policy.encode(text), policy.eos_token_id)
     return PolicySample(
         prompt_index=index, prompt_token_ids=tuple(policy.encode(prompts[index])), completion_token_ids=ids,
-        behavior_logprobs=(float(logprob),) * len(ids), text=text, finish_reason="stop",
+        behavior_logprobs=(float(logprob),) * len(ids), text=text, program=policy.program(text), finish_reason="stop",
         temperature=float(temperature), top_p=1.0,
     )
 

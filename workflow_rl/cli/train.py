@@ -31,7 +31,7 @@ def train_command(
     ctx: typer.Context,
     run: Annotated[str, typer.Option("--run", help=_H("run"))],
     policy: Annotated[str, typer.Option("--policy", help=_H("policy"))] = "builtin:tiny",
-    lora: Annotated[bool, typer.Option("--lora/--full", help=_H("lora"))] = False,
+    lora: Annotated[bool | None, typer.Option("--lora/--full", help=_H("lora"))] = None,
     lr: Annotated[float, typer.Option("--lr", help=_H("lr"))] = 1e-5,
     epochs: Annotated[int, typer.Option("--epochs", help=_H("epochs"))] = 1,
     batch_size: Annotated[int, typer.Option("--batch-size", help=_H("batch_size"))] = 16,

@@ -26,10 +26,12 @@ class TrainConfig:
     run: str = _f("", "Name of the stored search run whose evaluations are trained on.")
     policy: str = _f("builtin:tiny", "Policy to start from: builtin:tiny, a model directory, or a checkpoint path.")
     out_dir: str | None = _f(None, "Checkpoint directory (default: ./runs/<run>/checkpoints).")
-    cache_dir: str | None = _f(None, "Not used today: builtin:tiny ships inside the package (kept so scripts that pass it still work).")
+    cache_dir: str | None = _f(None, "Where GGUF bases are dequantized to (default: $WORKFLOW_RL_CACHE or ~/.cache/workflow-rl).")
     round: int = _f(0, "Loop round these steps and the checkpoint are recorded under.")
     rounds: tuple[int, ...] | None = _f(None, "Workflow rounds to read samples from (default: all).")
-    lora: bool = _f(False, "Train a LoRA adapter instead of all weights (reference = adapter disabled).")
+    lora: bool | None = _f(None, "Train a LoRA adapter instead of all weights (reference = adapter disabled); "
+                                 "default: LoRA for a pretrained base (builtin:smollm2, a GGUF, a model "
+                                 "directory), all weights for builtin:tiny.")
     lora_r: int = _f(8, "LoRA rank.")
     lora_alpha: int = _f(16, "LoRA alpha.")
     lr: float = _f(1e-5, "AdamW learning rate (0 keeps every parameter bit-identical: the control run).")

@@ -4,8 +4,11 @@ One sample per (workflow, problem) of the **train** split (rewards of repeats ar
 Only a completion the policy itself sampled for that problem's prompt is a *policy* sample: it
 keeps its exact stored token ids and behavior logprobs (docs/design.md rules 2, 11). Everything else
 (seeds, mutations, LLM-optimizer code, policy code evaluated on another problem or edited after
-sampling) is a *search* sample: the per-problem prompt is rendered by the one prompt function and
-the code is tokenized, with no behavior logprobs (rule 8). Bad policy records are errors, never
+sampling) is a *search* sample: the per-problem prompt is rendered by the policy's one prompt
+function (``Policy.prompt``) and the code is tokenized as the policy would write it
+(``Policy.completion_ids``: a chat policy's reply is a fenced block), with no behavior logprobs
+(rule 8). A policy completion is matched to its workflow by the program it contains
+(``Policy.program``: the completion itself for the plain format, the fenced block for chat). Bad policy records are errors, never
 zero-filled (seed 001).
 """
 
@@ -21,7 +24,9 @@ from storage.engine import session_scope
 from storage.models import Evaluation, Generation, Problem, Run, Workflow
 from workflow_rl.errors import WorkflowRLError
 from workflow_rl.learner.config import SEARCH_SAMPLES
-from workflow_rl.policy.prompts import policy_prompt_for
+from workflow_rl.policy.prompts import PromptSpec
+
+__all__ = ["DatasetFilter", "DatasetStats", "NoTrainSamples", "PromptSpec", "Sample", "load_samples"]
 
 
 class NoTrainSamples(WorkflowRLError):
@@ -33,7 +38,7 @@ class Sample:
     """One GRPO training sample (token ids are exactly what the learner scores)."""
 
     prompt: str
-    completion: str  # workflow code
+    completion: str  # completion text (policy: as sampled, e.g. a chat reply; search: the workflow code)
     reward: float
     group_id: str
     source: str  # "policy" (sampled by the policy for this prompt) or "search"
@@ -81,29 +86,6 @@ class DatasetStats:
     dropped: Counter = field(default_factory=Counter)
 
 
-@dataclass(frozen=True)
-class PromptSpec:
-    """Benchmark text the per-problem prompt is rendered from."""
-
-    task_description: str
-    operator_names: tuple[str, ...] | None
-
-    @classmethod
-    def for_benchmark(cls, name: str) -> PromptSpec:
-        """Task header and operator set of a registered benchmark."""
-        try:
-            from workflow_rl.tasks import get_benchmark  # type: ignore[attr-defined]
-
-            bench = get_benchmark(name)
-        except (ImportError, KeyError, LookupError, ValueError) as exc:
-            raise WorkflowRLError(f"benchmark {name!r} of the run is not registered ({exc})") from exc
-        return cls(bench.description, tuple(bench.operator_names))
-
-    def render(self, problem_text: str) -> str:
-        """The policy prompt for one problem (no parent workflow)."""
-        return policy_prompt_for(self.task_description, self.operator_names, problem_text)
-
-
 def _policy_sample(gen: Generation, wf: Workflow, problem: Problem, reward: float, tok, filt) -> Sample:
     where = f"generation {gen.id} (workflow {wf.id})"
     if gen.behavior_logprobs is None:
@@ -139,8 +121,9 @@ def load_samples(
 ) -> tuple[list[Sample], DatasetStats]:
     """Expand the run's stored evaluations into samples; see the module docstring.
 
-    ``tokenizer`` is usually the :class:`~workflow_rl.policy.model.Policy` (``encode``,
-    ``completion_ids``, ``decode_completion``). ``prompt_spec`` defaults to the run's benchmark.
+    ``tokenizer`` is the :class:`~workflow_rl.policy.model.Policy` (``encode``, ``prompt``,
+    ``program``, ``completion_ids``, ``decode_completion``). ``prompt_spec`` defaults to the run's
+    benchmark.
     """
     if filt.split != "train":
         raise WorkflowRLError(
@@ -178,12 +161,12 @@ def load_samples(
         prompts: dict[int, tuple[str, tuple[int, ...]]] = {}
         for key, (wf, problem) in rows.items():
             reward = sum(rewards[key]) / len(rewards[key])
-            sampled = _sampled_by_policy(wf, gens.get(key, ()))
+            sampled = _sampled_by_policy(wf, gens.get(key, ()), tokenizer)
             if sampled:
                 batch = [_policy_sample(g, wf, problem, reward, tokenizer, filt) for g in sampled]
             else:
                 if problem.id not in prompts:
-                    text = spec.render(problem.text)
+                    text = tokenizer.prompt(spec, problem.text)
                     prompts[problem.id] = (text, tuple(tokenizer.encode(text)))
                 prompt, prompt_ids = prompts[problem.id]
                 batch = [Sample(
@@ -197,11 +180,11 @@ def load_samples(
     return _filter_groups(samples, filt, stats)
 
 
-def _sampled_by_policy(wf: Workflow, gens) -> list[Generation]:
-    """The generations that are exactly this policy-written workflow as sampled (rule 11)."""
+def _sampled_by_policy(wf: Workflow, gens, tokenizer) -> list[Generation]:
+    """The generations whose program is exactly this policy-written workflow as sampled (rule 11)."""
     if wf.source != "policy":
         return []
-    return [g for g in gens if g.sampler != "mutation" and g.completion_text == wf.code]
+    return [g for g in gens if g.sampler != "mutation" and tokenizer.program(g.completion_text) == wf.code]
 
 
 def _fitting(batch: list[Sample], filt: DatasetFilter, stats: DatasetStats) -> list[Sample]:
@@ -231,7 +214,7 @@ def _invalid_policy_samples(session, run_id: int, filt: DatasetFilter, tokenizer
     if filt.rounds is not None:
         query = query.where(Workflow.round.in_(list(filt.rounds)))
     batch = [_policy_sample(gen, wf, problem, 0.0, tokenizer, filt)
-             for gen, wf, problem in session.execute(query) if _sampled_by_policy(wf, [gen])]
+             for gen, wf, problem in session.execute(query) if _sampled_by_policy(wf, [gen], tokenizer)]
     kept = _fitting(batch, filt, stats)
     stats.invalid_policy += len(kept)
     return kept

@@ -36,7 +36,7 @@ from workflow_rl.learner.grpo import (
 )
 from workflow_rl.learner.grpo_is import high_entropy_mask, off_policy_mask, sampler_is_weights
 from workflow_rl.learner.step_metrics import StepMetrics
-from workflow_rl.policy.model import LoraSpec, Policy
+from workflow_rl.policy.model import LoraSpec, Policy, is_pretrained
 
 
 @dataclass
@@ -176,7 +176,7 @@ def grpo_step(
         per_token_kl = None
         if config.beta > 0:
             with torch.no_grad():
-                if config.lora:  # the reference is the base model: same weights, adapter off
+                if policy.lora is not None:  # the reference is the base model: same weights, adapter off
                     with policy.model.disable_adapter():
                         ref_logp = _forward(policy, accelerator, rows)[0].float()
                 else:
@@ -293,9 +293,11 @@ def train(
         if latest is None:
             raise WorkflowRLError(f"--resume: no checkpoint of run {config.run!r} round {config.round}; drop --resume")
         start, state = latest.path, Policy.trainer_state(latest.path)
-    lora = LoraSpec(r=config.lora_r, alpha=config.lora_alpha) if config.lora else None
-    policy = Policy.load(start, lora=lora, cache_dir=config.cache_dir, device=accelerator.device,
-                         dtype=torch.float32)
+    policy = Policy.load(start, cache_dir=config.cache_dir, device=accelerator.device, dtype=torch.float32)
+    # LoRA by default for a pretrained base (its base_model survives checkpoints), all weights for
+    # builtin:tiny; an explicit --lora/--full wins. A checkpoint with an adapter keeps training it.
+    if config.lora if config.lora is not None else is_pretrained(policy.base_model):
+        policy.with_lora(LoraSpec(r=config.lora_r, alpha=config.lora_alpha))
     start_version = state["start_version"] if state else _version_of(engine, config.policy)
 
     # 2. samples (train split only) and the policy-version check (docs/design.md rule 4)
@@ -328,7 +330,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda k: min(1.0, (k + 1) / (config.warmup_steps + 1)) if config.warmup_steps else 1.0)
     ref_model = None
-    if config.beta > 0 and not config.lora:  # full fine-tuning needs a frozen copy as the reference
+    if config.beta > 0 and policy.lora is None:  # full fine-tuning needs a frozen copy as the reference
         ref_model = copy.deepcopy(policy.model).eval().requires_grad_(False)
     start_old = (state or {}).get("start_old") or start_logprobs(policy, accelerator, samples, config)
     policy.model, optimizer, scheduler = accelerator.prepare(policy.model, optimizer, scheduler)

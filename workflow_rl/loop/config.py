@@ -63,7 +63,7 @@ class LoopConfig:
     batch_size: int = _f(32, "Samples per optimizer step.")
     micro_batch_size: int = _f(16, "Samples per forward pass.")
     out_dir: str | None = _f(None, "Where checkpoints go (default ./runs/<run>).")
-    cache_dir: str | None = _f(None, "Not used today: builtin:tiny ships inside the package (kept so stored configs and scripts that pass it still work).")
+    cache_dir: str | None = _f(None, "Where GGUF bases are dequantized to (default: $WORKFLOW_RL_CACHE or ~/.cache/workflow-rl).")
     workers: int | None = _f(None, "Sandbox worker processes (default: CPU count).")
 
     def __post_init__(self) -> None:

@@ -47,11 +47,12 @@ from storage.engine import open_db, session_scope
 from storage.models import Generation, PolicyCheckpoint, Problem, Run, SearchNode, TrainStep, Workflow
 from storage.repo import add_generation, add_workflow, find_run, get_or_create_run
 from workflow_rl.errors import WorkflowRLError
-from workflow_rl.learner.dataset import NoTrainSamples, PromptSpec
+from workflow_rl.learner.dataset import NoTrainSamples
 from workflow_rl.loop.config import LoopConfig
 from workflow_rl.loop.evaluation import BenchmarkEvaluator
 from workflow_rl.policy.graft import GraftProposer
 from workflow_rl.policy.model import Policy
+from workflow_rl.policy.prompts import PromptSpec
 from workflow_rl.policy.proposer import SAMPLER, MixedProposer, PolicyProposer
 from workflow_rl.tasks import get_benchmark
 from workflow_rl.tasks.base import answer_check
@@ -248,8 +249,8 @@ async def collect_train_data(
     train_ids = evaluator.problem_ids("train")
     pids = sorted(rng.sample(train_ids, min(config.train_problems, len(train_ids))))
     texts = _problem_texts(engine, pids)
-    spec = PromptSpec(bench.description, tuple(bench.operator_names))
-    prompts = [spec.render(texts[pid]) for pid in pids]
+    spec = PromptSpec.of(bench)
+    prompts = [policy.prompt(spec, texts[pid]) for pid in pids]
     samples = await asyncio.to_thread(
         policy.sample, prompts, config.group_size, config.temperature, 1.0, config.max_new_tokens,
         rng.randrange(2**31))
@@ -262,7 +263,7 @@ async def collect_train_data(
         s.execute(delete(Generation).where(Generation.run_id == run_id, Generation.group_key.in_(groups)))
         for sample in samples:
             pid = pids[sample.prompt_index]
-            wf = _store_workflow(s, run_id, sample.text, bench.operator_names, round_, version)
+            wf = _store_workflow(s, run_id, sample.program, bench.operator_names, round_, version)
             group = groups[sample.prompt_index]
             add_generation(
                 s, run_id=run_id, workflow_id=wf.id, problem_id=pid, parent_workflow_id=None, group_key=group,

@@ -31,9 +31,9 @@ from storage.engine import open_db, session_scope
 from storage.models import PolicyCheckpoint, Problem, Run
 from storage.repo import add_generation, add_workflow, get_or_create_run
 from workflow_rl.errors import WorkflowRLError
-from workflow_rl.learner.dataset import PromptSpec
 from workflow_rl.loop.evaluation import BenchmarkEvaluator
 from workflow_rl.policy.model import Policy, PolicySample
+from workflow_rl.policy.prompts import PromptSpec
 from workflow_rl.policy.proposer import SAMPLER
 from workflow_rl.tasks import Benchmark, get_benchmark
 
@@ -77,7 +77,7 @@ def _ranked(samples: list[PolicySample], operator_names) -> list[PolicySample]:
     def mean_logprob(sample: PolicySample) -> float:
         return sum(sample.behavior_logprobs) / max(len(sample.behavior_logprobs), 1)
 
-    return sorted(samples, key=lambda x: (_is_valid(x.text, operator_names), mean_logprob(x)), reverse=True)
+    return sorted(samples, key=lambda x: (_is_valid(x.program, operator_names), mean_logprob(x)), reverse=True)
 
 
 def _ran(result) -> bool:
@@ -94,12 +94,12 @@ async def _first_that_runs(
     Runs go in waves: all problems' next candidate at once, so the sandbox stays busy.
     """
     chosen = [r[0] for r in ranked]
-    todo = {i: [c for c in r if _is_valid(c.text, operator_names)] for i, r in enumerate(ranked)}
+    todo = {i: [c for c in r if _is_valid(c.program, operator_names)] for i, r in enumerate(ranked)}
     todo = {i: c for i, c in todo.items() if c}
     costs: list[float | None] = []
     while todo:
         wave = [(i, todo[i].pop(0)) for i in sorted(todo)]
-        results = await evaluator.execute([(c.text, pids[i]) for i, c in wave])
+        results = await evaluator.execute([(c.program, pids[i]) for i, c in wave])
         for (i, candidate), result in zip(wave, results, strict=True):
             costs.append(result.usage.cost)
             if _ran(result):
@@ -129,9 +129,9 @@ async def _validated(
     ``top > 0``), the one with the best validation precision ``(right + 1) / (ran + 2)``; validation
     runs are stored in the run ``<run>/validation``."""
     chosen = [r[0] for r in ranked]
-    candidates = [[c for c in r if _is_valid(c.text, operator_names)] for r in ranked]
+    candidates = [[c for c in r if _is_valid(c.program, operator_names)] for r in ranked]
     items = [(i, c) for i, cands in enumerate(candidates) for c in cands]
-    results = await evaluator.execute([(c.text, pids[i]) for i, c in items])
+    results = await evaluator.execute([(c.program, pids[i]) for i, c in items])
     costs: list[float | None] = [r.usage.cost for r in results]
     ran: dict[int, list[PolicySample]] = {}
     for (i, c), result in zip(items, results, strict=True):
@@ -143,7 +143,7 @@ async def _validated(
     validation = evaluator.problem_ids("validation")
     with session_scope(engine) as s:
         run_id = get_or_create_run(s, f"{run_name}/validation", evaluator.benchmark.name, kind="eval").id
-    for code in sorted({c.text for cands in ran.values() for c in cands}):
+    for code in sorted({c.program for cands in ran.values() for c in cands}):
         with session_scope(engine) as s:
             wid = add_workflow(s, run_id, code, "policy", code_hash=code_hash(code), valid=True).id
         batch = await evaluator.evaluate(run_id, wid, code, validation, 1)
@@ -151,7 +151,7 @@ async def _validated(
         finished = [r for r in batch.records if r.error in (None, "wrong_answer")]
         precision[code] = (sum(r.reward for r in finished) + 1.0) / (len(finished) + 2.0)
     for i, cands in ran.items():
-        chosen[i] = max(enumerate(cands), key=lambda jc: (precision[jc[1].text], -jc[0]))[1]
+        chosen[i] = max(enumerate(cands), key=lambda jc: (precision[jc[1].program], -jc[0]))[1]
     # every program that ran has its validation pass stored: the run is complete (runs said "running")
     _finish(engine, run_id, {"programs": len(precision)})
     return chosen, costs
@@ -169,8 +169,8 @@ async def _evaluate_policy(
         with session_scope(engine) as s:
             texts = dict(s.execute(select(Problem.id, Problem.text).where(Problem.id.in_(pids))).all())
             run_id = get_or_create_run(s, run_name, bench.name, kind="eval").id
-        spec = PromptSpec(bench.description, tuple(bench.operator_names))
-        prompts = [spec.render(texts[pid]) for pid in pids]
+        spec = PromptSpec.of(bench)
+        prompts = [policy.prompt(spec, texts[pid]) for pid in pids]
         greedy = best_of == 1
         samples = await asyncio.to_thread(
             policy.sample, prompts, best_of, 0.0 if greedy else temperature, 1.0, max_new_tokens, seed)
@@ -185,9 +185,9 @@ async def _evaluate_policy(
         valid = 0
         with session_scope(engine) as s:
             for pid, sample, prompt in zip(pids, chosen, prompts, strict=True):
-                ok = _is_valid(sample.text, bench.operator_names)
+                ok = _is_valid(sample.program, bench.operator_names)
                 valid += ok
-                wf = add_workflow(s, run_id, sample.text, "policy", code_hash=code_hash(sample.text),
+                wf = add_workflow(s, run_id, sample.program, "policy", code_hash=code_hash(sample.program),
                                   checkpoint_id=checkpoint_id, valid=ok)
                 group = f"{run_name}:p{pid}"
                 if not _has_generation(s, wf.id, pid, group):

@@ -5,8 +5,7 @@ policy never sees the expansion prompt (parent code + failure notes) in training
 it writes there are mostly not even valid programs (measured on calc with builtin:tiny: 0 valid of
 36 in a round). Graft mode asks the policy what it was trained for: for each distinct problem the
 parent failed (up to ``max_failures``), the policy's greedy program and ``samples`` sampled ones
-are drawn from that problem's per-problem prompt (:func:`workflow_rl.policy.prompts.policy_prompt_for`,
-the prompt training uses). The distinct straight-line programs that yield the failing problem's
+are drawn from that problem's per-problem prompt (``Policy.prompt``, the prompt training uses). The distinct straight-line programs that yield the failing problem's
 expected answer on the host (tool operators only, as the mutation proposer's routing check) are
 its solutions; one becomes a branch ``if "<cue>" in problem: ...`` of the parent
 (:mod:`search.graft`). Every child holds a branch for every failure with a solution (child ``c``
@@ -30,7 +29,7 @@ from search.graft import best_cue, graft, solved_map, solves_example, straight_l
 from search.mutations import validation_error
 from search.routing import AnswerCheck
 from workflow_rl.policy.model import Policy
-from workflow_rl.policy.prompts import policy_prompt_for
+from workflow_rl.policy.prompts import PromptSpec
 from workflow_rl.tasks.base import text_or_number_equal
 
 
@@ -74,7 +73,8 @@ class GraftProposer:
         failures = failures[: self.max_failures]
         if n <= 0 or not failures:
             return []
-        prompts = [policy_prompt_for(context.task_description, context.operator_names, f.problem) for f in failures]
+        spec = PromptSpec.for_context(context)
+        prompts = [self.policy.prompt(spec, f.problem) for f in failures]
         k = self.samples
         drawn = await asyncio.to_thread(
             self.policy.sample, prompts, k, self.temperature, 1.0, self.max_new_tokens, seed)
@@ -89,10 +89,10 @@ class GraftProposer:
         for i, failure in enumerate(failures):
             found, tried = [], set()
             for sample in [greedy[i], *drawn[i * k: (i + 1) * k]]:
-                if sample.text in tried:  # a confident policy repeats itself: parse and run each once
+                if sample.program in tried:  # a confident policy repeats itself: parse and run each once
                     continue
-                tried.add(sample.text)
-                body = straight_line(sample.text)
+                tried.add(sample.program)
+                body = straight_line(sample.program)
                 if body is not None and await solves_example(body[0], body[1], failure, self.same_answer):
                     found.append(body)
             solutions.append(found)

@@ -5,9 +5,13 @@ from the very forward pass that sampled it (docs/design.md rules 1-2), together 
 and completion token ids. ``Policy.score`` computes the same quantity teacher-forced, so a
 policy scoring its own samples reproduces their behavior logprobs (up to float rounding).
 
-Sources: ``builtin:tiny`` (built locally, see :mod:`workflow_rl.policy.tiny`), a local model directory,
-a checkpoint written by :meth:`Policy.save`, or a model already in the Hugging Face cache
-(never downloaded: ``local_files_only=True``).
+Sources: ``builtin:tiny`` (shipped, see :mod:`workflow_rl.policy.tiny`), ``builtin:smollm2`` or a
+``.gguf`` file (dequantized once into a cached model directory, see :mod:`workflow_rl.policy.pretrained`),
+a local model directory, a checkpoint written by :meth:`Policy.save`, or a model already in the
+Hugging Face cache (never downloaded: ``local_files_only=True``).
+
+The policy's prompt format (:mod:`workflow_rl.policy.formats`) follows its tokenizer: a chat
+template gives the chat prompt, whose replies carry the program in a fenced block.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import torch
 
 from workflow_rl.errors import WorkflowRLError
 from workflow_rl.policy.decode import completion_logits, sample_tokens
+from workflow_rl.policy.formats import prompt_format
 from workflow_rl.policy.logprobs import token_logprobs
+from workflow_rl.policy.pretrained import BUILTIN_SMOLLM2, resolve_pretrained
 from workflow_rl.policy.tiny import BUILTIN_TINY, shipped_tiny
 
 POLICY_META = "policy.json"
@@ -52,6 +58,7 @@ class PolicySample:
     completion_token_ids: tuple[int, ...]  # includes the EOS when one was sampled
     behavior_logprobs: tuple[float, ...]  # one per completion token, at ``temperature``
     text: str  # decoded completion without the EOS
+    program: str  # the workflow code in ``text`` (the policy's format decides; plain: ``text`` itself)
     finish_reason: str  # "stop" (EOS sampled) or "length" (hit max_new_tokens)
     temperature: float
     top_p: float
@@ -66,14 +73,19 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _load_base(name: str, dtype: torch.dtype):
+def is_pretrained(name: str) -> bool:
+    """Whether a base is a pretrained model (LoRA by default), i.e. anything but ``builtin:tiny``."""
+    return name != BUILTIN_TINY
+
+
+def _load_base(name: str, dtype: torch.dtype, cache_dir: str | Path | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = str(shipped_tiny()) if name == BUILTIN_TINY else name
-    if name != BUILTIN_TINY and not Path(name).exists() and ("/" not in name or name.startswith((".", "/"))):
+    path = str(shipped_tiny()) if name == BUILTIN_TINY else resolve_pretrained(name, cache_dir) or name
+    if path == name and not Path(name).exists() and ("/" not in name or name.startswith((".", "/"))):
         raise WorkflowRLError(
-            f"policy {name!r} is neither a local directory nor a Hugging Face model id; "
-            f"pass --policy {BUILTIN_TINY}, a model directory, or a checkpoint path"
+            f"policy {name!r} is neither a local directory nor a Hugging Face model id; pass --policy "
+            f"{BUILTIN_TINY}, {BUILTIN_SMOLLM2}, a .gguf file, a model directory, or a checkpoint path"
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -97,6 +109,7 @@ class Policy:
         self.base_model = base_model  # the name the user gave (builtin:tiny, a path, an HF id)
         self.base_path = base_path  # the resolved directory of the base weights
         self.lora = lora
+        self.format = prompt_format(tokenizer)  # the one prompt/program format of this policy
 
     # ------------------------------------------------------------ loading / saving
 
@@ -109,11 +122,12 @@ class Policy:
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> Policy:
-        """Load ``builtin:tiny``, a model directory, an HF-cache id, or a :meth:`save` checkpoint.
+        """Load ``builtin:tiny``, ``builtin:smollm2``, a ``.gguf`` file, a model directory, an
+        HF-cache id, or a :meth:`save` checkpoint.
 
         ``lora`` adds a fresh trainable adapter (ignored for a checkpoint that has one already).
-        Defaults: CUDA + bf16 when available, else CPU + float32. ``cache_dir`` is not used by any
-        policy today (``builtin:tiny`` ships inside the package); callers may still pass it.
+        Defaults: CUDA + bf16 when available, else CPU + float32. ``cache_dir`` is where GGUF files
+        are dequantized to (default :func:`workflow_rl.policy.tiny.default_cache_dir`).
         """
         device = torch.device(device) if device is not None else _device()
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -123,9 +137,11 @@ class Policy:
             if meta["lora"] is not None:
                 from peft import PeftModel
 
-                # builtin:tiny by name: the package's directory moves with each install.
-                base = BUILTIN_TINY if meta["base_model"] == BUILTIN_TINY else meta["base_path"]
-                model, tokenizer, base_path = _load_base(base, dtype)
+                # Builtins and GGUF files by name: the package's directory moves with each install
+                # and a GGUF's converted directory lives in this machine's cache.
+                by_name = meta["base_model"].startswith("builtin:") or meta["base_model"].lower().endswith(".gguf")
+                base = meta["base_model"] if by_name else meta["base_path"]
+                model, tokenizer, base_path = _load_base(base, dtype, cache_dir)
                 model = PeftModel.from_pretrained(model, str(ckpt / "model"), is_trainable=True)
                 spec = LoraSpec(**{**meta["lora"], "target_modules": tuple(meta["lora"]["target_modules"])})
                 return cls(model.to(device), tokenizer, meta["base_model"], base_path, spec)
@@ -133,7 +149,7 @@ class Policy:
             return cls(model.to(device), tokenizer, meta["base_model"], meta["base_path"], None).with_lora(lora)
         if name_or_path != BUILTIN_TINY and ckpt.exists() and (ckpt / "model").exists():
             raise WorkflowRLError(f"checkpoint {ckpt} is incomplete (no {POLICY_META}); it was never finished")
-        model, tokenizer, base_path = _load_base(name_or_path, dtype)
+        model, tokenizer, base_path = _load_base(name_or_path, dtype, cache_dir)
         return cls(model.to(device), tokenizer, name_or_path, base_path, None).with_lora(lora)
 
     def with_lora(self, lora: LoraSpec | None) -> Policy:
@@ -205,9 +221,18 @@ class Policy:
         """Token ids of ``text`` with no special tokens added."""
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def prompt(self, spec, problem: str, parent_code: str | None = None, failures=None) -> str:
+        """The policy prompt for ``problem`` in this policy's format: every sampler and the learner
+        render prompts through here (``spec`` is a :class:`workflow_rl.policy.prompts.PromptSpec`)."""
+        return self.format.prompt(spec, problem, parent_code, failures)
+
+    def program(self, completion_text: str) -> str:
+        """The workflow code of a completion (plain format: the completion; chat: its fenced block)."""
+        return self.format.program(completion_text)
+
     def completion_ids(self, code: str) -> list[int]:
-        """Token ids of a completion as the policy would emit it: the code followed by EOS."""
-        return self.encode(code) + [self.eos_token_id]
+        """Token ids of a completion as the policy would emit ``code``: its reply text, then EOS."""
+        return self.encode(self.format.reply(code)) + [self.eos_token_id]
 
     def decode_completion(self, ids: list[int] | tuple[int, ...]) -> str:
         """Completion text of ``ids`` (a trailing EOS is dropped)."""
@@ -246,12 +271,14 @@ class Policy:
         for b, i in enumerate(rows):
             ids = tuple(drawn.tokens[b])
             stopped = bool(ids and ids[-1] == eos)
+            text = self.decode_completion(ids)
             samples.append(PolicySample(
                 prompt_index=i,
                 prompt_token_ids=tuple(prompt_ids[i]),
                 completion_token_ids=ids,
                 behavior_logprobs=tuple(drawn.logprobs[b]),
-                text=self.decode_completion(ids),
+                text=text,
+                program=self.program(text),
                 finish_reason="stop" if stopped else "length",
                 temperature=float(temperature),
                 top_p=float(top_p),

@@ -1,12 +1,16 @@
-"""The one policy prompt, shared by sampling and training (docs/design.md, one round, step 2).
+"""The policy prompt, shared by sampling and training (docs/design.md, one round, step 2).
 
-Short on purpose: the built-in tiny model has a small context and learns faster from short
-prompts. Operators are rendered from the registry (``describe_operators``), never hand-typed.
+:func:`render_policy_prompt` is the plain prompt of ``builtin:tiny``: short on purpose (the tiny
+model has a small context and learns faster from short prompts). A model whose tokenizer has a
+chat template gets a chat prompt instead (:mod:`workflow_rl.policy.formats`, which picks the one
+of a policy); both render operators from the registry (``describe_operators``), never hand-typed,
+from one :class:`PromptSpec`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 COMPLETION_MARKER = "### Workflow\n"
 """Last line of every policy prompt; the completion (workflow code) follows it directly."""
@@ -66,3 +70,55 @@ def policy_prompt_for(
     """
     return render_policy_prompt(task_description, render_operators(operator_names, brief=True), problem,
                                 parent_code, failures)
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """Benchmark text every policy prompt of a run is rendered from.
+
+    ``example`` is a seed workflow of the benchmark: the chat prompt's worked example (the plain
+    prompt of ``builtin:tiny`` has none). Build it with :meth:`of` / :meth:`for_benchmark` so
+    sampling and training render the same example.
+    """
+
+    task_description: str
+    operator_names: tuple[str, ...] | None
+    example: str | None = None
+
+    @classmethod
+    def of(cls, bench) -> PromptSpec:
+        """The spec of a benchmark object: its description, operators and first seed workflow."""
+        seeds = bench.seed_workflows()
+        return cls(bench.description, tuple(bench.operator_names), next(iter(seeds.values()), None))
+
+    @classmethod
+    def for_benchmark(cls, name: str) -> PromptSpec:
+        """The spec of a registered benchmark (a :class:`WorkflowRLError` when it is not registered)."""
+        from workflow_rl.errors import WorkflowRLError
+
+        try:
+            from workflow_rl.tasks import get_benchmark
+
+            bench = get_benchmark(name)
+        except (ImportError, KeyError, LookupError, ValueError) as exc:
+            raise WorkflowRLError(f"benchmark {name!r} of the run is not registered ({exc})") from exc
+        return cls.of(bench)
+
+    @classmethod
+    def for_context(cls, context) -> PromptSpec:
+        """The spec of a search expansion (a ``search.base.ProposalContext``): its task and operators,
+        and the first seed workflow of its benchmark when that is registered (none otherwise)."""
+        try:
+            from workflow_rl.tasks import get_benchmark
+
+            seeds = get_benchmark(context.benchmark).seed_workflows()
+        except (ImportError, KeyError, LookupError, ValueError):
+            seeds = {}
+        return cls(context.task_description, tuple(context.operator_names), next(iter(seeds.values()), None))
+
+    def render(self, problem_text: str, fmt=None) -> str:
+        """The policy prompt for one problem (no parent) in ``fmt``, a policy's ``format`` (default:
+        the plain prompt; a chat policy's prompt needs its format, or ``Policy.prompt``)."""
+        if fmt is None:
+            return policy_prompt_for(self.task_description, self.operator_names, problem_text)
+        return fmt.prompt(self, problem_text)

@@ -1,13 +1,14 @@
 """The ``policy`` proposer: the learned policy writes the children of a search node.
 
-For one expansion the policy samples ``G`` completions from ONE prompt, rendered by the shared
-prompt function (:func:`workflow_rl.policy.prompts.policy_prompt_for`) from a problem the parent failed,
+For one expansion the policy samples ``G`` completions from ONE prompt, rendered in the policy's
+format (:mod:`workflow_rl.policy.formats`, the one prompt function) from a problem the parent failed,
 short notes on the other failures, and the parent's code. Every child carries a
 :class:`search.base.Generation` with the exact prompt/completion token ids, the per-token behavior
 logprobs recorded while sampling, the temperature, ``top_p = 1``, ``top_k = 0`` and the policy
 version (``policy_checkpoints.id``; None = the untrained base). The search driver stores it in
 ``generations`` under one group key per expansion, which makes the siblings one GRPO group.
-The completion is used as sampled, never repaired (docs/design.md rule 11): an invalid program is stored
+The completion is used as sampled, never repaired (docs/design.md rule 11): the child's code is the
+program the format takes from it (a chat reply's fenced block), and an invalid program is stored
 with its error and reward 0.
 
 PUCT priors come from the policy's sequence logprobs: siblings get ``softmax(sum of token
@@ -25,8 +26,9 @@ import random
 from dataclasses import replace
 
 from search.base import Candidate, FailedExample, Generation, ProposalContext, Proposer
+from workflow_rl.policy.formats import PLAIN
 from workflow_rl.policy.model import Policy
-from workflow_rl.policy.prompts import policy_prompt_for
+from workflow_rl.policy.prompts import PromptSpec
 
 SAMPLER = "transformers"
 """``generations.sampler`` of policy children (the in-process transformers sampler)."""
@@ -38,18 +40,17 @@ def failure_note(failure: FailedExample, limit: int = 160) -> str:
     return f"{failure.problem.strip()} (expected {failure.expected}, got {str(produced).strip()[:40]})"[:limit]
 
 
-def expansion_prompt(context: ProposalContext, max_failures: int = 2) -> tuple[str, int | None]:
-    """The policy prompt of one expansion and the id of the problem it is conditioned on.
+def expansion_prompt(context: ProposalContext, max_failures: int = 2, fmt=PLAIN) -> tuple[str, int | None]:
+    """The policy prompt of one expansion in format ``fmt`` (a policy's ``format``) and the id of
+    the problem it is conditioned on.
 
     The first failure is the prompt's problem; up to ``max_failures`` failures (that one included)
     are listed as notes. With no failures (a perfect parent) the prompt names no problem.
     """
     failures = list(context.failures[:max_failures])
     problem = failures[0].problem if failures else "(the parent solved every problem it was tried on)"
-    prompt = policy_prompt_for(
-        context.task_description, context.operator_names, problem,
-        parent_code=context.parent_code, failures=[failure_note(f) for f in failures] or None,
-    )
+    prompt = fmt.prompt(PromptSpec.for_context(context), problem, parent_code=context.parent_code,
+                        failures=[failure_note(f) for f in failures] or None)
     return prompt, (failures[0].problem_id if failures else None)
 
 
@@ -93,7 +94,7 @@ class PolicyProposer:
         """``n`` sampled children of ``context.parent_code`` (deterministic for a fixed seed)."""
         if n <= 0:
             return []
-        prompt, problem_id = expansion_prompt(context, self.max_failures)
+        prompt, problem_id = expansion_prompt(context, self.max_failures, self.policy.format)
         # Sampling is CPU/GPU bound; a worker thread keeps the event loop (sandbox I/O) responsive.
         samples = await asyncio.to_thread(
             self.policy.sample, [prompt], n, self.temperature, 1.0, self.max_new_tokens, seed
@@ -109,7 +110,7 @@ class PolicyProposer:
                 truncated=sample.truncated,
             )
             candidates.append(Candidate(
-                code=sample.text, source="policy", prior=prior, generation=generation,
+                code=sample.program, source="policy", prior=prior, generation=generation,
                 description=f"policy v{self.checkpoint_id} sample",
                 meta={"logprob_sum": sum(sample.behavior_logprobs), "finish_reason": sample.finish_reason},
             ))
