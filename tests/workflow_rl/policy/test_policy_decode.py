@@ -185,6 +185,19 @@ def test_shared_prompt_pass_equals_per_row_passes(policy, lora_policy, which):
     p.model.eval()
 
 
+def test_shared_prompt_backward_is_bit_reproducible(lora_policy):
+    p = lora_policy
+    prompts = [p.encode(PROMPTS[i]) for i in (0, 0, 0, 0, 1, 1)]
+    comps = [[5, 6, 7, 0], [8, 3], [9, 10], [11, 12, 13], [0], [16, 17]]
+    runs = []
+    for _ in range(2):
+        p.model.zero_grad(set_to_none=True)
+        logp, _ = p.forward_logprobs(prompts, comps, 1.0)
+        logp.sum().backward()
+        runs.append({k: v.grad.clone() for k, v in p.model.named_parameters() if v.grad is not None})
+    assert runs[0] and all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
 def test_completion_logits_predict_each_token_from_its_prefix(policy):
     prompt, comp = policy.encode(PROMPTS[0]), [5, 6, 0]
     with torch.no_grad():
@@ -196,12 +209,12 @@ def test_completion_logits_predict_each_token_from_its_prefix(policy):
 
 
 @torch.no_grad()
-def test_prompt_pass_is_shared_only_without_dropout_ddp_wrapper_or_grad(policy):
+def test_prompt_pass_is_shared_only_without_dropout_or_ddp_wrapper(policy):
     model = copy.deepcopy(policy.model)
     model.train()
     assert _shareable(model)  # the tiny policy has no dropout: groups share their prompt pass
     with torch.enable_grad():
-        assert not _shareable(model)  # its backward would not be bit-reproducible across threads
+        assert _shareable(model)  # with grad too: _ShareRows' backward is reproducible
     model.config.attention_dropout = 0.1
     assert not _shareable(model)  # a shared pass would give the whole group one dropout draw
     model.eval()
