@@ -24,7 +24,7 @@ class TrainConfig:
     """Hyper-parameters and data selection of one GRPO training round."""
 
     run: str = _f("", "Name of the stored search run whose evaluations are trained on.")
-    policy: str = _f("builtin:tiny", "Policy to start from: builtin:tiny, a model directory, or a checkpoint path.")
+    policy: str = _f("builtin:tiny", "Policy to start from: builtin:tiny, builtin:smollm2, a .gguf file, a model directory, or a checkpoint path.")
     out_dir: str | None = _f(None, "Checkpoint directory (default: ./runs/<run>/checkpoints).")
     cache_dir: str | None = _f(None, "Where GGUF bases are dequantized to (default: $WORKFLOW_RL_CACHE or ~/.cache/workflow-rl).")
     round: int = _f(0, "Loop round these steps and the checkpoint are recorded under.")

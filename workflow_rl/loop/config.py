@@ -25,7 +25,7 @@ class LoopConfig:
     run: str = _f("loop", "Name of the loop; round r's search run is <run>/r<r>.")
     benchmark: str = _f("calc", "Benchmark (validation drives search, train feeds the learner).")
     rounds: int = _f(3, "Rounds; each = one search + one training round (round 0 searches with mutations).")
-    policy: str = _f("builtin:tiny", "Starting policy: builtin:tiny, a model directory or a checkpoint path.")
+    policy: str = _f("builtin:tiny", "Starting policy: builtin:tiny, builtin:smollm2, a .gguf file, a model directory or a checkpoint path.")
     seed: int = _f(0, "Seed of search, sampling, problem choice and training.")
     search_budget: int = _f(320, "Evaluation budget of each round's search (workflow x problem executions).")
     search_batch: int = _f(20, "Validation problems per expansion.")

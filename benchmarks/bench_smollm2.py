@@ -1,0 +1,136 @@
+"""SmolLM2-135M-Instruct as the policy: sampling and training tokens/s, ours vs plain transformers.
+
+Prompts are the real chat prompts of calc problems (:meth:`Policy.prompt`), one group of
+``--group`` samples per prompt (GRPO's shape: many completions of one long prompt).
+
+- Sampling: :meth:`Policy.sample` (one prefill per group, KV cache copied to the rows, lean decode
+  steps, behaviour logprobs recorded) vs ``model.generate`` on the same prompts repeated ``group``
+  times (``do_sample=True``, ``output_logits=True`` so it also yields the logprobs RL needs).
+  Tokens = completion tokens drawn (EOS included, nothing after it).
+- Training: forward + backward of the summed completion logprobs of the sampled completions,
+  :meth:`Policy.forward_logprobs` vs a plain full forward over ``prompt + completion`` with
+  ``log_softmax`` over every position and a gather; the same LoRA adapter (the default for a
+  pretrained base) in both. Tokens = completion tokens trained.
+
+    python benchmarks/bench_smollm2.py [--problems 1 --group 16 --max-new-tokens 32 --ops all]
+
+``--ops`` limits the operators in the prompt (comma-separated; ``all`` = calc's, ~1650 tokens).
+Ends with ``RESULT smol_sample_speedup=...`` and ``RESULT smol_train_speedup=...`` (targets >= 2, >= 1.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from search.mutations import validation_error  # noqa: E402
+from workflow_rl.policy.model import LoraSpec, Policy  # noqa: E402
+from workflow_rl.policy.prompts import PromptSpec  # noqa: E402
+from workflow_rl.tasks import get_benchmark  # noqa: E402
+
+
+def sample_ours(policy: Policy, prompts: list[str], group: int, max_new: int) -> tuple[float, list]:
+    """Seconds and samples of :meth:`Policy.sample`."""
+    t0 = time.perf_counter()
+    samples = policy.sample(prompts, n=group, temperature=1.0, max_new_tokens=max_new, seed=0)
+    return time.perf_counter() - t0, samples
+
+
+def sample_generate(policy: Policy, prompts: list[str], group: int, max_new: int) -> tuple[float, int]:
+    """Seconds and completion tokens of ``model.generate`` on each prompt repeated ``group`` times."""
+    model, eos = policy.model, policy.eos_token_id
+    seconds, tokens = 0.0, 0
+    for text in prompts:
+        ids = torch.tensor([policy.encode(text)] * group)
+        t0 = time.perf_counter()
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
+                             top_p=1.0, top_k=0, max_new_tokens=max_new, eos_token_id=eos, pad_token_id=eos,
+                             output_logits=True, return_dict_in_generate=True)
+        new = out.sequences[:, ids.shape[1]:]
+        logp = torch.stack(out.logits, 1).float().log_softmax(-1).gather(-1, new[..., None]).squeeze(-1)
+        seconds += time.perf_counter() - t0
+        del logp
+        done = (new == eos).long().cumsum(1)
+        tokens += int(((done == 0) | ((done == 1) & (new == eos))).sum())
+    return seconds, tokens
+
+
+def train_ours(policy: Policy, samples) -> float:
+    """Seconds of one forward + backward through :meth:`Policy.forward_logprobs`."""
+    policy.model.train()
+    t0 = time.perf_counter()
+    logp, lengths = policy.forward_logprobs([list(s.prompt_token_ids) for s in samples],
+                                            [list(s.completion_token_ids) for s in samples], 1.0)
+    mask = torch.arange(logp.shape[1])[None] < lengths[:, None]
+    (logp * mask).sum().backward()
+    seconds = time.perf_counter() - t0
+    policy.model.zero_grad(set_to_none=True)
+    policy.model.eval()
+    return seconds
+
+
+def train_plain(policy: Policy, samples) -> float:
+    """Seconds of one plain forward (all positions' logits) + log_softmax + backward."""
+    policy.model.train()
+    eos = policy.eos_token_id
+    seqs = [list(s.prompt_token_ids) + list(s.completion_token_ids) for s in samples]
+    width = max(len(x) for x in seqs)
+    ids = torch.tensor([x + [eos] * (width - len(x)) for x in seqs])
+    attn = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in seqs])
+    t0 = time.perf_counter()
+    logits = policy.model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+    logp = logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    mask = torch.zeros_like(logp)
+    for b, s in enumerate(samples):
+        start = len(s.prompt_token_ids) - 1
+        mask[b, start: start + len(s.completion_token_ids)] = 1
+    (logp * mask).sum().backward()
+    seconds = time.perf_counter() - t0
+    policy.model.zero_grad(set_to_none=True)
+    policy.model.eval()
+    return seconds
+
+
+def main() -> None:
+    """Run both measurements and print the table and RESULT lines."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--problems", type=int, default=1, help="prompt groups")
+    parser.add_argument("--group", type=int, default=16, help="samples per prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--ops", default="all")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    bench = get_benchmark("calc")
+    spec = PromptSpec.of(bench)
+    if args.ops != "all":
+        spec = PromptSpec(spec.task_description, tuple(args.ops.split(",")), spec.example)
+    policy = Policy.load("builtin:smollm2", lora=LoraSpec())
+    prompts = [policy.prompt(spec, p.text) for p in bench.problems("train")[: args.problems]]
+    print(f"threads {torch.get_num_threads()}, prompt tokens {[len(policy.encode(p)) for p in prompts]}, "
+          f"group {args.group}, max_new_tokens {args.max_new_tokens}", flush=True)
+    gen_s, gen_tokens = sample_generate(policy, prompts, args.group, args.max_new_tokens)
+    ours_s, samples = sample_ours(policy, prompts, args.group, args.max_new_tokens)
+    ours_tokens = sum(len(s.completion_token_ids) for s in samples)
+    print(f"sampling  ours     {ours_tokens:5d} tokens {ours_s:7.1f} s  {ours_tokens / ours_s:7.1f} tok/s", flush=True)
+    print(f"sampling  generate {gen_tokens:5d} tokens {gen_s:7.1f} s  {gen_tokens / gen_s:7.1f} tok/s", flush=True)
+    valid = sum(validation_error(s.program, spec.operator_names) is None for s in samples)
+    print(f"valid programs among the sampled replies (T = 1, untrained base): {valid}/{len(samples)}", flush=True)
+    plain_s = train_plain(policy, samples)
+    train_s = train_ours(policy, samples)
+    print(f"training  ours     {ours_tokens:5d} tokens {train_s:7.1f} s  {ours_tokens / train_s:7.1f} tok/s")
+    print(f"training  plain    {ours_tokens:5d} tokens {plain_s:7.1f} s  {ours_tokens / plain_s:7.1f} tok/s")
+    print(f"RESULT smol_sample_tokens_per_s={ours_tokens / ours_s:.1f}")
+    print(f"RESULT smol_generate_tokens_per_s={gen_tokens / gen_s:.1f}")
+    print(f"RESULT smol_sample_speedup={(ours_tokens / ours_s) / (gen_tokens / gen_s):.2f}")
+    print(f"RESULT smol_train_speedup={plain_s / train_s:.2f}")
+    print(f"RESULT smol_valid_program_rate={valid / len(samples):.3f}")
+
+
+if __name__ == "__main__":
+    main()
