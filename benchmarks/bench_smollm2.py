@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from search.mutations import validation_error  # noqa: E402
+from operators.validate import validation_error  # noqa: E402
 from workflow_rl.policy.model import LoraSpec, Policy  # noqa: E402
 from workflow_rl.policy.prompts import PromptSpec  # noqa: E402
 from workflow_rl.tasks import get_benchmark  # noqa: E402

@@ -360,3 +360,12 @@ class _Checker:
 _FORBIDDEN_NAMES = frozenset(
     n for n in builtins.__dict__ if n not in SAFE_BUILTINS and n not in SAFE_EXCEPTIONS
 ) | {ENTRY_POINT}
+
+
+def validation_error(code: str, operator_names: tuple[str, ...]) -> str | None:
+    """The runtime validator's message for ``code``, or None when the program is valid."""
+    try:
+        validate_workflow(code, operator_names)
+    except WorkflowValidationError as exc:
+        return str(exc)
+    return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 
 @dataclass(frozen=True)
@@ -56,16 +56,23 @@ class Generation:
     truncated: bool = False
 
 
+Source = Literal["mutation", "llm", "policy"]
+"""Who wrote a child (stored as ``workflows.source``; seeds are ``seed``)."""
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One proposed child workflow."""
 
     code: str
-    source: str  # mutation | llm | policy
+    source: Source
     prior: float | None = None  # PUCT prior (unnormalised probability), if the proposer has one
     generation: Generation | None = None
     description: str = ""  # what was changed, for the history shown to later proposals
     meta: dict[str, Any] = field(default_factory=dict)
+    policy_version: int | None = None
+    """Checkpoint whose code this child contains without being its exact sample (a graft); a policy
+    sample's version is ``generation.policy_version``. None: no policy wrote it, or the base policy."""
 
 
 class Proposer(Protocol):

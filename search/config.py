@@ -27,7 +27,8 @@ class SearchConfigError(ValueError):
     """An invalid search setting; the message states the value and the fix."""
 
 
-def _f(default: Any, help: str) -> Any:
+def help_field(default: Any, help: str) -> Any:  # noqa: A002 - "help" mirrors argparse/typer naming
+    """A dataclass field whose help text (``metadata["help"]``) the CLI shows; every config of the project uses it."""
     return field(default=default, metadata={"help": help})
 
 
@@ -35,39 +36,39 @@ def _f(default: Any, help: str) -> Any:
 class SearchConfig:
     """Settings of one MCTS search over workflow programs."""
 
-    benchmark: str = _f("calc", "Benchmark whose validation split drives the search.")
+    benchmark: str = help_field("calc", "Benchmark whose validation split drives the search.")
     benchmark_options: dict[str, str] = field(default_factory=dict, metadata={"help": (
         "Options of the benchmark as typed (KEY -> VALUE text, e.g. path of a JSONL file); stored "
         "with the run so that eval and a resume rebuild the same benchmark.")})
-    proposer: str = _f("mutation", "Who writes children: mutation (no model), llm (chat endpoint), policy.")
-    selection: str = _f("uct", "Node selection: uct, puct (proposer priors), aflow (soft-mixed), random.")
-    budget: int = _f(
+    proposer: str = help_field("mutation", "Who writes children: mutation (no model), llm (chat endpoint), policy.")
+    selection: str = help_field("uct", "Node selection: uct, puct (proposer priors), aflow (soft-mixed), random.")
+    budget: int = help_field(
         6000, "Evaluation budget: workflow x problem x repeat executions, a hard bound: a child's batch "
         "starts only if it fits (an expansion may keep fewer children); 0 = none."
     )
-    token_budget: int = _f(
+    token_budget: int = help_field(
         0, "LLM token budget (prompt + completion tokens of the run's stored validation evaluations); a "
         "child's batch starts only if the tokens spent plus its unstored evaluations times the most tokens "
         "one evaluation of the run used (its own first problem, run alone first, included) fit; 0 = none. "
         "See docs/search.md."
     )
-    cost_budget: float = _f(
+    cost_budget: float = help_field(
         0.0, "Dollar budget, counted like --token-budget from each evaluation's stored cost (needs "
         "a known price: a loopback endpoint is free, else --price); 0 = none."
     )
-    max_simulations: int = _f(0, "Stop after this many simulations (expansions); 0 = no limit.")
-    children: int = _f(4, "G: child workflows proposed per expansion (siblings share one problem batch).")
-    batch_size: int = _f(60, "Validation problems per expansion (all of them when the split is smaller).")
-    repeats: int = _f(1, "Executions per (workflow, problem); >1 for stochastic (LLM) executors.")
-    seed: int = _f(0, "Seed: each simulation's RNG derives from (seed, simulation index).")
-    exploration: float = _f(0.1, "c in UCT/PUCT: weight of the exploration bonus (rewards are in [0, 1]).")
-    backup: str = _f("max", "Back-propagation: max (best reward found below a node; default, see search.selection) or mean.")
-    aflow_top_k: int = _f(3, "AFlow selection: candidates are the top-k nodes by score plus the seeds.")
-    aflow_alpha: float = _f(0.2, "AFlow selection: softmax temperature on scores in percent.")
-    aflow_lambda: float = _f(0.3, "AFlow selection: weight of the uniform part of the mixture.")
-    patience: int = _f(0, "Early stop when the top-k mean is unchanged for this many simulations; 0 = off.")
-    top_k: int = _f(3, "k of the top-k mean used by early stopping and the summary.")
-    max_failures: int = _f(6, "Failed problems shown to the proposer (mutation cues, LLM prompt).")
+    max_simulations: int = help_field(0, "Stop after this many simulations (expansions); 0 = no limit.")
+    children: int = help_field(4, "G: child workflows proposed per expansion (siblings share one problem batch).")
+    batch_size: int = help_field(60, "Validation problems per expansion (all of them when the split is smaller).")
+    repeats: int = help_field(1, "Executions per (workflow, problem); >1 for stochastic (LLM) executors.")
+    seed: int = help_field(0, "Seed: each simulation's RNG derives from (seed, simulation index).")
+    exploration: float = help_field(0.1, "c in UCT/PUCT: weight of the exploration bonus (rewards are in [0, 1]).")
+    backup: str = help_field("max", "Back-propagation: max (best reward found below a node; default, see search.selection) or mean.")
+    aflow_top_k: int = help_field(3, "AFlow selection: candidates are the top-k nodes by score plus the seeds.")
+    aflow_alpha: float = help_field(0.2, "AFlow selection: softmax temperature on scores in percent.")
+    aflow_lambda: float = help_field(0.3, "AFlow selection: weight of the uniform part of the mixture.")
+    patience: int = help_field(0, "Early stop when the top-k mean is unchanged for this many simulations; 0 = off.")
+    top_k: int = help_field(3, "k of the top-k mean used by early stopping and the summary.")
+    max_failures: int = help_field(6, "Failed problems shown to the proposer (mutation cues, LLM prompt).")
 
     def __post_init__(self) -> None:
         def bad(name: str, value: Any, fix: str) -> SearchConfigError:

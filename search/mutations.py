@@ -26,6 +26,7 @@ import copy
 import random
 
 from operators.op_calls import awaited_op_calls
+from operators.validate import validation_error
 from search.base import Candidate, ProposalContext
 from search.routing import DEFAULT_PRIOR, AnswerCheck, RoutingPrior, cue_words, exact_answer, route_branch
 from search.signatures import ANY, OpSignature, load_signatures, types_match
@@ -52,17 +53,6 @@ INSTRUCTIONS = (
 )
 """Instruction strings the ``change_arg`` edit draws from (for LLM operators' prompt arguments)."""
 
-
-
-def validation_error(code: str, operator_names: tuple[str, ...]) -> str | None:
-    """The runtime validator's message for ``code``, or None when the program is valid."""
-    from operators.validate import WorkflowValidationError, validate_workflow
-
-    try:
-        validate_workflow(code, operator_names)
-    except WorkflowValidationError as exc:
-        return str(exc)
-    return None
 
 
 class _Program:

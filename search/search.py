@@ -318,9 +318,9 @@ class Search:
                 session, run_id, candidate.code, candidate.source, code_hash=digest, graph_hash=ghash,
                 parent_id=parent_wid, round=k, valid=error is None, error=error,
                 # Policy children carry their sampler's version; edits that contain policy-written
-                # code (grafts) name it in their meta.
+                # code (grafts) carry it as the candidate's own policy_version.
                 checkpoint_id=(candidate.generation.policy_version if candidate.generation
-                               else candidate.meta.get("policy_version")),
+                               else candidate.policy_version),
             )
             if candidate.generation is not None and not generations_for(session, workflow.id):
                 g = candidate.generation

@@ -12,17 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-from workflow_rl.learner.grpo_options import RatioLevel
+from workflow_rl.learner.grpo_options import AdvantageScale, Aggregation, KLKind, RatioLevel  # noqa: F401 (re-exported)
 from workflow_rl.policy.logprobs import token_logprobs  # noqa: F401 (re-exported: part of the maths API)
-
-AdvantageScale = Literal["group", "batch", "none"]
-Aggregation = Literal["token", "sequence", "constant"]
-KLKind = Literal["k1", "k2", "k3"]
-
 
 # ---------------------------------------------------------------- logprobs and masks
 

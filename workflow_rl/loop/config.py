@@ -7,70 +7,71 @@ validates, and its errors state the value and the fix. Defaults are sized so tha
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal, get_args
 
+from search.config import help_field
 from workflow_rl.errors import WorkflowRLError
-from workflow_rl.learner.config import SEARCH_SAMPLES
+from workflow_rl.learner.config import SEARCH_SAMPLES, TrainConfig
+from workflow_rl.learner.grpo_options import SearchSamples
 
-
-def _f(default: Any, help: str) -> Any:  # noqa: A002 - "help" mirrors typer naming
-    return field(default=default, metadata={"help": help})
+PolicyChildren = Literal["auto", "graft", "rewrite"]
+"""How the policy writes search children from round 1 on (see ``LoopConfig.policy_children``)."""
 
 
 @dataclass
 class LoopConfig:
     """Settings of the closed loop: search -> train -> policy-steered search -> train ..."""
 
-    run: str = _f("loop", "Name of the loop; round r's search run is <run>/r<r>.")
-    benchmark: str = _f("calc", "Benchmark (validation drives search, train feeds the learner).")
-    rounds: int = _f(3, "Rounds; each = one search + one training round (round 0 searches with mutations).")
-    policy: str = _f("builtin:tiny", "Starting policy: builtin:tiny, builtin:smollm2, a .gguf file, a model directory or a checkpoint path.")
-    seed: int = _f(0, "Seed of search, sampling, problem choice and training.")
-    search_budget: int = _f(320, "Evaluation budget of each round's search (workflow x problem executions).")
-    search_batch: int = _f(20, "Validation problems per expansion.")
-    children: int = _f(4, "G: children per expansion (a policy expansion is one GRPO group).")
-    selection: str = _f("puct", "Node selection of every round (uct, puct, aflow, random).")
-    policy_children: str = _f(
+    run: str = help_field("loop", "Name of the loop; round r's search run is <run>/r<r>.")
+    benchmark: str = help_field("calc", "Benchmark (validation drives search, train feeds the learner).")
+    rounds: int = help_field(3, "Rounds; each = one search + one training round (round 0 searches with mutations).")
+    policy: str = help_field("builtin:tiny", "Starting policy: builtin:tiny, builtin:smollm2, a .gguf file, a model directory or a checkpoint path.")
+    seed: int = help_field(0, "Seed of search, sampling, problem choice and training.")
+    search_budget: int = help_field(320, "Evaluation budget of each round's search (workflow x problem executions).")
+    search_batch: int = help_field(20, "Validation problems per expansion.")
+    children: int = help_field(4, "G: children per expansion (a policy expansion is one GRPO group).")
+    selection: str = help_field("puct", "Node selection of every round (uct, puct, aflow, random).")
+    policy_children: PolicyChildren = help_field(
         "auto", "How the policy writes search children from round 1 on: 'graft' (it writes per-problem "
         "programs for the parent's failures, as trained; those verified on their failure with tool operators "
         "become routing branches of the parent), 'rewrite' (it rewrites the parent from the expansion prompt; "
         "each child is an exact policy sample, one GRPO group) or 'auto' (graft when every operator of the "
         "benchmark is a tool, so a branch can be checked without LLM calls; else rewrite).")
-    graft_samples: int = _f(64, "Graft mode: programs the policy samples per failing problem of an expanded "
+    graft_samples: int = help_field(64, "Graft mode: programs the policy samples per failing problem of an expanded "
                              "node (plus its greedy one); the verified ones are shared by the children.")
-    mutation_fraction: float = _f(0.25, "Share of child slots given to mutations in policy-steered rounds (all of them "
+    mutation_fraction: float = help_field(0.25, "Share of child slots given to mutations in policy-steered rounds (all of them "
                                   "where the policy proposes nothing).")
-    train_problems: int = _f(128, "Train problems drawn per round for the learner's samples.")
-    group_size: int = _f(16, "Policy samples per train problem (one GRPO group per problem; rewards are sparse at "
+    train_problems: int = help_field(128, "Train problems drawn per round for the learner's samples.")
+    group_size: int = help_field(16, "Policy samples per train problem (one GRPO group per problem; rewards are sparse at "
                              "first, so a bigger group is likelier to hold a success).")
-    top_workflows: int = _f(0, "Best search workflows (by validation score) run on the round's train problems "
+    top_workflows: int = help_field(0, "Best search workflows (by validation score) run on the round's train problems "
                               "(0 = pure on-policy GRPO; search positives in a policy group swamp it).")
-    search_branches: int = _f(0, "Distinct straight-line branches of the round's search workflows (best first, in "
+    search_branches: int = help_field(0, "Distinct straight-line branches of the round's search workflows (best first, in "
                                  "canonical form) run on its train problems; each joins the policy's group of its problem "
                                  "as a per-problem search sample (0 = none: on calc with builtin:tiny it did not raise "
                                  "test accuracy, see docs/experiments/2026-11-22-closed-loop.md).")
-    search_samples: str = _f("positive", "With search_branches > 0: which of the round's search samples are trained "
+    search_samples: SearchSamples = help_field("positive", "With search_branches > 0: which of the round's search samples are trained "
                                          "('positive', 'contrast' or 'all'; see train --help).")
-    extra_workflows: int = _f(0, "Further random search workflows run on them (contrast for the advantages).")
-    temperature: float = _f(1.0, "Sampling temperature of the policy (training uses the same T).")
-    max_new_tokens: int = _f(80, "Longest completion the policy may sample.")
-    lr: float = _f(1e-4, "Learner learning rate (0 = the control loop: parameters stay bit-identical).")
-    beta: float = _f(0.0, "KL coefficient (k3) to the policy each round's training starts from (0 = no reference pass).")
-    epochs: int = _f(2, "Learner passes over each round's samples.")
-    drop_zero_std: bool = _f(True, "Train only on groups whose rewards differ (DAPO dynamic sampling): an "
+    extra_workflows: int = help_field(0, "Further random search workflows run on them (contrast for the advantages).")
+    temperature: float = help_field(1.0, "Sampling temperature of the policy (training uses the same T).")
+    max_new_tokens: int = help_field(80, "Longest completion the policy may sample.")
+    lr: float = help_field(1e-4, "Learner learning rate (0 = the control loop: parameters stay bit-identical).")
+    beta: float = help_field(0.0, "KL coefficient (k3) to the policy each round's training starts from (0 = no reference pass).")
+    epochs: int = help_field(2, "Learner passes over each round's samples.")
+    drop_zero_std: bool = help_field(True, "Train only on groups whose rewards differ (DAPO dynamic sampling): an "
                                    "all-equal group has zero advantage and would only cost compute.")
-    batch_size: int = _f(32, "Samples per optimizer step.")
-    micro_batch_size: int = _f(16, "Samples per forward pass.")
-    out_dir: str | None = _f(None, "Where checkpoints go (default ./runs/<run>).")
-    cache_dir: str | None = _f(None, "Where GGUF bases are dequantized to (default: $WORKFLOW_RL_CACHE or ~/.cache/workflow-rl).")
-    workers: int | None = _f(None, "Sandbox worker processes (default: CPU count).")
+    batch_size: int = help_field(32, "Samples per optimizer step.")
+    micro_batch_size: int = help_field(16, "Samples per forward pass.")
+    out_dir: str | None = help_field(None, "Where checkpoints go (default ./runs/<run>).")
+    cache_dir: str | None = help_field(None, "Where GGUF bases are dequantized to (default: $WORKFLOW_RL_CACHE or ~/.cache/workflow-rl).")
+    workers: int | None = help_field(None, "Sandbox worker processes (default: CPU count).")
 
     def __post_init__(self) -> None:
         """Validate; errors say the value and the fix."""
         if not self.run or "/" in self.run:
             raise WorkflowRLError(f"run={self.run!r}: use a non-empty name without '/' (round runs add /r<N>)")
-        if self.policy_children not in ("auto", "graft", "rewrite"):
+        if self.policy_children not in get_args(PolicyChildren):
             raise WorkflowRLError(f"policy_children={self.policy_children!r}: use 'auto', 'graft' or 'rewrite'")
         for name in ("rounds", "graft_samples", "search_budget", "search_batch", "children", "train_problems",
                      "group_size", "max_new_tokens", "epochs", "batch_size", "micro_batch_size"):
@@ -92,6 +93,21 @@ class LoopConfig:
             raise WorkflowRLError(
                 f"batch_size={self.batch_size} must be a multiple of micro_batch_size={self.micro_batch_size}"
             )
+
+    def train_config(self, run: str, policy: str, out_dir: str, round_: int) -> TrainConfig:
+        """The learner's config for round ``round_``: trains search run ``run`` from ``policy`` into ``out_dir``.
+
+        The loop's learner settings carry over by name; the round offsets the seed, the sampling
+        temperature is the one the policy sampled at, and search samples are grouped per problem
+        (and filtered) only when the round adds search branches.
+        """
+        return TrainConfig(
+            run=run, policy=policy, out_dir=out_dir, cache_dir=self.cache_dir, round=round_, lr=self.lr,
+            epochs=self.epochs, batch_size=self.batch_size, micro_batch_size=self.micro_batch_size,
+            seed=self.seed + round_, search_temperature=self.temperature, drop_zero_std=self.drop_zero_std,
+            beta=self.beta, group_by_prompt=not self.search_branches,
+            search_samples=self.search_samples if self.search_branches else "all",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (stored in ``runs.config`` of the loop run)."""

@@ -38,7 +38,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, select
 
 from operators.graph import graph_hash
-from operators.validate import WorkflowValidationError, code_hash, validate_workflow
+from operators.validate import code_hash, validation_error
 from search.config import SearchConfig, SearchConfigError
 from search.mutations import MutationProposer
 from search.search import BenchmarkInfo, Search, SearchProgress
@@ -226,11 +226,7 @@ def _problem_texts(engine: Engine, ids: list[int]) -> dict[int, str]:
 
 
 def _store_workflow(session, run_id: int, code: str, operator_names, round_: int, version: int | None) -> Workflow:
-    error = None
-    try:
-        validate_workflow(code, operator_names)
-    except WorkflowValidationError as exc:
-        error = str(exc)
+    error = validation_error(code, operator_names)
     return add_workflow(
         session, run_id, code, "policy", code_hash=code_hash(code), round=round_, checkpoint_id=version,
         valid=error is None, error=error, graph_hash=graph_hash(code) if error is None else None,
@@ -313,9 +309,7 @@ def _store_branches(engine, run_id: int, ranked, operator_names, round_: int, li
                 if program in seen:  # a branch repeated in several workflows is validated once
                     continue
                 seen.add(program)
-                try:
-                    validate_workflow(program, operator_names)
-                except WorkflowValidationError:
+                if validation_error(program, operator_names) is not None:
                     continue
                 yield program, wid
 
@@ -334,21 +328,13 @@ def _store_branches(engine, run_id: int, ranked, operator_names, round_: int, li
 
 
 def _train(engine, config: LoopConfig, rs: dict[str, Any], r: int, start: str, out_dir: Path, on_step):
-    from workflow_rl.learner.config import TrainConfig
     from workflow_rl.learner.trainer import train
 
     run_id = rs["search_run_id"]
     with session_scope(engine) as s:  # an interrupted training restarts from its beginning
         s.execute(delete(TrainStep).where(TrainStep.run_id == run_id, TrainStep.round == r))
         s.execute(delete(PolicyCheckpoint).where(PolicyCheckpoint.run_id == run_id, PolicyCheckpoint.round == r))
-    train_config = TrainConfig(
-        run=rs["search_run"], policy=start, out_dir=str(out_dir / f"r{r}"), cache_dir=config.cache_dir, round=r,
-        lr=config.lr, epochs=config.epochs, batch_size=config.batch_size,
-        micro_batch_size=config.micro_batch_size, seed=config.seed + r,
-        search_temperature=config.temperature, drop_zero_std=config.drop_zero_std,
-        beta=config.beta, group_by_prompt=not config.search_branches,
-        search_samples=config.search_samples if config.search_branches else "all",
-    )
+    train_config = config.train_config(rs["search_run"], start, str(out_dir / f"r{r}"), r)
     callback = None if on_step is None else (lambda step, total, metrics: on_step(r, step, total, metrics))
     try:
         result = train(train_config, engine, on_step=callback)

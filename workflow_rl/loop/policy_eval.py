@@ -25,8 +25,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, select
 
-from operators.validate import code_hash
-from search.mutations import validation_error
+from operators.validate import code_hash, validation_error
 from storage.engine import open_db, session_scope
 from storage.models import PolicyCheckpoint, Problem, Run
 from storage.repo import add_generation, add_workflow, get_or_create_run

@@ -24,9 +24,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+from operators.validate import validation_error
 from search.base import Candidate, ProposalContext
 from search.graft import best_cue, graft, solved_map, solves_example, straight_line
-from search.mutations import validation_error
 from search.routing import AnswerCheck
 from workflow_rl.policy.model import Policy
 from workflow_rl.policy.prompts import PromptSpec
@@ -124,7 +124,7 @@ class GraftProposer:
             out.append(Candidate(
                 code=code, source="mutation",
                 description=f"policy v{self.checkpoint_id} branches for {', '.join(repr(c) for c in notes)}",
-                meta={"mutation": "policy_graft", "policy_version": self.checkpoint_id, "branches": len(branches)},
+                meta={"mutation": "policy_graft", "branches": len(branches)}, policy_version=self.checkpoint_id,
             ))
         # Uniform PUCT priors: the children differ in which failures got a verified branch, not in
         # how likely the policy found them.

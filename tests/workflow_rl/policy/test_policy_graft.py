@@ -101,7 +101,7 @@ def test_children_are_the_parent_plus_branches_verified_on_their_failure(policy,
     for child in children:
         validate_workflow(child.code, context.operator_names)
         assert child.source == "mutation" and child.generation is None  # an edit: search data (rule 11)
-        assert child.meta["mutation"] == "policy_graft" and child.meta["policy_version"] is None
+        assert child.meta["mutation"] == "policy_graft" and child.policy_version is None
         body = ast.parse(child.code).body[0].body
         branches = body[: child.meta["branches"]]
         assert child.meta["branches"] >= 1 and ast.dump(ast.Module(body[len(branches):], [])) == ast.dump(
