@@ -50,6 +50,7 @@ from workflow_rl.errors import WorkflowRLError
 from workflow_rl.learner.dataset import NoTrainSamples
 from workflow_rl.loop.config import LoopConfig
 from workflow_rl.loop.evaluation import BenchmarkEvaluator
+from workflow_rl.loop.state import LoopState, RoundState
 from workflow_rl.policy.graft import GraftProposer
 from workflow_rl.policy.model import Policy
 from workflow_rl.policy.prompts import PromptSpec
@@ -94,7 +95,7 @@ def round_run_name(loop_run: str, round_: int) -> str:
     return f"{loop_run}/r{round_}"
 
 
-def _open_loop(engine: Engine, config: LoopConfig, benchmark: str) -> tuple[int, LoopConfig, dict[str, Any]]:
+def _open_loop(engine: Engine, config: LoopConfig, benchmark: str) -> tuple[int, LoopConfig, LoopState]:
     with session_scope(engine) as s:
         existing = find_run(s, config.run)
         if existing is not None:
@@ -104,15 +105,13 @@ def _open_loop(engine: Engine, config: LoopConfig, benchmark: str) -> tuple[int,
             config = LoopConfig(**{**config.to_dict(), **stored})
         run = get_or_create_run(s, config.run, benchmark, kind="loop", config=config.to_dict())
         run.status = "running"
-        state = dict(run.state or {})
-        state.setdefault("rounds", {})
-        return run.id, config, state
+        return run.id, config, LoopState.from_json(run.state)
 
 
-def _save_state(engine: Engine, run_id: int, state: dict[str, Any], status: str | None = None) -> None:
+def _save_state(engine: Engine, run_id: int, state: LoopState, status: str | None = None) -> None:
     with session_scope(engine) as s:
         run = s.get(Run, run_id)
-        run.state = {**state, "rounds": {k: dict(v) for k, v in state["rounds"].items()}}
+        run.state = state.to_json()
         if status:
             run.status = status
 
@@ -139,49 +138,48 @@ def run_loop(
         _save_state(engine, loop_id, state, "failed")
         raise
     _save_state(engine, loop_id, state, "done")
-    return LoopResult(config.run, tuple(_round_info(r, v) for r, v in sorted(
-        ((int(k), v) for k, v in state["rounds"].items() if v.get("phase") == "done"))))
+    return LoopResult(config.run, tuple(_round_info(r, rs) for r, rs in state.done()))
 
 
-def _round_info(r: int, v: dict[str, Any]) -> RoundInfo:
-    return RoundInfo(r, v["search_run"], v["best_score"], v["evaluations"], v["checkpoint_id"], v["checkpoint_path"],
-                     v.get("best_workflow_id"))
+def _round_info(r: int, rs: RoundState) -> RoundInfo:
+    return RoundInfo(r, rs.search_run, rs.best_score, rs.evaluations, rs.checkpoint_id, rs.checkpoint_path,
+                     rs.best_workflow_id)
 
 
-async def _rounds(engine, config: LoopConfig, bench, loop_id, state, say, on_search, on_step) -> None:
+async def _rounds(engine, config: LoopConfig, bench, loop_id, state: LoopState, say, on_search, on_step) -> None:
     out_dir = Path(config.out_dir or Path("runs") / config.run)
     info = BenchmarkInfo(bench.name, bench.description, tuple(bench.operator_names), bench.seed_workflows())
     async with BenchmarkEvaluator(engine, bench, None, config.workers) as evaluator:
         for r in range(config.rounds):
-            rs = state["rounds"].setdefault(str(r), {"phase": "search", "search_run": round_run_name(config.run, r)})
-            if rs["phase"] == "done":
+            rs = state.rounds.setdefault(r, RoundState(round_run_name(config.run, r)))
+            if rs.phase == "done":
                 continue
-            prev = state["rounds"].get(str(r - 1)) if r else None
-            version = prev["checkpoint_id"] if prev else None
-            start = prev["checkpoint_path"] if prev else config.policy
+            prev = state.rounds.get(r - 1) if r else None
+            version = prev.checkpoint_id if prev else None
+            start = prev.checkpoint_path if prev else config.policy
             say(f"round {r}: loading policy {'base ' + start if version is None else f'checkpoint {version}'}")
             policy = Policy.load(start, cache_dir=config.cache_dir)
-            if rs["phase"] == "search":
+            if rs.phase == "search":
                 mode = children_mode(config, info.operator_names)
                 say(f"round {r}: search ({'mutation' if r == 0 else f'policy {mode} + mutation'})")
                 result = await _search(engine, config, info, evaluator, policy, version, r, mode, on_search, loop_id,
                                        answer_check(bench))
-                rs.update(phase="data", best_score=result.progress.best_score,
-                          best_workflow_id=result.progress.best_workflow_id,
-                          evaluations=result.progress.evaluations, search_run_id=result.run_id)
+                rs.phase, rs.best_score = "data", result.progress.best_score
+                rs.best_workflow_id, rs.evaluations = result.progress.best_workflow_id, result.progress.evaluations
+                rs.search_run_id = result.run_id
                 _save_state(engine, loop_id, state)
-            if rs["phase"] == "data":
+            if rs.phase == "data":
                 say(f"round {r}: sampling the policy and running search workflows on train problems")
-                rs["samples"] = await collect_train_data(
-                    engine, evaluator, bench, policy, version, rs["search_run_id"], r, config)
-                rs["phase"] = "train"
+                rs.samples = await collect_train_data(
+                    engine, evaluator, bench, policy, version, rs.search_run_id, r, config)
+                rs.phase = "train"
                 _save_state(engine, loop_id, state)
             del policy  # the learner loads its own copy
             say(f"round {r}: training from {'base' if version is None else f'checkpoint {version}'}")
             ckpt_id, ckpt_path, steps = _train(engine, config, rs, r, start, out_dir, on_step)
-            rs.update(phase="done", checkpoint_id=ckpt_id, checkpoint_path=ckpt_path, train_steps=steps)
+            rs.phase, rs.checkpoint_id, rs.checkpoint_path, rs.train_steps = "done", ckpt_id, ckpt_path, steps
             _save_state(engine, loop_id, state)
-            say(f"round {r}: done, best validation {rs['best_score']:.3f}, checkpoint {ckpt_id}")
+            say(f"round {r}: done, best validation {rs.best_score:.3f}, checkpoint {ckpt_id}")
 
 
 async def _search(engine, config: LoopConfig, info: BenchmarkInfo, evaluator, policy, version, r, mode, on_search,
@@ -327,14 +325,14 @@ def _store_branches(engine, run_id: int, ranked, operator_names, round_: int, li
     return out
 
 
-def _train(engine, config: LoopConfig, rs: dict[str, Any], r: int, start: str, out_dir: Path, on_step):
+def _train(engine, config: LoopConfig, rs: RoundState, r: int, start: str, out_dir: Path, on_step):
     from workflow_rl.learner.trainer import train
 
-    run_id = rs["search_run_id"]
+    run_id = rs.search_run_id
     with session_scope(engine) as s:  # an interrupted training restarts from its beginning
         s.execute(delete(TrainStep).where(TrainStep.run_id == run_id, TrainStep.round == r))
         s.execute(delete(PolicyCheckpoint).where(PolicyCheckpoint.run_id == run_id, PolicyCheckpoint.round == r))
-    train_config = config.train_config(rs["search_run"], start, str(out_dir / f"r{r}"), r)
+    train_config = config.train_config(rs.search_run, start, str(out_dir / f"r{r}"), r)
     callback = None if on_step is None else (lambda step, total, metrics: on_step(r, step, total, metrics))
     try:
         result = train(train_config, engine, on_step=callback)
