@@ -6,7 +6,17 @@ raw text kept, never another exception. Each call is accounted in ``ctx.usage``.
 
 Sampling settings come from ``ctx.extras`` (``llm_temperature``, default 0.7; ``llm_max_tokens``,
 default 1024). Identical calls inside one execution get seeds 0, 1, 2, ... so that, with a response
-cache, repeated calls (self-consistency) still differ while a re-run replays exactly.
+cache, repeated calls (self-consistency) still differ while a re-run replays exactly. The seed is a
+function of the request alone (its prompt, how often the execution sent that prompt before, and the
+evaluation's repeat index ``llm_repeat`` from ``ctx.extras``: repeat r adds ``r * SEED_STRIDE``), never
+of the workflow that sends it: two workflows that send the same requests on a problem get the same
+(cached, or seed-reproduced) replies and so the same reward (common random numbers), and a second
+repeat draws fresh samples instead of replaying the first.
+
+``ctx.extras["llm_lenient"]`` (a benchmark sets it through its problems' meta) makes the parsers
+forgiving for small models that ignore the reply format: ``answer_generate`` and ``format`` return the
+whole reply when it has no ``<answer>`` tag, and ``sc_ensemble`` falls back to the most common
+candidate when the model names no valid letter. Without it a malformed reply is an OperatorError.
 """
 
 from __future__ import annotations
@@ -28,6 +38,8 @@ DEFAULT_TEMPERATURE = 0.7
 """Executor sampling temperature when ``ctx.extras`` does not set ``llm_temperature``."""
 DEFAULT_MAX_TOKENS = 1024
 """Completion budget per call when ``ctx.extras`` does not set ``llm_max_tokens``."""
+SEED_STRIDE = 1000
+"""Seed offset per repeat index (more than ``Limits.max_op_calls``, so seeds of repeats never overlap)."""
 MAX_REPAIR_ATTEMPTS = 3
 """Upper bound on write-run-repair rounds of ``programmer`` and ``test``."""
 CODE_TIMEOUT_S = 10.0
@@ -155,8 +167,9 @@ async def ask(ctx: OpContext, prompt: str) -> str:
     if ctx.llm is None:
         raise OperatorError("this operator needs an LLM executor (run with --executor URL#MODEL)")
     counts: dict[str, int] = ctx.extras.setdefault(_REPEAT_KEY, {})
-    seed = counts.get(prompt, 0)
-    counts[prompt] = seed + 1
+    occurrence = counts.get(prompt, 0)
+    counts[prompt] = occurrence + 1
+    seed = occurrence + SEED_STRIDE * int(ctx.extras.get("llm_repeat", 0))
     request = LLMRequest(
         messages=(("user", prompt),),
         temperature=float(ctx.extras.get("llm_temperature", DEFAULT_TEMPERATURE)),
@@ -168,6 +181,12 @@ async def ask(ctx: OpContext, prompt: str) -> str:
     if not response.choices:
         raise OperatorError("the model returned no choices", raw="")
     return response.choices[0].text
+
+
+def _answer(ctx: OpContext, reply: str) -> str:
+    """The ``<answer>`` of a reply; with ``llm_lenient`` a reply without the tag is the answer whole."""
+    answer = extract_tag(reply, "answer", required=not ctx.extras.get("llm_lenient"))
+    return reply.strip() if answer is None else answer
 
 
 def _text(name: str, value: Any) -> str:
@@ -217,7 +236,7 @@ async def custom(ctx: OpContext, instruction: str, input: str = "") -> str:
 async def answer_generate(ctx: OpContext, input: str) -> str:
     """Return the ``<answer>`` of a thought-then-answer reply."""
     reply = await ask(ctx, ANSWER_GENERATE_PROMPT.format(input=_text("input", input)))
-    return extract_tag(reply, "answer")
+    return _answer(ctx, reply)
 
 
 @register(
@@ -253,7 +272,10 @@ async def sc_ensemble(ctx: OpContext, solutions: list[str], problem: str) -> str
     letters = option_letters(len(sols))
     listing = "\n\n".join(f"{letter}: {sol}" for letter, sol in zip(letters, sols, strict=True))
     reply = await ask(ctx, SC_ENSEMBLE_PROMPT.format(problem=_text("problem", problem), solutions=listing))
-    letter = extract_tag(reply, "solution_letter").strip().strip(".:()").upper()
+    lenient = bool(ctx.extras.get("llm_lenient"))
+    letter = (extract_tag(reply, "solution_letter", required=not lenient) or "").strip().strip(".:()").upper()
+    if letter not in letters and lenient:  # the most common candidate (the first of the tied ones)
+        return max(sols, key=lambda s: (sols.count(s), -sols.index(s)))
     if letter not in letters:
         raise OperatorError(f"sc_ensemble: the model chose {letter!r}, not one of {letters}", raw=reply)
     return sols[letters.index(letter)]
@@ -300,7 +322,7 @@ async def revise(ctx: OpContext, problem: str, solution: str, feedback: str) -> 
 async def format(ctx: OpContext, problem: str, solution: str) -> str:  # noqa: A001 (AFlow's name)
     """Return the short final answer."""
     reply = await ask(ctx, FORMAT_PROMPT.format(problem=_text("problem", problem), solution=_text("solution", solution)))
-    return extract_tag(reply, "answer").strip()
+    return _answer(ctx, reply).strip()
 
 
 @register(

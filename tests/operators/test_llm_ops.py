@@ -201,3 +201,24 @@ def test_test_operator_finds_assert_lines_in_problem_text(server):
     server.enqueue("```python\ndef add_nums(a, b):\n    return a + b\n```")
     fixed = run_op("test", ctx, problem, "def add_nums(a, b):\n    return a - b")  # entry point inferred
     assert "a + b" in fixed and server.request_count == 1
+
+
+def test_lenient_parsing_for_small_models(server):
+    """ctx.extras["llm_lenient"]: a reply without tags is the answer whole; sc_ensemble falls back to the majority."""
+    ctx = make_ctx(server)
+    ctx.extras["llm_lenient"] = True
+    server.enqueue("I think it's 4", "<answer>5</answer>", "no idea which", "<solution_letter>Q</solution_letter>",
+                   "The answer: 7")
+    assert run_op("answer_generate", ctx, "2+2?") == "I think it's 4"
+    assert run_op("answer_generate", ctx, "2+3?") == "5"
+    assert run_op("sc_ensemble", ctx, ["3", "4", "4"], "p") == "4"  # no letter: the most common candidate
+    assert run_op("sc_ensemble", ctx, ["a", "b"], "p") == "a"  # an unknown letter, a tie: the first
+    assert run_op("format", ctx, "p", "so 7") == "The answer: 7"
+
+
+def test_repeat_index_offsets_the_seed(server):
+    """Repeat r of an evaluation sends seed occurrence + 1000 * r: fresh samples, still reproducible."""
+    server.responder = lambda req: f"<answer>{req['seed']}</answer>"
+    ctx = make_ctx(server)
+    ctx.extras["llm_repeat"] = 2
+    assert [run_op("answer_generate", ctx, "q") for _ in range(2)] == ["2000", "2001"]

@@ -9,7 +9,9 @@ An outage of the LLM endpoint (:class:`~operators.base.InfrastructureError`, aft
 own retries) aborts the whole batch with one :class:`WorkflowRLError` line and stores none of it,
 so a resume runs it again instead of keeping rewards of 0 that were never the workflow's.
 Each execution's ``OpContext.extras`` carries its problem's ``meta`` (entry point, public tests),
-minus :data:`PRIVATE_META` (reference solutions never reach the operators).
+minus :data:`PRIVATE_META` (reference solutions never reach the operators), and its repeat index as
+``llm_repeat`` (LLM operators derive their sampling seeds from it: repeat r of a workflow draws other
+samples than repeat 0, while two workflows sending the same requests get the same replies).
 It is used by ``workflow-rl search``, ``workflow-rl eval`` and (later) the loop.
 """
 
@@ -73,12 +75,15 @@ class BenchmarkEvaluator:
         self.sandbox = Sandbox(operators, self._context, workers,
                                limits or Limits())
 
-    def _context(self, problem_id: int | None = None) -> OpContext:
-        """A fresh context; with ``problem_id`` its extras hold that problem's public meta."""
+    def _context(self, problem_id: int | None = None, repeat: int = 0) -> OpContext:
+        """A fresh context; with ``problem_id`` its extras hold that problem's public meta and ``repeat``."""
         if problem_id is None:
             return OpContext(llm=self.llm)
         meta = self._problems[problem_id].meta
-        return OpContext(llm=self.llm, extras={k: v for k, v in meta.items() if k not in PRIVATE_META})
+        extras = {k: v for k, v in meta.items() if k not in PRIVATE_META}
+        if repeat:
+            extras["llm_repeat"] = repeat
+        return OpContext(llm=self.llm, extras=extras)
 
     async def __aenter__(self) -> BenchmarkEvaluator:
         await self.sandbox.__aenter__()
@@ -129,7 +134,7 @@ class BenchmarkEvaluator:
             records = {key: _stored_record(row) for key, row in stored.items()}
         todo = [(pid, r) for pid in problem_ids for r in range(repeats) if (pid, r) not in records]
         if todo:
-            contexts = [self._context(pid) for pid, _ in todo]
+            contexts = [self._context(pid, repeat) for pid, repeat in todo]
             try:
                 results = await self.sandbox.run_many(
                     (code, self._problems[pid].text, ctx) for (pid, _), ctx in zip(todo, contexts, strict=True)

@@ -17,6 +17,7 @@ from workflow_rl.tasks.base import SPLITS, Benchmark, BenchProblem, Score
 
 BENCHMARKS: dict[str, str] = {
     "calc": "workflow_rl.tasks.calc:CalcBenchmark",
+    "calc-llm": "workflow_rl.tasks.calc_llm:calc_llm_benchmark",
     "humaneval": "workflow_rl.tasks.humaneval:HumanEvalBenchmark",
     "gsm8k": "workflow_rl.tasks.jsonl:gsm8k_benchmark",
     "math": "workflow_rl.tasks.jsonl:math_benchmark",
