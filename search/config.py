@@ -19,7 +19,7 @@ PROPOSERS = ("mutation", "llm", "policy")
 """Proposer names accepted by ``--proposer``."""
 
 RESUME_FIXED = ("benchmark", "benchmark_options", "proposer", "selection", "seed", "children", "batch_size", "repeats",
-                "exploration", "backup", "aflow_top_k", "aflow_alpha", "aflow_lambda")
+                "exploration", "backup", "aflow_top_k", "aflow_alpha", "aflow_lambda", "promote")
 """Fields that decide the tree: a resumed run keeps its stored values (stopping rules may change)."""
 
 
@@ -60,6 +60,12 @@ class SearchConfig:
     children: int = help_field(4, "G: child workflows proposed per expansion (siblings share one problem batch).")
     batch_size: int = help_field(60, "Validation problems per expansion (all of them when the split is smaller).")
     repeats: int = help_field(1, "Executions per (workflow, problem); >1 for stochastic (LLM) executors.")
+    promote: bool = help_field(
+        False, "Promotion check, for noisy (LLM) executors: the seeds are scored on the whole validation split, and "
+        "a child whose batch score beats the best node's is evaluated on the whole split too before it can become "
+        "the best (its score becomes its mean there), so a lucky batch is not selected. Its evaluations count in "
+        "--budget. Off (default): every node is scored on its batch alone, as before."
+    )
     seed: int = help_field(0, "Seed: each simulation's RNG derives from (seed, simulation index).")
     exploration: float = help_field(0.1, "c in UCT/PUCT: weight of the exploration bonus (rewards are in [0, 1]).")
     backup: str = help_field("max", "Back-propagation: max (best reward found below a node; default, see search.selection) or mean.")

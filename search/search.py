@@ -33,6 +33,7 @@ from operators.validate import WorkflowValidationError, code_hash, validate_work
 from search.base import Candidate, EvalBatch, Evaluator, FailedExample, ProposalContext, Proposer
 from search.budget import Budget, BudgetCut, Spent, spent_by_run, unstored
 from search.config import RANDOM, SearchConfig, SearchConfigError
+from search.promotion import promote, promotion_reserve, wants_promotion
 from search.selection import AFLOW, backpropagate, select_aflow, select_leaf
 from search.tree import ROOT_INDEX, Tree, load_tree, save_nodes
 from storage.engine import session_scope
@@ -182,7 +183,8 @@ class Search:
                 ]
                 self.config = resumed
             if existing is None or not (existing.state or {}).get("next_simulation"):  # seeds still to run
-                Budget.of(self.config).check_seeds_fit(len(self.benchmark.seed_workflows), self._per_child())
+                per_seed = len(self.problem_ids) * self.config.repeats if self.config.promote else self._per_child()
+                Budget.of(self.config).check_seeds_fit(len(self.benchmark.seed_workflows), per_seed)
             run = get_or_create_run(session, run_name, self.benchmark.name, kind="search",
                                     config=self.config.to_dict())
             if parent is not None:
@@ -237,7 +239,7 @@ class Search:
     async def _seed(self, run_id: int, tree: Tree, state: dict[str, Any]) -> None:
         """Simulation 0: store the seed workflows and evaluate them on batch 0."""
         rng = random.Random(f"{self.config.seed}:0")
-        batch = self._batch(rng)
+        batch = sorted(self.problem_ids) if self.config.promote else self._batch(rng)
         touched: set[int] = set()
         for name in sorted(self.benchmark.seed_workflows):
             candidate = Candidate(code=self.benchmark.seed_workflows[name], source="seed", description=name)
@@ -308,8 +310,9 @@ class Search:
                 return tree.own_score[i] or 0.0, None
         budget = Budget.of(self.config)
         n = len(batch) * self.config.repeats
-        if error is None:  # before anything is stored: an invalid child costs nothing
-            over = budget.over(state["evaluations"] + n, self._spent(), n)
+        if error is None:  # before anything is stored: an invalid child costs nothing (room for a promotion kept)
+            most = n + promotion_reserve(self.config, parent, len(batch), len(self.problem_ids))
+            over = budget.over(state["evaluations"] + most, self._spent(), most)
             if over is not None:
                 raise BudgetCut(over)
         parent_wid = None if parent is None else tree.workflow_id[parent]
@@ -350,12 +353,18 @@ class Search:
         result: EvalBatch = await self.evaluator.evaluate(
             run_id, workflow_id, candidate.code, batch, self.config.repeats
         )
+        self._count(result, result.records, len(batch), state)
+        if wants_promotion(self.config, tree, parent, result.mean_reward, len(batch), len(self.problem_ids)):
+            result = await promote(self, run_id, workflow_id, candidate.code, batch, state)
+        return result.mean_reward, (workflow_id, digest, ghash)
+
+    def _count(self, result: EvalBatch, records: Any, problems: int, state: dict[str, Any]) -> None:
+        """Count ``problems`` x repeats evaluations of ``result`` (``records`` are the new ones) in the run's counters."""
         self.executed += result.executed
-        state["evaluations"] += len(batch) * self.config.repeats
-        costs = [r.cost for r in result.records]
+        state["evaluations"] += problems * self.config.repeats
+        costs = [r.cost for r in records]
         if state["cost"] is not None:
             state["cost"] = None if any(x is None for x in costs) else state["cost"] + sum(costs)
-        return result.mean_reward, (workflow_id, digest, ghash)
 
     def _context(self, tree: Tree, node: int, k: int, rng: random.Random) -> ProposalContext:
         """The parent's code, score, sampled failures, solved problems and earlier children."""

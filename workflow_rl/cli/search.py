@@ -101,6 +101,7 @@ def register(app: typer.Typer) -> None:
         backup: Annotated[str, typer.Option(help=_H("backup"))] = SearchConfig.backup,
         exploration: Annotated[float, typer.Option(help=_H("exploration"))] = SearchConfig.exploration,
         patience: Annotated[int, typer.Option(help=_H("patience"))] = 0,
+        promote: Annotated[bool, typer.Option("--promote/--no-promote", help=_H("promote"))] = False,
         benchmark_option: Annotated[list[str] | None, typer.Option(
             "--benchmark-option", help=BENCHMARK_OPTION_HELP)] = None,
         data: Annotated[str | None, typer.Option("--data", help=DATA_HELP)] = None,
@@ -122,7 +123,7 @@ def register(app: typer.Typer) -> None:
                 benchmark=benchmark, benchmark_options=options, proposer=proposer, selection=selection, budget=budget,
                 token_budget=token_budget, cost_budget=cost_budget,
                 max_simulations=max_simulations, children=children, batch_size=batch_size, repeats=repeats,
-                seed=seed, exploration=exploration, backup=backup, patience=patience,
+                seed=seed, exploration=exploration, backup=backup, patience=patience, promote=promote,
             )
         except SearchConfigError as exc:
             raise WorkflowRLError(str(exc)) from None

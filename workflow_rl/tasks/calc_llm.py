@@ -50,8 +50,7 @@ DESCRIPTION = (
 )
 """Task header used in optimizer and policy prompts."""
 
-ANSWER_INSTRUCTION = ("Solve the problem. Reply with only the final answer (a number such as 12, -3, 2.5 or "
-                      "7/3, or a single word), nothing else.")
+ANSWER_INSTRUCTION = "Solve the problem. Reply with only the final answer (a number or a single word), nothing else."
 """The instruction of the ``custom`` seeds."""
 
 SEED_WORKFLOWS: dict[str, str] = {
