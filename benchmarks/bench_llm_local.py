@@ -8,7 +8,7 @@ the second seed replays the seed workflows' calls. A behavioural-twin check then
 ``answer_generate`` wrapped in an ``if`` whose both branches call it, and counts problems where its
 reward differs from the plain seed's (noise would make them differ; identical requests must not).
 
-    python benchmarks/bench_llm_local.py [--executor local|URL#MODEL] [--seeds 2] [--budget 400]
+    python benchmarks/bench_llm_local.py [--executor local|URL#MODEL] [--seeds 2] [--budget 1200] [--max-simulations 30]
 
 ``--executor local`` uses the product's local executor when this checkout has one, else starts the
 bundled model itself (benchmarks/_local_llm.py). Ends with ``RESULT local_search_minus_seed=<searched -
@@ -87,13 +87,39 @@ async def twin_check(db: str, run_id: int, seed_wid: int, options: dict[str, str
     return sum(seed[p] != twin[p] for p in ids), len(ids)
 
 
+def promotion_stats(db: str, batch_size: int) -> str:
+    """How the promotion check changed the scores of the children it confirmed (from the stored rows).
+
+    A promoted child's first ``batch_size`` validation rows (by row id) are its screening batch, the
+    rest its confirmation: the line compares the batch mean with the whole-split mean.
+    """
+    from storage.models import Problem, SearchNode
+
+    with session_scope(open_db(db)) as session:
+        children = session.scalars(select(SearchNode.workflow_id).where(SearchNode.parent_node_id.is_not(None))).all()
+        batch_means, full_means = [], []
+        for wid in children:
+            rewards = session.scalars(select(Evaluation.reward).join(Problem, Problem.id == Evaluation.problem_id)
+                                      .where(Evaluation.workflow_id == wid, Problem.split == "validation")
+                                      .order_by(Evaluation.id)).all()
+            if len(rewards) > batch_size:
+                batch_means.append(statistics.mean(rewards[:batch_size]))
+                full_means.append(statistics.mean(rewards))
+    if not batch_means:
+        return "promotions: none"
+    lower = sum(f < b for b, f in zip(batch_means, full_means, strict=True))
+    return (f"promotions: {len(batch_means)} of {len(children)} children; screening-batch mean "
+            f"{statistics.mean(batch_means):.3f} -> whole-split mean {statistics.mean(full_means):.3f} "
+            f"({lower} scored lower once confirmed)")
+
+
 def main() -> None:
     """Run the seeds, print one line per seed, the twin check, totals and the RESULT lines."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--executor", default="local", help="local (default) or URL#MODEL")
     parser.add_argument("--seeds", type=int, default=2, help="search seeds (>= 2)")
-    parser.add_argument("--budget", type=int, default=400, help="evaluation budget per search")
-    parser.add_argument("--max-simulations", type=int, default=10, help="expansions per search")
+    parser.add_argument("--budget", type=int, default=1200, help="evaluation budget per search")
+    parser.add_argument("--max-simulations", type=int, default=30, help="expansions per search")
     parser.add_argument("--validation-size", type=int, default=20)
     parser.add_argument("--test-size", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=8, help="screening batch (the promotion uses all)")
@@ -144,6 +170,7 @@ def main() -> None:
         differ, compared = asyncio.run(twin_check(db, first_seed_run, seed_wid, options, spec))
         print(f"behavioural twins (answer_generate vs the same call in both branches of an if): rewards differ on "
               f"{differ}/{compared} validation problems", flush=True)
+    print(promotion_stats(db, args.batch_size))
     with session_scope(open_db(db)) as session:
         total = session.scalar(select(func.count()).select_from(Evaluation))
         timeouts = session.scalar(select(func.count()).select_from(Evaluation).where(Evaluation.error_kind == "timeout"))
