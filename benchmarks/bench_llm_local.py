@@ -10,8 +10,8 @@ reward differs from the plain seed's (noise would make them differ; identical re
 
     python benchmarks/bench_llm_local.py [--executor local|URL#MODEL] [--seeds 2] [--budget 1200] [--max-simulations 30]
 
-``--executor local`` uses the product's local executor when this checkout has one, else starts the
-bundled model itself (benchmarks/_local_llm.py). Ends with ``RESULT local_search_minus_seed=<searched -
+``--executor local`` is the product's local executor (llama.cpp's server with the packaged SmolLM2,
+started once for the run and stopped at its end). Ends with ``RESULT local_search_minus_seed=<searched -
 seed test accuracy, mean over seeds>`` and ``RESULT local_timeouts=<share of evaluations that timed out>``.
 """
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import statistics
 import sys
@@ -29,16 +28,15 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _local_llm import local_server  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from search.config import SearchConfig  # noqa: E402
 from search.tree import ROOT_INDEX  # noqa: E402
 from storage.engine import open_db, session_scope  # noqa: E402
 from storage.models import Evaluation, Workflow  # noqa: E402
 from storage.repo import add_workflow  # noqa: E402
-from workflow_rl.cli.search import evaluate_stored, run_search  # noqa: E402
+from workflow_rl.llm.local_server import stop_shared_servers  # noqa: E402
+from workflow_rl.loop.search_run import evaluate_stored, executor_client, run_search  # noqa: E402
 
 TWIN = """async def solve(problem, ops):
     if "?" in problem:
@@ -48,30 +46,8 @@ TWIN = """async def solve(problem, ops):
 """
 
 
-def product_supports_local() -> bool:
-    """Whether this checkout's executor specs understand ``local`` (the product's own local executor)."""
-    from workflow_rl.llm import parse_executor_spec
-
-    try:
-        parse_executor_spec("local")
-    except Exception:  # noqa: BLE001 - any refusal means: not available here
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def executor_spec(spec: str, threads: int, log: str):
-    """The spec to pass on: ``local`` as is when supported, else a server started here."""
-    if spec != "local" or product_supports_local():
-        yield spec
-        return
-    with local_server(threads=threads, log_path=log) as started:
-        yield started
-
-
 async def twin_check(db: str, run_id: int, seed_wid: int, options: dict[str, str], executor: str) -> tuple[int, int]:
     """(problems where the twin's validation reward differs from the seed's, problems compared)."""
-    from workflow_rl.cli.search import _executor
     from workflow_rl.loop.evaluation import BenchmarkEvaluator
     from workflow_rl.tasks.options import build_benchmark
 
@@ -80,7 +56,7 @@ async def twin_check(db: str, run_id: int, seed_wid: int, options: dict[str, str
     with session_scope(engine) as session:
         twin_wid = add_workflow(session, run_id, TWIN, "mutation").id
         seed_code = session.get(Workflow, seed_wid).code
-    async with BenchmarkEvaluator(engine, benchmark, llm=_executor(executor), workers=2) as ev:
+    async with BenchmarkEvaluator(engine, benchmark, llm=executor_client(executor), workers=2) as ev:
         ids = ev.problem_ids("validation")
         seed = {r.problem_id: r.reward for r in (await ev.evaluate(run_id, seed_wid, seed_code, ids)).records}
         twin = {r.problem_id: r.reward for r in (await ev.evaluate(run_id, twin_wid, TWIN, ids)).records}
@@ -137,7 +113,11 @@ def main() -> None:
     os.environ.setdefault("WORKFLOW_RL_LLM_CACHE", str(work / "llm-cache.sqlite"))
     t_all = time.perf_counter()
     rows = []
-    with executor_spec(args.executor, args.threads, str(work / "server.log")) as spec:
+    # --executor local: the product's local executor starts llama.cpp once for the whole run.
+    os.environ.setdefault("WORKFLOW_RL_LOCAL_THREADS", str(args.threads))
+    os.environ.setdefault("WORKFLOW_RL_LOCAL_LOG", str(work / "server.log"))
+    spec = args.executor
+    try:
         print(f"executor {spec} (asked {args.executor}); dir {work}; options {options}", flush=True)
         for seed in range(args.seeds):
             t0 = time.perf_counter()
@@ -170,6 +150,8 @@ def main() -> None:
         differ, compared = asyncio.run(twin_check(db, first_seed_run, seed_wid, options, spec))
         print(f"behavioural twins (answer_generate vs the same call in both branches of an if): rewards differ on "
               f"{differ}/{compared} validation problems", flush=True)
+    finally:
+        stop_shared_servers()
     print(promotion_stats(db, args.batch_size))
     with session_scope(open_db(db)) as session:
         total = session.scalar(select(func.count()).select_from(Evaluation))
