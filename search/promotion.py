@@ -21,6 +21,7 @@ from typing import Any
 from search.base import EvalBatch
 from search.budget import Budget, BudgetCut
 from search.config import SearchConfig
+from search.state import SearchState
 from search.tree import Tree
 
 
@@ -42,7 +43,7 @@ def promotion_reserve(config: SearchConfig, parent: int | None, batch: int, prob
 
 
 async def promote(search: Any, run_id: int, workflow_id: int, code: str, batch: list[int],
-                  state: dict[str, Any]) -> EvalBatch:
+                  state: SearchState) -> EvalBatch:
     """Evaluate the child on the whole validation split (batch rows reused) and count what is new.
 
     ``search`` is the :class:`search.search.Search` driver (its evaluator, config, counters).
@@ -53,7 +54,7 @@ async def promote(search: Any, run_id: int, workflow_id: int, code: str, batch: 
     """
     config, problems = search.config, sorted(search.problem_ids)
     n = (len(problems) - len(batch)) * config.repeats
-    over = Budget.of(config).over(state["evaluations"] + n, search._spent(), n)
+    over = Budget.of(config).over(state.evaluations + n, search._spent(), n)
     if over is not None:
         raise BudgetCut(over)
     result = await search.evaluator.evaluate(run_id, workflow_id, code, problems, config.repeats)

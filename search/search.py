@@ -20,24 +20,25 @@ simulation is all or nothing: cut short, it is not committed.
 
 from __future__ import annotations
 
-import difflib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from operators.graph import graph_hash
-from operators.validate import WorkflowValidationError, code_hash, validate_workflow
-from search.base import Candidate, EvalBatch, Evaluator, FailedExample, ProposalContext, Proposer
+from operators.validate import code_hash, validation_error
+from search.base import Candidate, EvalBatch, Evaluator, Proposer
 from search.budget import Budget, BudgetCut, Spent, spent_by_run, unstored
 from search.config import RANDOM, SearchConfig, SearchConfigError
+from search.context import proposal_context
 from search.promotion import promote, promotion_reserve, wants_promotion
 from search.selection import AFLOW, backpropagate, select_aflow, select_leaf
+from search.state import SearchState
 from search.tree import ROOT_INDEX, Tree, load_tree, save_nodes
 from storage.engine import session_scope
-from storage.models import Evaluation, Problem, Run, Workflow
+from storage.models import Run
 from storage.repo import add_generation, add_workflow, find_run, generations_for, get_or_create_run
 
 
@@ -77,19 +78,12 @@ class SearchResult:
     resume_notes: tuple[str, ...] = ()  # settings kept from the stored run on resume
 
 
-def _initial_state() -> dict[str, Any]:
-    return {"next_simulation": 0, "evaluations": 0, "cost": 0.0, "stale": 0, "topk_mean": None,
-            "stop_reason": None}
+class NewNode(NamedTuple):
+    """A child that becomes a new node of the tree."""
 
-
-def _summary(parent_code: str, child_code: str, limit: int = 160) -> str:
-    """Lines the child added, compactly: the history entry shown to later proposals."""
-    added = [
-        line[1:].strip() for line in difflib.unified_diff(parent_code.splitlines(), child_code.splitlines(),
-                                                           lineterm="", n=0)
-        if line.startswith("+") and not line.startswith("+++")
-    ]
-    return (" | ".join(added) or "no textual change")[:limit]
+    workflow_id: int
+    code_hash: str
+    graph_hash: str | None
 
 
 class Search:
@@ -141,7 +135,7 @@ class Search:
             stop = self._stop_reason(state, spent)
             if stop is not None:
                 break
-            k = state["next_simulation"]
+            k = state.next_simulation
             try:
                 if k == 0:
                     await self._seed(run_id, tree, state)
@@ -151,7 +145,7 @@ class Search:
                 stop = cut.args[0]
                 with session_scope(self.engine) as session:
                     tree = load_tree(session, run_id)
-                    state = {**_initial_state(), **(session.get(Run, run_id).state or {})}
+                    state = SearchState.from_json(session.get(Run, run_id).state)
                 break
             spent = self._spent(for_progress=on_progress is not None)
             if on_progress is not None:
@@ -162,12 +156,13 @@ class Search:
         with session_scope(self.engine) as session:
             run = session.get(Run, run_id)
             run.status = "done"
-            run.state = {**state, "stop_reason": stop}
+            state.stop_reason = stop
+            run.state = state.to_json()
         seeds = [tree.own_score[i] or 0.0 for i in tree.children[ROOT_INDEX]]
         return SearchResult(run_id, tree, self._progress(tree, state, self._spent(for_progress=True)),
                             max(seeds, default=0.0), stop, tuple(self.resume_notes))
 
-    def _open_run(self, run_name: str, parent: tuple[int, int] | None = None) -> tuple[int, dict[str, Any]]:
+    def _open_run(self, run_name: str, parent: tuple[int, int] | None = None) -> tuple[int, SearchState]:
         with session_scope(self.engine) as session:
             existing = find_run(session, run_name)
             if existing is not None:
@@ -189,7 +184,7 @@ class Search:
                                     config=self.config.to_dict())
             if parent is not None:
                 run.parent_id, run.loop_round = parent
-            state = {**_initial_state(), **(run.state or {})}
+            state = SearchState.from_json(run.state)
             run.status = "running"
             run.config = {**self.config.to_dict()}
             return run.id, state
@@ -206,27 +201,27 @@ class Search:
         with session_scope(self.engine) as session:
             return spent_by_run(session, self.run_id)
 
-    def _stop_reason(self, state: dict[str, Any], spent: Spent | None) -> str | None:
+    def _stop_reason(self, state: SearchState, spent: Spent | None) -> str | None:
         c = self.config
-        if state["next_simulation"] == 0:
+        if state.next_simulation == 0:
             return None
         n = self._per_child()  # an expansion starts only if at least one child's batch fits
-        over = Budget.of(c).over(state["evaluations"] + n, spent, n)
+        over = Budget.of(c).over(state.evaluations + n, spent, n)
         if over is not None:
             return over
-        if c.max_simulations and state["next_simulation"] - 1 >= c.max_simulations:
+        if c.max_simulations and state.next_simulation - 1 >= c.max_simulations:
             return "max_simulations"
-        if c.patience and state["stale"] >= c.patience:
+        if c.patience and state.stale >= c.patience:
             return "converged"
         return None
 
-    def _progress(self, tree: Tree, state: dict[str, Any], spent: Spent) -> SearchProgress:
+    def _progress(self, tree: Tree, state: SearchState, spent: Spent) -> SearchProgress:
         best = tree.best()
         return SearchProgress(
-            simulations=max(state["next_simulation"] - 1, 0), evaluations=state["evaluations"],
+            simulations=max(state.next_simulation - 1, 0), evaluations=state.evaluations,
             executed=self.executed, nodes=len(tree) - 1,
             best_score=0.0 if best is None else tree.own_score[best] or 0.0,
-            best_workflow_id=None if best is None else tree.workflow_id[best], cost=state["cost"],
+            best_workflow_id=None if best is None else tree.workflow_id[best], cost=state.cost,
             tokens=spent.tokens,
         )
 
@@ -236,7 +231,7 @@ class Search:
         size = min(self.config.batch_size, len(self.problem_ids))
         return sorted(rng.sample(self.problem_ids, size))
 
-    async def _seed(self, run_id: int, tree: Tree, state: dict[str, Any]) -> None:
+    async def _seed(self, run_id: int, tree: Tree, state: SearchState) -> None:
         """Simulation 0: store the seed workflows and evaluate them on batch 0."""
         rng = random.Random(f"{self.config.seed}:0")
         batch = sorted(self.problem_ids) if self.config.promote else self._batch(rng)
@@ -245,11 +240,11 @@ class Search:
             candidate = Candidate(code=self.benchmark.seed_workflows[name], source="seed", description=name)
             reward, child = await self._child(run_id, tree, None, candidate, batch, 0, state)
             if child is not None:
-                index = tree.add_node(ROOT_INDEX, child[0], child[1], reward, 0, graph_hash=child[2])
+                index = tree.add_node(ROOT_INDEX, child.workflow_id, child.code_hash, reward, 0, graph_hash=child.graph_hash)
                 touched.add(index)
         self._commit(run_id, tree, touched, state)
 
-    async def _simulate(self, run_id: int, k: int, tree: Tree, state: dict[str, Any]) -> None:
+    async def _simulate(self, run_id: int, k: int, tree: Tree, state: SearchState) -> None:
         """Simulation ``k >= 1``: select a node, expand it with G children, evaluate, back-propagate."""
         c = self.config
         rng = random.Random(f"{c.seed}:{k}")
@@ -260,7 +255,7 @@ class Search:
             node = rng.randrange(1, len(tree))
         else:
             node = select_leaf(tree, c.selection, c.exploration)
-        context = self._context(tree, node, k, rng)
+        context = proposal_context(self.engine, self.benchmark, tree, node, k, rng, self.config.max_failures)
         candidates = await self.proposer.propose(context, c.children, rng.randrange(2**31))
         rewards: list[float] = []
         touched = {node}
@@ -274,7 +269,8 @@ class Search:
                 break
             rewards.append(reward)
             if child is not None:
-                index = tree.add_node(node, child[0], child[1], reward, k, candidate.prior, graph_hash=child[2])
+                index = tree.add_node(node, child.workflow_id, child.code_hash, reward, k, candidate.prior,
+                                     graph_hash=child.graph_hash)
                 touched.add(index)
         tree.expansions[node] += 1
         if not rewards:
@@ -292,18 +288,14 @@ class Search:
 
     async def _child(
         self, run_id: int, tree: Tree, parent: int | None, candidate: Candidate, batch: list[int], k: int,
-        state: dict[str, Any],
-    ) -> tuple[float, tuple[int, str, str | None] | None]:
+        state: SearchState,
+    ) -> tuple[float, NewNode | None]:
         """Store one candidate; evaluate it unless invalid or a duplicate.
 
-        Returns its reward and, for a new node, ``(workflow_id, code_hash, graph_hash)``.
+        Returns its reward and, for a new node, what the tree needs to add it (None: no new node).
         """
         digest = code_hash(candidate.code)
-        error = None
-        try:
-            validate_workflow(candidate.code, self.benchmark.operator_names)
-        except WorkflowValidationError as exc:
-            error = str(exc)
+        error = validation_error(candidate.code, self.benchmark.operator_names)
         ghash = graph_hash(candidate.code) if error is None else None
         for i in range(1, len(tree)):  # duplicates of a node already in the tree reuse its score
             if tree.code_hash[i] == digest or (ghash is not None and tree.graph_hash[i] == ghash):
@@ -312,7 +304,7 @@ class Search:
         n = len(batch) * self.config.repeats
         if error is None:  # before anything is stored: an invalid child costs nothing (room for a promotion kept)
             most = n + promotion_reserve(self.config, parent, len(batch), len(self.problem_ids))
-            over = budget.over(state["evaluations"] + most, self._spent(), most)
+            over = budget.over(state.evaluations + most, self._spent(), most)
             if over is not None:
                 raise BudgetCut(over)
         parent_wid = None if parent is None else tree.workflow_id[parent]
@@ -347,7 +339,7 @@ class Search:
             self.executed += probe.executed
             with session_scope(self.engine) as session:
                 missing, spent = unstored(session, workflow_id, batch, self.config.repeats), spent_by_run(session, run_id)
-            over = budget.over(state["evaluations"] + n, spent, missing)
+            over = budget.over(state.evaluations + n, spent, missing)
             if over is not None:
                 raise BudgetCut(over)
         result: EvalBatch = await self.evaluator.evaluate(
@@ -356,54 +348,24 @@ class Search:
         self._count(result, result.records, len(batch), state)
         if wants_promotion(self.config, tree, parent, result.mean_reward, len(batch), len(self.problem_ids)):
             result = await promote(self, run_id, workflow_id, candidate.code, batch, state)
-        return result.mean_reward, (workflow_id, digest, ghash)
+        return result.mean_reward, NewNode(workflow_id, digest, ghash)
 
-    def _count(self, result: EvalBatch, records: Any, problems: int, state: dict[str, Any]) -> None:
+    def _count(self, result: EvalBatch, records: Any, problems: int, state: SearchState) -> None:
         """Count ``problems`` x repeats evaluations of ``result`` (``records`` are the new ones) in the run's counters."""
         self.executed += result.executed
-        state["evaluations"] += problems * self.config.repeats
+        state.evaluations += problems * self.config.repeats
         costs = [r.cost for r in records]
-        if state["cost"] is not None:
-            state["cost"] = None if any(x is None for x in costs) else state["cost"] + sum(costs)
+        if state.cost is not None:
+            state.cost = None if any(x is None for x in costs) else state.cost + sum(costs)
 
-    def _context(self, tree: Tree, node: int, k: int, rng: random.Random) -> ProposalContext:
-        """The parent's code, score, sampled failures, solved problems and earlier children."""
-        with session_scope(self.engine) as session:
-            parent = session.get(Workflow, tree.workflow_id[node])
-            rows = session.execute(
-                select(Evaluation, Problem)
-                .join(Problem, Problem.id == Evaluation.problem_id)
-                .where(Evaluation.workflow_id == parent.id, Problem.split == "validation")
-                .order_by(Evaluation.problem_id, Evaluation.repeat)
-            ).all()
-            failures = [
-                FailedExample(p.id, p.text, str(p.reference), e.answer if e.answer is not None else e.output,
-                              e.error_message)
-                for e, p in rows if e.reward < 1.0
-            ]
-            passes = tuple(p.text for e, p in rows if e.reward >= 1.0)
-            history = []
-            for ch in tree.children[node]:
-                child = session.get(Workflow, tree.workflow_id[ch])
-                history.append((_summary(parent.code, child.code), tree.own_score[ch] or 0.0))
-            code = parent.code
-        if len(failures) > self.config.max_failures:
-            failures = [failures[i] for i in sorted(rng.sample(range(len(failures)), self.config.max_failures))]
-        return ProposalContext(
-            benchmark=self.benchmark.name, task_description=self.benchmark.description,
-            operator_names=self.benchmark.operator_names, parent_workflow_id=tree.workflow_id[node],
-            parent_code=code, parent_score=tree.own_score[node] or 0.0, failures=tuple(failures),
-            history=tuple(history), round=k, passes=passes,
-        )
-
-    def _commit(self, run_id: int, tree: Tree, touched: set[int], state: dict[str, Any]) -> None:
+    def _commit(self, run_id: int, tree: Tree, touched: set[int], state: SearchState) -> None:
         """Persist new nodes, updated visits/values and the counters in one transaction."""
         scores = sorted((s for s in tree.own_score[1:] if s is not None), reverse=True)[: self.config.top_k]
         topk = round(sum(scores) / len(scores), 12) if scores else None
-        state["stale"] = state["stale"] + 1 if topk == state["topk_mean"] and state["next_simulation"] else 0
-        state["topk_mean"] = topk
-        state["next_simulation"] += 1
+        state.stale = state.stale + 1 if topk == state.topk_mean and state.next_simulation else 0
+        state.topk_mean = topk
+        state.next_simulation += 1
         with session_scope(self.engine) as session:
             save_nodes(session, run_id, tree, touched)
             run = session.get(Run, run_id)
-            run.state = dict(state)
+            run.state = state.to_json()
