@@ -40,7 +40,7 @@ from sqlalchemy import Engine, delete, select
 from operators.graph import graph_hash
 from operators.validate import code_hash, validation_error
 from search.config import SearchConfig, SearchConfigError
-from search.mutations import MutationProposer
+from search.proposers.mutations import MutationProposer
 from search.search import BenchmarkInfo, Search, SearchProgress
 from search.tree import validation_scores
 from storage.engine import open_db, session_scope
@@ -295,7 +295,7 @@ async def collect_train_data(
 
 def _store_branches(engine, run_id: int, ranked, operator_names, round_: int, limit: int) -> list[tuple[int, str]]:
     """The first ``limit`` distinct valid branch programs of the ranked search workflows, stored."""
-    from search.signatures import load_signatures
+    from search.proposers.signatures import load_signatures
     from workflow_rl.policy.canonical import branch_programs, canonical
 
     returns = {name: sig.returns for name, sig in load_signatures(tuple(operator_names)).items()}

@@ -37,14 +37,14 @@ def make_proposer(name: str, optimizer: str | None, executor: str | None, same_a
     which the mutation proposer's routing edit uses on failing examples.
     """
     if name == "mutation":
-        from search.mutations import MutationProposer
+        from search.proposers.mutations import MutationProposer
 
         return MutationProposer() if same_answer is None else MutationProposer(same_answer=same_answer)
     if name == "llm":
         spec = optimizer or executor
         if not spec:
             raise WorkflowRLError("--proposer llm needs a chat endpoint: pass --optimizer URL#MODEL")
-        from search.llm_proposer import LLMProposer
+        from search.proposers.llm import LLMProposer
         from workflow_rl.llm import make_executor
 
         return LLMProposer(make_executor(spec))

@@ -3,12 +3,12 @@
 The loop trains the policy on per-problem programs found by search
 (:func:`workflow_rl.loop.driver.collect_train_data`, ``search_branches``). A search workflow is
 task-level: routing branches ``if "<cue>" in problem: ...`` grafted by
-:mod:`search.graft` or written by the mutation proposer, in nested-call style.
+:mod:`search.proposers.graft` or written by the mutation proposer, in nested-call style.
 :func:`branch_programs` splits it back into per-problem programs and :func:`canonical` rewrites
 each in the form the built-in policy's warm start uses (one assignment per operator call, results
 named by their type), so the learner imitates search programs without learning a second syntax.
 
-These transforms used to live in ``search/graft.py``; only the learner's data preparation uses
+These transforms used to live in ``search/proposers/graft.py``; only the learner's data preparation uses
 them, and :data:`HOIST_NAMES` is the tiny corpus's naming (:mod:`workflow_rl.policy.tiny_corpus`),
 not something search should know.
 """
@@ -19,11 +19,11 @@ import ast
 import copy
 
 from operators.op_calls import awaited_op_name
-from search.graft import is_straight, solve_def, without_docstring
+from search.proposers.graft import is_straight, solve_def, without_docstring
 
 
 def branch_programs(code: str) -> list[str]:
-    """Per-problem programs inside a task-level workflow: the reverse of :func:`search.graft.graft`.
+    """Per-problem programs inside a task-level workflow: the reverse of :func:`search.proposers.graft.graft`.
 
     Each leading ``if`` whose body (or ``else``) is straight-line, and the straight-line tail of
     ``solve`` after them, becomes ``async def solve(problem, ops): <statements>``: the program the

@@ -8,7 +8,7 @@ parent failed (up to ``max_failures``), the policy's greedy program and ``sample
 are drawn from that problem's per-problem prompt (``Policy.prompt``, the prompt training uses). The distinct straight-line programs that yield the failing problem's
 expected answer on the host (tool operators only, as the mutation proposer's routing check) are
 its solutions; one becomes a branch ``if "<cue>" in problem: ...`` of the parent
-(:mod:`search.graft`). Every child holds a branch for every failure with a solution (child ``c``
+(:mod:`search.proposers.graft`). Every child holds a branch for every failure with a solution (child ``c``
 takes solution ``c``, cycling), so a better policy makes bigger steps per evaluation; children
 differ only where a failure has several solutions, so there are often fewer than ``n`` (the
 mixed proposer does not pad them, see :class:`workflow_rl.policy.proposer.MixedProposer`).
@@ -26,8 +26,8 @@ from dataclasses import replace
 
 from operators.validate import validation_error
 from search.base import Candidate, ProposalContext
-from search.graft import best_cue, graft, solved_map, solves_example, straight_line
-from search.routing import AnswerCheck
+from search.proposers.graft import best_cue, graft, solved_map, solves_example, straight_line
+from search.proposers.routing import AnswerCheck
 from workflow_rl.policy.model import Policy
 from workflow_rl.policy.prompts import PromptSpec
 from workflow_rl.tasks.base import text_or_number_equal

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 
-from search.signatures import OpSignature, load_signatures
+from search.proposers.signatures import OpSignature, load_signatures
 
 EXTRACT_PREFIX = "extract_"
 """Operators named ``extract_*`` read the problem text (the first step of a pipeline)."""

@@ -71,6 +71,6 @@ def text_or_number_equal(output: Any, expected: str) -> bool:
 
 
 def answer_check(bench: Any) -> Callable[[Any, str], bool]:
-    """The answer check search should use for ``bench`` (``search.routing.AnswerCheck``): its own
+    """The answer check search should use for ``bench`` (``search.proposers.routing.AnswerCheck``): its own
     ``same_answer`` when it has one, else :func:`text_or_number_equal`."""
     return getattr(bench, "same_answer", None) or text_or_number_equal

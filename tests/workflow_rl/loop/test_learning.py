@@ -26,7 +26,7 @@ from math import comb
 
 from operators.registry import get_operators
 from operators.runtime import Sandbox
-from search.signatures import load_signatures
+from search.proposers.signatures import load_signatures
 from workflow_rl.learner.dataset import PromptSpec
 from workflow_rl.loop.config import LoopConfig
 from workflow_rl.loop.driver import run_loop

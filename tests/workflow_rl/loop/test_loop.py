@@ -243,7 +243,7 @@ def test_auto_children_graft_only_where_every_operator_is_a_tool(tmp_path):
 def test_search_branches_run_on_the_rounds_train_problems(loop_db):
     """Every straight-line branch of round 0's valid search workflows, canonical, is a workflow of
     the round that ran on exactly the round's train problems (the learner's per-problem search samples)."""
-    from search.signatures import load_signatures
+    from search.proposers.signatures import load_signatures
     from storage.models import Evaluation, Problem
     from workflow_rl.policy.canonical import branch_programs, canonical
     from workflow_rl.tasks.calc import CALC_OPERATORS

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from search.config import SearchConfig
-from search.mutations import MutationProposer
+from search.proposers.mutations import MutationProposer
 from search.search import BenchmarkInfo, Search
 from storage.engine import open_db, session_scope
 from storage.models import PolicyCheckpoint, Run, SearchNode, TrainStep, Workflow

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from operators.validate import validate_workflow
-from search.graft import run_straight_line, straight_line
+from search.proposers.graft import run_straight_line, straight_line
 from workflow_rl.policy.canonical import branch_programs, canonical, flatten
 
 PARENT = """async def solve(problem, ops):

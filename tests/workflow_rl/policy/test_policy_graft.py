@@ -11,7 +11,7 @@ import pytest
 
 from operators.validate import validate_workflow
 from search.base import FailedExample, ProposalContext
-from search.graft import solves_example
+from search.proposers.graft import solves_example
 from tests.helpers.learner import scripted_sampler
 from workflow_rl.policy.graft import GraftProposer
 from workflow_rl.policy.model import Policy

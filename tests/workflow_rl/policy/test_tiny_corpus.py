@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from operators.validate import validate_workflow
-from search.signatures import load_signatures
+from search.proposers.signatures import load_signatures
 from workflow_rl.policy.tiny_corpus import (
     multi_arg_programs,
     pipeline_programs,

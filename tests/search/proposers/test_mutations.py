@@ -5,9 +5,9 @@ import random
 
 from operators.validate import validate_workflow
 from search.base import FailedExample, ProposalContext
-from search.mutations import MutationProposer, _Program
-from search.routing import cue_words, multi_arg_call, pipelines
-from search.signatures import load_signatures, parse_signature
+from search.proposers.mutations import MutationProposer, _Program
+from search.proposers.routing import cue_words, multi_arg_call, pipelines
+from search.proposers.signatures import load_signatures, parse_signature
 
 OPS = ("calculate", "convert_units", "count_char", "extract_equation", "extract_expression", "extract_list",
        "extract_number", "extract_quoted", "extract_units", "majority_vote", "mean", "median",
@@ -111,7 +111,7 @@ def test_run_pipeline_and_answer_checks():
 
     import pytest
 
-    from search.routing import exact_answer, run_pipeline
+    from search.proposers.routing import exact_answer, run_pipeline
     from workflow_rl.tasks.calc import CalcBenchmark
 
     same_answer = CalcBenchmark().same_answer  # the benchmark's check: calc compares numbers by value

@@ -11,7 +11,7 @@ parent's own path.
 :func:`solves_example` runs such a program on the failing problem with the host's *tool*
 operators (the same check the mutation proposer's routing edit makes), so a branch is only
 grafted when it produces that problem's expected answer, as the benchmark's answer check
-(:data:`search.routing.AnswerCheck`, passed in by the caller) judges it.
+(:data:`search.proposers.routing.AnswerCheck`, passed in by the caller) judges it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from search.base import FailedExample
-from search.routing import WORD, AnswerCheck, exact_answer, operator_docs, run_pipeline, stems
+from search.proposers.routing import WORD, AnswerCheck, exact_answer, operator_docs, run_pipeline, stems
 
 
 def solve_def(code: str) -> tuple[ast.Module, ast.AsyncFunctionDef] | None:

@@ -1,4 +1,4 @@
-"""Grafting a per-problem program into a parent as a verified routing branch (search/graft.py)."""
+"""Grafting a per-problem program into a parent as a verified routing branch (search/proposers/graft.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 from operators.validate import validate_workflow
 from search.base import FailedExample
-from search.graft import (
+from search.proposers.graft import (
     best_cue,
     graft,
     run_straight_line,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from search.base import FailedExample
-from search.signatures import ANY, OpSignature
+from search.proposers.signatures import ANY, OpSignature
 
 WORD = re.compile(r"[A-Za-z]{3,}")
 """Words that can serve as routing cues."""
@@ -40,7 +40,7 @@ class RoutingPrior:
     The defaults were tuned by hand on calc when routing was written (commit b873504; the
     mutation proposer's docstring has the measurement), where extract -> compute is the typical
     recipe. Another benchmark's operator set may want other values: pass a prior to
-    :class:`search.mutations.MutationProposer`.
+    :class:`search.proposers.mutations.MutationProposer`.
     """
 
     length_bonus: Mapping[int, float] = field(default_factory=lambda: {1: -1.0, 2: 0.0, 3: -1.5})

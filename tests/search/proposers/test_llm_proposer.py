@@ -3,7 +3,7 @@
 import asyncio
 
 from search.base import FailedExample, ProposalContext
-from search.llm_proposer import LLMProposer, extract_workflow_code, render_prompt
+from search.proposers.llm import LLMProposer, extract_workflow_code, render_prompt
 from workflow_rl.llm import OpenAICompatibleClient
 from workflow_rl.llm.testing import ScriptedOpenAIServer
 

@@ -10,7 +10,7 @@ Edits (each picked by a seeded RNG, so ``propose(ctx, n, seed)`` is deterministi
 - ``ensemble``: call an operator three times and majority-vote the answers;
 - ``route``: add ``if "<cue>" in problem: return <pipeline>`` at the top of ``solve``, with the cue
   taken from the text of failing problems (``ProposalContext.failures``) and not of solved ones,
-  and the pipeline a type-checked composition of operators (:mod:`search.routing`), optionally
+  and the pipeline a type-checked composition of operators (:mod:`search.proposers.routing`), optionally
   checked on that failing example with the host's tool operators (and the benchmark's answer check). Routing is what lets a workflow
   treat problem families differently (calc needs it for a perfect score).
 
@@ -28,8 +28,15 @@ import random
 from operators.op_calls import awaited_op_calls
 from operators.validate import validation_error
 from search.base import Candidate, ProposalContext
-from search.routing import DEFAULT_PRIOR, AnswerCheck, RoutingPrior, cue_words, exact_answer, route_branch
-from search.signatures import ANY, OpSignature, load_signatures, types_match
+from search.proposers.routing import (
+    DEFAULT_PRIOR,
+    AnswerCheck,
+    RoutingPrior,
+    cue_words,
+    exact_answer,
+    route_branch,
+)
+from search.proposers.signatures import ANY, OpSignature, load_signatures, types_match
 
 MUTATION_WEIGHTS: dict[str, float] = {
     "insert": 0.5,
@@ -118,7 +125,7 @@ class MutationProposer:
         ``route_checks``: pipelines a routing edit may try on its failing example (0 = no checks).
         ``same_answer``: the benchmark's answer check those tries use (``workflow_rl.tasks.base.
         answer_check(bench)``; the default is exact text after strip). ``prior``: how routing ranks
-        pipelines (:class:`search.routing.RoutingPrior`, calc-tuned defaults).
+        pipelines (:class:`search.proposers.routing.RoutingPrior`, calc-tuned defaults).
         """
         self.route_checks = route_checks
         self.same_answer = same_answer
