@@ -19,6 +19,7 @@ from storage.models import TrainStep
 from tests.helpers.learner import RUN
 from workflow_rl.learner.config import TrainConfig
 from workflow_rl.learner.trainer import train
+from workflow_rl.policy.decode import cache_name
 from workflow_rl.policy.model import Policy
 
 
@@ -46,8 +47,9 @@ class Poison:
     """Patches ``Policy.load`` so the loaded model gets a fault on the given optimizer steps.
 
     ``kind`` is ``grad-nan``/``grad-inf`` (a backward hook on one weight) or ``logits-inf`` (a
-    forward hook on the model output). Steps are counted by the model's training forwards
-    (eval-mode forwards, e.g. old logprobs, are not steps).
+    forward hook on the model output). Steps are counted by the model's training forwards that start
+    a pass (eval-mode forwards, e.g. old logprobs, are not steps; nor is the completion pass that
+    continues a group's shared prompt pass from its KV cache, the same step's second forward).
     """
 
     def __init__(self, monkeypatch, kind: str, steps: set[int]):
@@ -65,11 +67,11 @@ class Poison:
         monkeypatch.setattr(Policy, "load", load)
 
     def _install(self, model: torch.nn.Module) -> None:
-        def count(module, _inputs):
-            if module.training:
+        def count(module, _args, kwargs):
+            if module.training and kwargs.get(cache_name()) is None:
                 self.step += 1
 
-        model.register_forward_pre_hook(count)
+        model.register_forward_pre_hook(count, with_kwargs=True)
         if self.kind.startswith("grad"):
             weight = next(p for p in model.parameters() if p.requires_grad and p.dim() == 2)
             bad = math.nan if self.kind == "grad-nan" else math.inf
