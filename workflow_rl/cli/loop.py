@@ -13,6 +13,7 @@ from workflow_rl.cli.options import DbOption, resolve_db
 from workflow_rl.cli.output import Summary, command, db_facts, log_console, next_for_run, print_summary
 from workflow_rl.errors import WorkflowRLError
 from workflow_rl.loop.config import LoopConfig
+from workflow_rl.loop.presets import presets_help
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -20,6 +21,12 @@ if TYPE_CHECKING:
     from workflow_rl.loop.driver import LoopResult
 
 H = LoopConfig.help
+
+
+def given(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was given explicitly (command line or environment), not left at its default."""
+    source = ctx.get_parameter_source(name)  # by name: typer may bring its own copy of click's enum
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def policy_eval_command(db: str | Engine, policy: str, split: str, benchmark: str, best_of: int,
@@ -71,6 +78,9 @@ def register(app: typer.Typer) -> None:
     @app.command("loop")
     def loop_cmd(
         ctx: typer.Context,
+        preset: Annotated[str | None, typer.Option(
+            help=f"Named set of defaults ({presets_help()}). Options given explicitly win over it; the name and its "
+                 "values are stored with the loop, so re-running the command resumes with them.")] = None,
         rounds: Annotated[int, typer.Option(help=H("rounds"))] = LoopConfig.rounds,
         run: Annotated[str, typer.Option(help=H("run"))] = "loop",
         benchmark: Annotated[str, typer.Option(help=H("benchmark"))] = "calc",
@@ -81,11 +91,13 @@ def register(app: typer.Typer) -> None:
         selection: Annotated[str, typer.Option(help=H("selection"))] = LoopConfig.selection,
         mutation_fraction: Annotated[float, typer.Option(help=H("mutation_fraction"))] = LoopConfig.mutation_fraction,
         policy_children: Annotated[str, typer.Option(help=H("policy_children"))] = LoopConfig.policy_children,
+        graft_samples: Annotated[int, typer.Option(help=H("graft_samples"))] = LoopConfig.graft_samples,
         search_branches: Annotated[int, typer.Option(help=H("search_branches"))] = LoopConfig.search_branches,
         search_samples: Annotated[str, typer.Option(help=H("search_samples"))] = LoopConfig.search_samples,
         train_problems: Annotated[int, typer.Option(help=H("train_problems"))] = LoopConfig.train_problems,
         group_size: Annotated[int, typer.Option(help=H("group_size"))] = LoopConfig.group_size,
         temperature: Annotated[float, typer.Option(help=H("temperature"))] = LoopConfig.temperature,
+        max_new_tokens: Annotated[int, typer.Option(help=H("max_new_tokens"))] = LoopConfig.max_new_tokens,
         lr: Annotated[float, typer.Option(help=H("lr"))] = LoopConfig.lr,
         beta: Annotated[float, typer.Option(help=H("beta"))] = LoopConfig.beta,
         epochs: Annotated[int, typer.Option(help=H("epochs"))] = LoopConfig.epochs,
@@ -93,14 +105,19 @@ def register(app: typer.Typer) -> None:
         workers: Annotated[int | None, typer.Option(help=H("workers"))] = None,
         db: DbOption = None,
     ) -> None:
-        """Search -> train -> policy-steered search -> train ...; re-run the same command to continue."""
-        config = LoopConfig(
+        """Search -> train -> policy-steered search -> train ...; re-run the same command to continue.
+
+        `--preset smollm2-cpu` runs it with SmolLM2-135M-Instruct (LoRA) on budgets sized for 2 CPU cores.
+        """
+        options = dict(
             run=run, benchmark=benchmark, rounds=rounds, policy=policy, seed=seed, search_budget=search_budget,
             children=children, selection=selection, mutation_fraction=mutation_fraction, policy_children=policy_children,
-            search_branches=search_branches, search_samples=search_samples, train_problems=train_problems, group_size=group_size, temperature=temperature, lr=lr, beta=beta,
-            epochs=epochs, out_dir=out_dir,
-            workers=workers,
+            graft_samples=graft_samples, search_branches=search_branches, search_samples=search_samples,
+            train_problems=train_problems, group_size=group_size, temperature=temperature,
+            max_new_tokens=max_new_tokens, lr=lr, beta=beta, epochs=epochs, out_dir=out_dir, workers=workers,
         )
+        # only what the user typed overrides the preset (a default would silently undo it)
+        config = LoopConfig.from_preset(preset, **{k: v for k, v in options.items() if given(ctx, k)})
         from workflow_rl.loop.driver import run_loop
 
         db = resolve_db(ctx, db)

@@ -14,6 +14,7 @@ from search.config import help_field
 from workflow_rl.errors import WorkflowRLError
 from workflow_rl.learner.config import SEARCH_SAMPLES, TrainConfig
 from workflow_rl.learner.grpo_options import SearchSamples
+from workflow_rl.loop.presets import PRESETS, preset_values
 
 PolicyChildren = Literal["auto", "graft", "rewrite"]
 """How the policy writes search children from round 1 on (see ``LoopConfig.policy_children``)."""
@@ -23,6 +24,8 @@ PolicyChildren = Literal["auto", "graft", "rewrite"]
 class LoopConfig:
     """Settings of the closed loop: search -> train -> policy-steered search -> train ..."""
 
+    preset: str | None = help_field(None, "Named set of defaults this config was built from (see "
+                                     "workflow_rl/loop/presets.py); stored, so a resumed loop keeps it.")
     run: str = help_field("loop", "Name of the loop; round r's search run is <run>/r<r>.")
     benchmark: str = help_field("calc", "Benchmark (validation drives search, train feeds the learner).")
     rounds: int = help_field(3, "Rounds; each = one search + one training round (round 0 searches with mutations).")
@@ -71,6 +74,8 @@ class LoopConfig:
         """Validate; errors say the value and the fix."""
         if not self.run or "/" in self.run:
             raise WorkflowRLError(f"run={self.run!r}: use a non-empty name without '/' (round runs add /r<N>)")
+        if self.preset is not None and self.preset not in PRESETS:
+            preset_values(self.preset)  # raises, naming the known presets
         if self.policy_children not in get_args(PolicyChildren):
             raise WorkflowRLError(f"policy_children={self.policy_children!r}: use 'auto', 'graft' or 'rewrite'")
         for name in ("rounds", "graft_samples", "search_budget", "search_batch", "children", "train_problems",
@@ -93,6 +98,12 @@ class LoopConfig:
             raise WorkflowRLError(
                 f"batch_size={self.batch_size} must be a multiple of micro_batch_size={self.micro_batch_size}"
             )
+
+    @classmethod
+    def from_preset(cls, preset: str | None, **explicit: Any) -> LoopConfig:
+        """The config of preset ``preset`` (None = the plain defaults); ``explicit`` values win over it."""
+        values = preset_values(preset) if preset is not None else {}
+        return cls(**{**values, **explicit, "preset": preset})
 
     def train_config(self, run: str, policy: str, out_dir: str, round_: int) -> TrainConfig:
         """The learner's config for round ``round_``: trains search run ``run`` from ``policy`` into ``out_dir``.

@@ -1,0 +1,68 @@
+"""Named sets of :class:`~workflow_rl.loop.config.LoopConfig` overrides (``workflow-rl loop --preset NAME``).
+
+A preset only changes defaults: options given explicitly (on the command line, or as keyword
+arguments of :meth:`LoopConfig.from_preset`) win over it. Its name is stored in the loop run's
+config (``LoopConfig.preset``) with the values it set, so re-running the command resumes with them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from workflow_rl.errors import WorkflowRLError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One named set of loop settings."""
+
+    name: str
+    summary: str  # one line, shown by ``loop --help``
+    values: MappingProxyType[str, Any]
+
+
+SMOLLM2_CPU = Preset(
+    "smollm2-cpu",
+    "SmolLM2-135M-Instruct with LoRA, budgets sized for 2 CPU cores",
+    MappingProxyType(dict(
+        policy="builtin:smollm2",
+        # The real per-problem prompt of calc is ~1650 tokens (every operator's signature): sampling
+        # and training cost scale with prompt tokens x problems, so a round draws few problems.
+        train_problems=16,
+        group_size=8,  # GRPO group per problem: big enough that a reward can differ within it
+        max_new_tokens=64,  # a calc program is ~30-50 tokens in the chat format's ```python fence
+        search_budget=160,  # half the default: round >= 1's graft expansions each sample the policy
+        children=4,
+        graft_samples=8,  # per failing problem (+ the greedy one); the default 64 is sized for builtin:tiny
+        lr=2e-4,  # LoRA (the default for a pretrained base): B starts at 0 and few steps run per round
+        epochs=1,
+        batch_size=16,
+        micro_batch_size=4,  # 4 sequences of ~1700 tokens per forward: a few GB of activations
+    )),
+)
+"""``--preset smollm2-cpu``: the closed loop on calc with ``builtin:smollm2`` on a 2-core CPU machine.
+
+Sized for about 10-20 minutes per round on 2 shared cores (no GPU): 16 train problems x 8
+samples of at most 64 new tokens, a 160-evaluation search, 8 graft samples per failing problem,
+one epoch with micro-batches of 4. LoRA is the learner's default for a pretrained base; its lr
+(2e-4) is twice the full fine-tuning default because the adapter starts at zero and a round makes
+few optimizer steps. Children stay ``auto`` (graft on calc, whose operators are all tools: the
+untrained instruct model writes per-problem programs far more often than valid rewrites).
+"""
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (SMOLLM2_CPU,)}
+"""Every preset by name."""
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """The overrides of preset ``name``; an unknown name raises with the known ones listed."""
+    if name not in PRESETS:
+        raise WorkflowRLError(f"preset={name!r} is unknown; use one of: {', '.join(sorted(PRESETS))}")
+    return dict(PRESETS[name].values)
+
+
+def presets_help() -> str:
+    """One line per preset for ``--help``."""
+    return "; ".join(f"{p.name}: {p.summary}" for p in PRESETS.values())
