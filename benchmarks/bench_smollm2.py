@@ -10,7 +10,9 @@ Prompts are the real chat prompts of calc problems (:meth:`Policy.prompt`), one 
 - Training: forward + backward of the summed completion logprobs of the sampled completions,
   :meth:`Policy.forward_logprobs` vs a plain full forward over ``prompt + completion`` with
   ``log_softmax`` over every position and a gather; the same LoRA adapter (the default for a
-  pretrained base) in both. Tokens = completion tokens trained.
+  pretrained base) in both. Tokens = completion tokens trained. The plain path runs
+  ``--plain-micro-batch`` rows per forward (gradients accumulated): all rows at once do not fit in
+  memory; ours takes the whole group in one call (its rows share one prompt pass).
 
     python benchmarks/bench_smollm2.py [--problems 1 --group 16 --max-new-tokens 32 --ops all]
 
@@ -75,23 +77,32 @@ def train_ours(policy: Policy, samples) -> float:
     return seconds
 
 
-def train_plain(policy: Policy, samples) -> float:
-    """Seconds of one plain forward (all positions' logits) + log_softmax + backward."""
+def train_plain(policy: Policy, samples, micro: int) -> float:
+    """Seconds of plain forwards (all positions' logits) + log_softmax + backward, ``micro`` rows at a time.
+
+    Gradients accumulate over the micro-batches, as a plain trainer must do: all 16 rows of a
+    ~700-token prompt in one pass hold ~20 GB of activations and logits (the first version of this
+    script did that and was OOM-killed on a 23 GB machine).
+    """
     policy.model.train()
     eos = policy.eos_token_id
-    seqs = [list(s.prompt_token_ids) + list(s.completion_token_ids) for s in samples]
-    width = max(len(x) for x in seqs)
-    ids = torch.tensor([x + [eos] * (width - len(x)) for x in seqs])
-    attn = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in seqs])
-    t0 = time.perf_counter()
-    logits = policy.model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
-    logp = logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-    mask = torch.zeros_like(logp)
-    for b, s in enumerate(samples):
-        start = len(s.prompt_token_ids) - 1
-        mask[b, start: start + len(s.completion_token_ids)] = 1
-    (logp * mask).sum().backward()
-    seconds = time.perf_counter() - t0
+    seconds = 0.0
+    for lo in range(0, len(samples), micro):
+        chunk = samples[lo: lo + micro]
+        seqs = [list(s.prompt_token_ids) + list(s.completion_token_ids) for s in chunk]
+        width = max(len(x) for x in seqs)
+        ids = torch.tensor([x + [eos] * (width - len(x)) for x in seqs])
+        attn = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in seqs])
+        t0 = time.perf_counter()
+        logits = policy.model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+        logp = logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        mask = torch.zeros_like(logp)
+        for b, s in enumerate(chunk):
+            start = len(s.prompt_token_ids) - 1
+            mask[b, start: start + len(s.completion_token_ids)] = 1
+        (logp * mask).sum().backward()
+        seconds += time.perf_counter() - t0
+        del logits, logp
     policy.model.zero_grad(set_to_none=True)
     policy.model.eval()
     return seconds
@@ -104,6 +115,8 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=16, help="samples per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--ops", default="all")
+    parser.add_argument("--plain-micro-batch", type=int, default=4,
+                        help="rows per plain forward (gradients accumulate; ~5 GB at 4 x 750 tokens)")
     args = parser.parse_args()
     torch.manual_seed(0)
     bench = get_benchmark("calc")
@@ -113,7 +126,8 @@ def main() -> None:
     policy = Policy.load("builtin:smollm2", lora=LoraSpec())
     prompts = [policy.prompt(spec, p.text) for p in bench.problems("train")[: args.problems]]
     print(f"threads {torch.get_num_threads()}, prompt tokens {[len(policy.encode(p)) for p in prompts]}, "
-          f"group {args.group}, max_new_tokens {args.max_new_tokens}", flush=True)
+          f"group {args.group}, max_new_tokens {args.max_new_tokens}, plain micro-batch {args.plain_micro_batch}",
+          flush=True)
     gen_s, gen_tokens = sample_generate(policy, prompts, args.group, args.max_new_tokens)
     ours_s, samples = sample_ours(policy, prompts, args.group, args.max_new_tokens)
     ours_tokens = sum(len(s.completion_token_ids) for s in samples)
@@ -121,7 +135,7 @@ def main() -> None:
     print(f"sampling  generate {gen_tokens:5d} tokens {gen_s:7.1f} s  {gen_tokens / gen_s:7.1f} tok/s", flush=True)
     valid = sum(validation_error(s.program, spec.operator_names) is None for s in samples)
     print(f"valid programs among the sampled replies (T = 1, untrained base): {valid}/{len(samples)}", flush=True)
-    plain_s = train_plain(policy, samples)
+    plain_s = train_plain(policy, samples, args.plain_micro_batch)
     train_s = train_ours(policy, samples)
     print(f"training  ours     {ours_tokens:5d} tokens {train_s:7.1f} s  {ours_tokens / train_s:7.1f} tok/s")
     print(f"training  plain    {ours_tokens:5d} tokens {plain_s:7.1f} s  {ours_tokens / plain_s:7.1f} tok/s")
