@@ -14,6 +14,9 @@ Prompts are the real chat prompts of calc problems (:meth:`Policy.prompt`), one 
   ``--plain-micro-batch`` rows per forward (gradients accumulated): all rows at once do not fit in
   memory; ours takes the whole group in one call (its rows share one prompt pass).
 
+With ``--repeats N`` each pair is measured N times, alternating, and the best of each is kept (on
+a shared machine the load drifts between two measurements of a minute or more).
+
     python benchmarks/bench_smollm2.py [--problems 1 --group 16 --max-new-tokens 32 --ops all]
 
 ``--ops`` limits the operators in the prompt (comma-separated; ``all`` = calc's, ~1650 tokens).
@@ -117,6 +120,9 @@ def main() -> None:
     parser.add_argument("--ops", default="all")
     parser.add_argument("--plain-micro-batch", type=int, default=4,
                         help="rows per plain forward (gradients accumulate; ~5 GB at 4 x 750 tokens)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="alternate the measurements this many times and keep the best of each")
+    parser.add_argument("--no-train", action="store_true", help="sampling only (no smol_train_speedup line)")
     args = parser.parse_args()
     torch.manual_seed(0)
     bench = get_benchmark("calc")
@@ -128,21 +134,32 @@ def main() -> None:
     print(f"threads {torch.get_num_threads()}, prompt tokens {[len(policy.encode(p)) for p in prompts]}, "
           f"group {args.group}, max_new_tokens {args.max_new_tokens}, plain micro-batch {args.plain_micro_batch}",
           flush=True)
-    gen_s, gen_tokens = sample_generate(policy, prompts, args.group, args.max_new_tokens)
-    ours_s, samples = sample_ours(policy, prompts, args.group, args.max_new_tokens)
-    ours_tokens = sum(len(s.completion_token_ids) for s in samples)
-    print(f"sampling  ours     {ours_tokens:5d} tokens {ours_s:7.1f} s  {ours_tokens / ours_s:7.1f} tok/s", flush=True)
-    print(f"sampling  generate {gen_tokens:5d} tokens {gen_s:7.1f} s  {gen_tokens / gen_s:7.1f} tok/s", flush=True)
+    gen_rate = ours_rate = 0.0
+    plain_s = train_s = float("inf")
+    for rep in range(args.repeats):  # alternated, best of each: the load of a shared machine drifts
+        gen_s, gen_tokens = sample_generate(policy, prompts, args.group, args.max_new_tokens)
+        ours_s, samples = sample_ours(policy, prompts, args.group, args.max_new_tokens)
+        ours_tokens = sum(len(s.completion_token_ids) for s in samples)
+        gen_rate, ours_rate = max(gen_rate, gen_tokens / gen_s), max(ours_rate, ours_tokens / ours_s)
+        print(f"[{rep}] sampling  ours     {ours_tokens:5d} tokens {ours_s:7.1f} s  {ours_tokens / ours_s:7.1f} tok/s",
+              flush=True)
+        print(f"[{rep}] sampling  generate {gen_tokens:5d} tokens {gen_s:7.1f} s  {gen_tokens / gen_s:7.1f} tok/s",
+              flush=True)
     valid = sum(validation_error(s.program, spec.operator_names) is None for s in samples)
     print(f"valid programs among the sampled replies (T = 1, untrained base): {valid}/{len(samples)}", flush=True)
-    plain_s = train_plain(policy, samples, args.plain_micro_batch)
-    train_s = train_ours(policy, samples)
-    print(f"training  ours     {ours_tokens:5d} tokens {train_s:7.1f} s  {ours_tokens / train_s:7.1f} tok/s")
-    print(f"training  plain    {ours_tokens:5d} tokens {plain_s:7.1f} s  {ours_tokens / plain_s:7.1f} tok/s")
-    print(f"RESULT smol_sample_tokens_per_s={ours_tokens / ours_s:.1f}")
-    print(f"RESULT smol_generate_tokens_per_s={gen_tokens / gen_s:.1f}")
-    print(f"RESULT smol_sample_speedup={(ours_tokens / ours_s) / (gen_tokens / gen_s):.2f}")
-    print(f"RESULT smol_train_speedup={plain_s / train_s:.2f}")
+    for rep in range(0 if args.no_train else args.repeats):
+        plain = train_plain(policy, samples, args.plain_micro_batch)
+        ours = train_ours(policy, samples)
+        plain_s, train_s = min(plain_s, plain), min(train_s, ours)
+        print(f"[{rep}] training  ours     {ours_tokens:5d} tokens {ours:7.1f} s  {ours_tokens / ours:7.1f} tok/s",
+              flush=True)
+        print(f"[{rep}] training  plain    {ours_tokens:5d} tokens {plain:7.1f} s  {ours_tokens / plain:7.1f} tok/s",
+              flush=True)
+    print(f"RESULT smol_sample_tokens_per_s={ours_rate:.1f}")
+    print(f"RESULT smol_generate_tokens_per_s={gen_rate:.1f}")
+    print(f"RESULT smol_sample_speedup={ours_rate / gen_rate:.2f}")
+    if not args.no_train:
+        print(f"RESULT smol_train_speedup={plain_s / train_s:.2f}")
     print(f"RESULT smol_valid_program_rate={valid / len(samples):.3f}")
 
 
