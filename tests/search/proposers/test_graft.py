@@ -14,16 +14,8 @@ from search.proposers.graft import (
     solves_example,
     straight_line,
 )
+from tests.helpers.programs import MEDIAN, PARENT
 
-PARENT = """async def solve(problem, ops):
-    \"\"\"Arithmetic only.\"\"\"
-    expression = await ops.extract_expression(problem)
-    return await ops.calculate(expression)
-"""
-MEDIAN = """async def solve(problem, ops):
-    values = await ops.extract_list(problem)
-    return await ops.median(values)
-"""
 FAIL = FailedExample(1, "Find the median of [4, 9, 1].", "4", "14")
 OPS = ("calculate", "extract_expression", "extract_list", "median", "mean", "extract_quoted", "upper")
 

@@ -6,17 +6,9 @@ import asyncio
 
 from operators.validate import validate_workflow
 from search.proposers.graft import run_straight_line, straight_line
+from tests.helpers.programs import MEDIAN, PARENT
 from workflow_rl.policy.canonical import branch_programs, canonical, flatten
 
-PARENT = """async def solve(problem, ops):
-    \"\"\"Arithmetic only.\"\"\"
-    expression = await ops.extract_expression(problem)
-    return await ops.calculate(expression)
-"""
-MEDIAN = """async def solve(problem, ops):
-    values = await ops.extract_list(problem)
-    return await ops.median(values)
-"""
 ROUTED = """async def solve(problem, ops):
     \"\"\"Routed.\"\"\"
     if 'median' in problem:
