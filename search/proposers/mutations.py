@@ -12,7 +12,11 @@ Edits (each picked by a seeded RNG, so ``propose(ctx, n, seed)`` is deterministi
   taken from the text of failing problems (``ProposalContext.failures``) and not of solved ones,
   and the pipeline a type-checked composition of operators (:mod:`search.proposers.routing`), optionally
   checked on that failing example with the host's tool operators (and the benchmark's answer check). Routing is what lets a workflow
-  treat problem families differently (calc needs it for a perfect score).
+  treat problem families differently (calc needs it for a perfect score);
+- ``guard``: add ``try: return <pipeline>`` / ``except Exception: pass`` after the routing branches and
+  earlier guards and before the rest of ``solve``, with a tool pipeline that solved a failing example
+  (:func:`search.proposers.routing.guard_branch`): the problem is routed by whether the tools apply to
+  it, not by its words, so the edit carries over to unseen phrasings.
 
 Candidates that fail the runtime's validator are discarded and redrawn. Measured on calc (100 proposals
 from one 0.35-scoring node of a search): with the pipeline check 28 of 57 routing edits improved the
@@ -34,6 +38,7 @@ from search.proposers.routing import (
     RoutingPrior,
     cue_words,
     exact_answer,
+    guard_branch,
     route_branch,
 )
 from search.proposers.signatures import ANY, OpSignature, load_signatures, types_match
@@ -45,12 +50,15 @@ MUTATION_WEIGHTS: dict[str, float] = {
     "change_arg": 1.0,
     "ensemble": 0.25,
     "route": 4.0,
+    "guard": 2.0,
 }
 """Relative probability of each edit kind (inapplicable kinds are skipped).
 
 Tuned on calc (commit b873504): ``route`` is 4.0 because calc needs one routing branch per problem
 family for a perfect score, and routing edits were the ones that raised its validation score. A
-benchmark without families may want less: ``MutationProposer(weights=...)``."""
+benchmark without families may want less: ``MutationProposer(weights=...)``. ``guard`` (2.0) was added
+for calc-llm, whose test phrasings never occur in validation, so keyword routes found on validation
+rarely fire on test (docs/search.md has the measurement)."""
 
 INSTRUCTIONS = (
     "Solve the problem step by step and give only the final answer.",
@@ -164,7 +172,7 @@ class MutationProposer:
         except (SyntaxError, StopIteration):
             return None
         description = getattr(self, f"_{kind}")(program, context, sigs, rng)
-        if kind == "route":
+        if kind in ("route", "guard"):
             description = await description
         if description is None:
             return None
@@ -272,3 +280,34 @@ class MutationProposer:
                                                                           ast.Constant)
         body.insert(1 if docstring else 0, branch)  # new routes take precedence over older ones
         return description
+
+    async def _guard(self, p: _Program, ctx: ProposalContext, sigs: dict[str, OpSignature], rng: random.Random):
+        def problem() -> ast.Name:
+            """A fresh load of the problem variable (AST nodes must not be shared)."""
+            return ast.Name(id=p.problem_name, ctx=ast.Load())
+
+        made = await guard_branch(p.call, problem, sigs, list(ctx.failures), rng, checks=self.route_checks,
+                                  same_answer=self.same_answer, prior=self.prior)
+        if made is None:
+            return None
+        guard, description = made
+        body = p.solve.body
+        # After the docstring, the keyword routes and earlier guards (they stay first), before the rest.
+        at = 0
+        while at < len(body) and (_is_docstring(body[at], at) or _is_route(body[at]) or isinstance(body[at], ast.Try)):
+            at += 1
+        if at == len(body):
+            return None  # nothing after it to fall through to
+        body.insert(at, guard)
+        return description
+
+
+def _is_docstring(stmt: ast.stmt, index: int) -> bool:
+    """The function's docstring (a string constant as its first statement)."""
+    return index == 0 and isinstance(stmt, ast.Expr) and isinstance(getattr(stmt, "value", None), ast.Constant)
+
+
+def _is_route(stmt: ast.stmt) -> bool:
+    """A routing branch: ``if <...> in <...>: return ...`` without an else."""
+    return (isinstance(stmt, ast.If) and not stmt.orelse and isinstance(stmt.test, ast.Compare)
+            and len(stmt.body) == 1 and isinstance(stmt.body[0], ast.Return))

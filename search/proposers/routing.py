@@ -246,40 +246,40 @@ async def solves(
         return False
 
 
-async def route_branch(
-    call: Call, problem: Callable[[], ast.Name], sigs: dict[str, OpSignature], failures: list[FailedExample],
-    passes: list[str], rng: random.Random, checks: int = 0, same_answer: AnswerCheck = exact_answer,
-    prior: RoutingPrior = DEFAULT_PRIOR,
-) -> tuple[ast.If, str] | None:
-    """A routing branch for the kind of one failing problem, and its description (None if none fits).
-
-    With ``checks > 0``, up to that many pipelines are drawn and run on the failing problem (tool
-    operators only, on the host); the first that yields its expected answer (``same_answer``, the
-    benchmark's check) is used. This is the model-free counterpart of an LLM optimizer reading the
-    failed examples. ``prior`` ranks the pipelines.
-    """
+def _pipeline_options(
+    sigs: dict[str, OpSignature], relevance: dict[str, int], prior: RoutingPrior,
+) -> tuple[list[tuple[str, list[str] | str]], list[float]]:
+    """Every candidate pipeline (unary chains and multi-input operators) with its softmax weight."""
     chains = [chain for by_len in pipelines(sigs) for chain in by_len]
     multi = [n for n, s in sigs.items() if s.required >= 2]
-    if not failures or not (chains or multi):
-        return None
-    target = rng.choice(failures)
-    ranked = cue_words([f.problem for f in failures], passes, limit=50)
-    cues = [w for w in ranked if w in set(WORD.findall(target.problem))]
-    if not cues:
-        return None
-    cue = rng.choice(cues[:3])
-    relevance = description_relevance(target.problem, sigs)
-    # One softmax over every pipeline: unary chains, and each multi-input operator scored by its
-    # own relevance plus its best extractor's.
     options: list[tuple[str, list[str] | str]] = [("chain", c) for c in chains]
     scores = [chain_score(c, sigs, relevance, prior) for c in chains]
     best_source = max((relevance.get(n, 0) for n, _ in indexed_sources(sigs)), default=0)
     for op in multi:
         options.append(("multi", op))
         scores.append(relevance.get(op, 0) + best_source - 1.0)
-    top = max(scores)
-    weights = [math.exp((s - top) / prior.temperature) for s in scores]
-    chosen: tuple[ast.expr, str] | None = None
+    top = max(scores, default=0.0)
+    return options, [math.exp((s - top) / prior.temperature) for s in scores]
+
+
+async def draw_pipeline(
+    call: Call, problem: Callable[[], ast.Name], sigs: dict[str, OpSignature], target: FailedExample,
+    rng: random.Random, checks: int = 0, same_answer: AnswerCheck = exact_answer,
+    prior: RoutingPrior = DEFAULT_PRIOR,
+) -> tuple[ast.expr, str, bool] | None:
+    """A pipeline for the kind of problem ``target`` is: ``(expression, shape, checked)`` or None.
+
+    Pipelines are drawn from one softmax over every unary chain and each multi-input operator
+    (scored by its own relevance plus its best extractor's). With ``checks > 0`` up to that many are
+    drawn and run on ``target`` (tool operators only, on the host); the first that yields its expected
+    answer (``same_answer``, the benchmark's check) is returned with ``checked=True``; else the first
+    drawn, unchecked.
+    """
+    relevance = description_relevance(target.problem, sigs)
+    options, weights = _pipeline_options(sigs, relevance, prior)
+    if not options:
+        return None
+    chosen: tuple[ast.expr, str, bool] | None = None
     for _ in range(max(checks, 1)):
         kind, choice = options[rng.choices(range(len(options)), weights=weights)[0]]
         if kind == "multi":
@@ -293,11 +293,61 @@ async def route_branch(
                 expr = call(name, [expr])
             shape = " -> ".join(choice)
         if chosen is None:
-            chosen = (expr, shape)
+            chosen = (expr, shape, False)
         if checks and await solves(expr, problem().id, target, same_answer):
-            chosen = (expr, shape + " (checked on a failing example)")
-            break
-    if chosen is None:
+            return expr, shape, True
+    return chosen
+
+
+async def route_branch(
+    call: Call, problem: Callable[[], ast.Name], sigs: dict[str, OpSignature], failures: list[FailedExample],
+    passes: list[str], rng: random.Random, checks: int = 0, same_answer: AnswerCheck = exact_answer,
+    prior: RoutingPrior = DEFAULT_PRIOR,
+) -> tuple[ast.If, str] | None:
+    """A routing branch for the kind of one failing problem, and its description (None if none fits).
+
+    The cue is a word of the chosen failing problem ranked by :func:`cue_words`; the pipeline comes
+    from :func:`draw_pipeline` (checked on that problem when ``checks > 0``). This is the model-free
+    counterpart of an LLM optimizer reading the failed examples. ``prior`` ranks the pipelines.
+    """
+    if not failures:
         return None
+    target = rng.choice(failures)
+    ranked = cue_words([f.problem for f in failures], passes, limit=50)
+    cues = [w for w in ranked if w in set(WORD.findall(target.problem))]
+    if not cues:
+        return None
+    cue = rng.choice(cues[:3])
+    drawn = await draw_pipeline(call, problem, sigs, target, rng, checks, same_answer, prior)
+    if drawn is None:
+        return None
+    expr, shape, checked = drawn
+    shape += " (checked on a failing example)" if checked else ""
     test = ast.Compare(left=ast.Constant(cue), ops=[ast.In()], comparators=[problem()])
-    return ast.If(test=test, body=[ast.Return(value=chosen[0])], orelse=[]), f"route problems containing {cue!r} to {chosen[1]}"
+    return ast.If(test=test, body=[ast.Return(value=expr)], orelse=[]), f"route problems containing {cue!r} to {shape}"
+
+
+async def guard_branch(
+    call: Call, problem: Callable[[], ast.Name], sigs: dict[str, OpSignature], failures: list[FailedExample],
+    rng: random.Random, checks: int, same_answer: AnswerCheck = exact_answer, prior: RoutingPrior = DEFAULT_PRIOR,
+) -> tuple[ast.Try, str] | None:
+    """A guarded attempt: ``try: return <pipeline>`` / ``except Exception: pass``, and its description.
+
+    Where a routing branch picks problems by a word of their text, a guard picks them by whether a
+    tool pipeline applies at all: the extractors raise on text that has no equation, no quoted word
+    or no units, and the workflow falls through to what comes next. That does not depend on how a
+    problem is phrased, so it carries over to phrasings that validation never showed (calc's test
+    split is all such phrasings). Only a pipeline that was run on a failing example and gave its
+    expected answer is used (``checks`` draws; None when none did), so the body holds tool operators
+    only and the ``except`` can only swallow those tools' own failures.
+    """
+    if not failures or checks <= 0:
+        return None
+    target = rng.choice(failures)
+    drawn = await draw_pipeline(call, problem, sigs, target, rng, checks, same_answer, prior)
+    if drawn is None or not drawn[2]:
+        return None
+    expr, shape, _ = drawn
+    handler = ast.ExceptHandler(type=ast.Name(id="Exception", ctx=ast.Load()), name=None, body=[ast.Pass()])
+    guard = ast.Try(body=[ast.Return(value=expr)], handlers=[handler], orelse=[], finalbody=[])
+    return guard, f"try {shape} (checked on a failing example) before the rest"

@@ -1,12 +1,15 @@
 """The mutation proposer: valid, deterministic, type-directed edits and failure-driven routing."""
 
+import ast
 import asyncio
 import random
+
+import pytest
 
 from operators.validate import validate_workflow
 from search.base import FailedExample, ProposalContext
 from search.proposers.mutations import MutationProposer, _Program
-from search.proposers.routing import cue_words, multi_arg_call, pipelines
+from search.proposers.routing import cue_words, multi_arg_call, pipelines, run_pipeline
 from search.proposers.signatures import load_signatures, parse_signature
 
 OPS = ("calculate", "convert_units", "count_char", "extract_equation", "extract_expression", "extract_list",
@@ -82,7 +85,7 @@ def test_every_edit_kind_applies_and_routes_use_failure_cues():
         for cand in asyncio.run(MutationProposer().propose(_context(), 6, seed)):
             kinds.setdefault(cand.meta["mutation"], cand)
     # the seed has no string literal, so change_arg cannot apply to it
-    assert set(kinds) == {"insert", "delete", "replace", "ensemble", "route"}
+    assert set(kinds) == {"insert", "delete", "replace", "ensemble", "route", "guard"}
     route = kinds["route"].code
     assert "in problem:" in route and ("'median'" in route or "'backwards'" in route or "'abc'" in route)
     assert "majority_vote([" in kinds["ensemble"].code
@@ -136,3 +139,51 @@ def test_checked_routes_solve_their_failing_example():
     assert all("(checked on a failing example)" in c.description for c in checked)
     assert all("median" in c.code for c in checked)
     assert not any("checked" in c.description for c in unchecked)
+
+
+ROUTED = """async def solve(problem, ops):
+    if 'median' in problem:
+        return await ops.median(await ops.extract_list(problem))
+    return await ops.calculate(await ops.extract_expression(problem))
+"""
+
+
+def _guards(code: str, failures: tuple, seeds: range = range(4), **kw) -> list:
+    ctx = ProposalContext("calc", "d", OPS, 1, code, 0.2, failures=failures, passes=("What is 3 + 4?",))
+    out = []
+    for seed in seeds:
+        out += asyncio.run(MutationProposer(weights={"guard": 1.0}, **kw).propose(ctx, 2, seed))
+    return out
+
+
+def test_guards_go_after_routes_and_before_the_fallback_and_solve_their_example():
+    failures = (FailedExample(1, "Given 6x + 10 = 100, find the number x.", "15", "0"),)
+    guards = _guards(ROUTED, failures)
+    assert guards
+    for cand in guards:
+        body = ast.parse(cand.code).body[0].body
+        # the route stays first, the guard comes next, the old fallback last
+        assert [type(s).__name__ for s in body] == ["If", "Try", "Return"]
+        assert "except Exception:" in cand.code and "(checked on a failing example)" in cand.description
+        validate_workflow(cand.code, OPS)
+        expr = body[1].body[0].value
+        assert asyncio.run(run_pipeline(expr, "problem", failures[0].problem)) == "15"
+
+
+def test_a_guard_that_fires_on_another_phrasing_and_falls_through_elsewhere():
+    """The guard found on one phrasing of an equation solves another one and raises (falls through) on
+    an arithmetic problem, which a keyword route on the first phrasing's words would not do."""
+    failures = (FailedExample(1, "Find x when 7x - 13 = -90.", "-11", "0"),)
+    exprs = [ast.parse(c.code).body[0].body[1].body[0].value for c in _guards(ROUTED, failures)]
+    assert exprs
+    for expr in exprs:
+        assert asyncio.run(run_pipeline(expr, "problem", "What value of x makes 9x = -63 true?")) == "-7"
+        with pytest.raises(Exception):  # noqa: B017 - any operator failure is a fall-through
+            asyncio.run(run_pipeline(expr, "problem", "What is 3 + 4?"))
+
+
+def test_no_guard_without_a_checked_pipeline():
+    failures = (FailedExample(1, "Find the median of 3, 5, 9.", "5", "17"),)
+    assert _guards(ROUTED, failures, route_checks=0) == []  # unchecked pipelines never make a guard
+    impossible = (FailedExample(1, "Find the median of 3, 5, 9.", "not an answer", "17"),)
+    assert _guards(ROUTED, impossible) == []
