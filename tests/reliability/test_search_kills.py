@@ -36,7 +36,8 @@ from tests.helpers.reliability import (
 )
 from workflow_rl.loop.search_run import run_search
 
-SETTINGS = {"budget": 1500, "batch_size": 8, "children": 3, "seed": 11}
+# seed 12: its reference run has an expansion whose children were all duplicates (asserted below)
+SETTINGS = {"budget": 1500, "batch_size": 8, "children": 3, "seed": 12}
 KILLS = {"sqlite": 10, "postgres": 4}
 """Kills per backend (the search-resume logic is the same; PostgreSQL adds its own transactions)."""
 LAUNCH_KILLS = {"sqlite": 3, "postgres": 1}
