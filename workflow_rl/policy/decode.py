@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from workflow_rl.policy.lean_decode import lean_decoder
+from workflow_rl.policy.logprobs import log_softmax
 
 
 def left_pad(seqs: list[list[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,7 +115,7 @@ def sample_tokens(model, prompt_ids: list[list[int]], n: int, temperature: float
         scaled = logits.float()
         if temperature > 0 and temperature != 1.0:  # x / 1.0 == x: skip the pass
             scaled = scaled / temperature
-        logprobs = torch.log_softmax(scaled, dim=-1)
+        logprobs = log_softmax(scaled)  # the learner's formula (torch.log_softmax is less exact on CPU)
         if temperature == 0:
             token = logprobs.argmax(-1)
         else:
