@@ -1,15 +1,18 @@
 """The two hot loops of :class:`workflow_rl.policy.model.Policy`: batched sampling and teacher-forced logits.
 
-Both use one layout, so a policy scoring its own samples sees the same computation: prompts are
-left-padded (positions counted from each row's first real token, so a padded row computes what
-it would alone), completions follow them. Logits are only ever computed where they are needed
+Each distinct prompt is run once, alone and unpadded (:func:`_prefill_one`), in sampling, scoring
+and training alike, and its KV cache is gathered to the rows that share it (a GRPO group); only
+the completions are run per row. With grad, the gather's backward adds each prompt's row
+gradients in row order (:class:`_ShareRows`), so training stays bit-reproducible. For a chat
+prompt of ~1,650 tokens and completions of ~50 this is most of a training step's work done once
+per group instead of per row. Logits are only ever computed where they are needed
 (``logits_to_keep``): the last prompt position and the completion positions.
 
-Rows that share a prompt (a GRPO group) share its forward pass, in sampling, scoring and training
-alike: the prompt is run once, its KV cache is gathered to the rows, and only the completions are
-run per row. With grad, the gather's backward adds each prompt's row gradients in row order
-(:class:`_ShareRows`), so training stays bit-reproducible. For a chat prompt of ~1,650 tokens and
-completions of ~50 this is most of a training step's work done once per group instead of per row.
+Sampling decodes all rows together (prompts' caches left-padded, positions counted from each
+row's first real token) and then records its logprobs with the learner's own computation: one
+teacher-forced pass per prompt group (:func:`_group_logits`). Since no row's numbers depend on
+the other rows of its batch, the learner's ``old`` logprobs of a policy sample equal its
+behaviour logprobs whatever its micro-batches hold (docs/design.md rule 5 still logs the gap).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from workflow_rl.policy.lean_decode import lean_decoder
-from workflow_rl.policy.logprobs import log_softmax
+from workflow_rl.policy.logprobs import log_softmax, token_logprobs
 
 
 def left_pad(seqs: list[list[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,12 +67,66 @@ def cache_name() -> str:
     return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
-def _prefill(model, prompt_ids: list[list[int]], pad: int, device: torch.device):
-    """Run the distinct prompts once (KV cache kept); ``(last-position logits [P, V], cache, mask, lengths)``."""
-    ids, mask = left_pad(prompt_ids, pad, device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1, :], getattr(out, cache_name()), mask, mask.sum(-1)
+def _prefill_one(model, ids: list[int], device: torch.device):
+    """Run one prompt alone, unpadded; ``(last-position logits [1, V], per-layer (keys, values) [1, H, P, D])``.
+
+    Sampling, its recorded logprobs and the learner all run each distinct prompt on its own, so
+    a prompt's keys and values are the same bits whatever else is in the batch. Left padding
+    shifts them (and SDPA's key blocks with them): a prompt prefilled beside a longer one moved
+    SmolLM2's completion logprobs by up to 1.1e-5 (measured), enough for the learner's ``old``
+    to depend on how rows were grouped into micro-batches.
+    """
+    out = model(input_ids=torch.tensor([ids], dtype=torch.long, device=device), use_cache=True, logits_to_keep=1)
+    cache = getattr(out, cache_name())
+    layers = getattr(cache, "layers", None)
+    kv = [(x.keys, x.values) for x in layers] if layers is not None else list(zip(cache.key_cache, cache.value_cache, strict=True))
+    return out.logits[:, -1, :], kv
+
+
+def _kv_cache(kv: list[tuple[torch.Tensor, torch.Tensor]]):
+    """A Hugging Face ``DynamicCache`` holding the given per-layer keys and values."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(kv):
+        cache.update(k, v, i)
+    return cache
+
+
+def _group_logits(model, last: torch.Tensor, kv, completions: list[list[int]], pad: int) -> torch.Tensor:
+    """Teacher-forced logits ``[R, L, V]`` of ``R`` completions of one prompt (``L`` their longest, >= 1),
+    from that prompt's :func:`_prefill_one` (``last``, ``kv``), which this does not modify.
+
+    The prompt's logits and keys/values are gathered to the rows through :func:`_share` (gradient
+    summed in row order); the completions (the last token of each never fed) run in one pass
+    after them, right-padded.
+    """
+    device = last.device
+    rows, width = len(completions), max(len(c) for c in completions)
+    index = torch.zeros(rows, dtype=torch.long, device=device)
+    groups = [torch.arange(rows, device=device)]
+    first = _share(last, index, groups)[:, None, :]
+    if width == 1:
+        return first
+    prompt_len = kv[0][0].shape[-2]
+    cache = _kv_cache([(_share(k, index, groups), _share(v, index, groups)) for k, v in kv])
+    tails = torch.tensor([list(c[:-1]) + [pad] * (width - len(c)) for c in completions], dtype=torch.long,
+                         device=device).view(rows, width - 1)
+    attn = torch.tensor([[1] * (prompt_len + len(c) - 1) + [0] * (width - len(c)) for c in completions],
+                        dtype=torch.long, device=device).view(rows, prompt_len + width - 1)
+    positions = prompt_len + torch.arange(width - 1, device=device).expand(rows, -1)
+    out = model(input_ids=tails, attention_mask=attn, position_ids=positions, use_cache=True,
+                **{cache_name(): cache})
+    return torch.cat([first, out.logits], dim=1)
+
+
+def _left_padded(parts: list[torch.Tensor], width: int) -> torch.Tensor:
+    """``[1, H, P_i, D]`` tensors zero-padded on the left of dim -2 to ``width`` and stacked on dim 0."""
+    return torch.cat([torch.nn.functional.pad(x, (0, 0, width - x.shape[-2], 0)) for x in parts])
+
+
+SCORE_LOGITS_BYTES = 1 << 28
+"""Float32 logits one teacher-forced pass of :func:`sample_tokens` may hold (rows are split to fit)."""
 
 
 @dataclass
@@ -82,7 +139,7 @@ class Drawn:
 
 @torch.no_grad()
 def sample_tokens(model, prompt_ids: list[list[int]], n: int, temperature: float, top_p: float,
-                  max_new_tokens: int, eos: int, seed: int) -> Drawn:
+                  max_new_tokens: int, eos: int, seed: int, teacher_forced: bool = True) -> Drawn:
     """Sample ``n`` continuations of each prompt with a KV cache; record ``log_softmax(logits/T)``.
 
     Tokens are drawn by inverting the CDF: one seeded uniform per row, located in the float64
@@ -91,17 +148,31 @@ def sample_tokens(model, prompt_ids: list[list[int]], n: int, temperature: float
     race, which spend their time drawing a random number per vocabulary entry. ``temperature
     == 0`` is greedy (logprobs at T = 1). The EOS id doubles as padding; row lengths are
     counted, never inferred from token values.
+
+    The recorded logprobs are those of the drawn tokens under the same weights, computed once the
+    rows are finished by one teacher-forced pass per prompt group over its kept prompt cache
+    (:func:`_group_logits`, the learner's computation), so the learner's ``old`` reproduces them
+    bit for bit. The decode steps' own logprobs (``teacher_forced=False``, kept for measuring) differ
+    from it by float32 rounding alone: a token at a time sums in another order than a
+    teacher-forced pass, which on SmolLM2's 30 layers reached 2.3e-5 (max over 241 tokens).
     """
     if not prompt_ids or n < 1:
         return Drawn([], [])
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
-    logits, cache, prompt_mask, prompt_len = _prefill(model, prompt_ids, eos, device)
-    rows = len(prompt_ids) * n
-    if n > 1:  # every sample of a prompt continues the same prefix: copy its cache, not its compute
-        cache.batch_repeat_interleave(n)
-        logits, prompt_mask, prompt_len = (t.repeat_interleave(n, dim=0) for t in (logits, prompt_mask, prompt_len))
-    width = prompt_mask.shape[1]
+    distinct: dict[tuple[int, ...], int] = {}
+    source = [distinct.setdefault(tuple(p), len(distinct)) for p in prompt_ids for _ in range(n)]
+    prefills = [_prefill_one(model, list(p), device) for p in distinct]
+    rows, index = len(source), torch.tensor(source, device=device)
+    lens = torch.tensor([len(p) for p in distinct], device=device)
+    width = int(lens.max())
+    prompt_len = lens[index]
+    prompt_mask = (torch.arange(width, device=device) >= width - prompt_len[:, None]).long()
+    logits = torch.cat([last for last, _ in prefills])[index]
+    # Every sample of a prompt continues the same prefix: its keys/values are copied, not recomputed.
+    cache = _kv_cache([(_left_padded([kv[layer][0] for _, kv in prefills], width)[index],
+                        _left_padded([kv[layer][1] for _, kv in prefills], width)[index])
+                       for layer in range(len(prefills[0][1]))])
     lean = lean_decoder(model, cache, prompt_mask, prompt_len, width + max_new_tokens)
     attn = torch.ones(rows, width + max_new_tokens, dtype=torch.long, device=device)
     attn[:, :width] = prompt_mask  # decode columns stay 1: finished rows keep decoding padding, unread
@@ -136,10 +207,35 @@ def sample_tokens(model, prompt_ids: list[list[int]], n: int, temperature: float
         else:
             logits = model(input_ids=token[:, None], attention_mask=attn[:, : width + t + 1], position_ids=positions + t,
                            use_cache=True, **{cache_name(): cache}).logits[:, -1, :]
+    del cache, lean  # the decode buffers: the teacher-forced pass below needs only the prompts' own
     lens = lengths.tolist()
-    ids, lps = tokens[:, :steps].tolist(), logps[:, :steps].tolist()
-    return Drawn([row[:k] for row, k in zip(ids, lens, strict=True)],
-                 [row[:k] for row, k in zip(lps, lens, strict=True)])
+    ids = [row[:k] for row, k in zip(tokens[:, :steps].tolist(), lens, strict=True)]
+    if teacher_forced:
+        return Drawn(ids, _teacher_forced_logprobs(model, prefills, source, ids, temperature or 1.0, eos))
+    return Drawn(ids, [row[:k] for row, k in zip(logps[:, :steps].tolist(), lens, strict=True)])
+
+
+def _teacher_forced_logprobs(model, prefills, source: list[int], completions: list[list[int]], temperature: float,
+                             pad: int) -> list[list[float]]:
+    """Token logprobs of each row's completion under its prompt (``prefills[source[b]]``), as the
+    learner computes them: a :func:`_group_logits` pass per prompt group (rows split so the logits
+    fit :data:`SCORE_LOGITS_BYTES`), then :func:`workflow_rl.policy.logprobs.token_logprobs`."""
+    out: list[list[float]] = [[] for _ in completions]
+    vocab = prefills[0][0].shape[-1]
+    for p, (last, kv) in enumerate(prefills):
+        rows = [b for b, s in enumerate(source) if s == p and completions[b]]
+        if not rows:
+            continue
+        per_pass = max(1, SCORE_LOGITS_BYTES // (max(len(completions[b]) for b in rows) * vocab * 4))
+        for lo in range(0, len(rows), per_pass):
+            chunk = [completions[b] for b in rows[lo : lo + per_pass]]
+            logits = _group_logits(model, last, kv, chunk, pad)
+            width = logits.shape[1]
+            targets = torch.tensor([c + [pad] * (width - len(c)) for c in chunk], dtype=torch.long, device=logits.device)
+            logp = token_logprobs(logits, targets.view(len(chunk), width), temperature).tolist()
+            for b, c, row in zip(rows[lo : lo + per_pass], chunk, logp, strict=True):
+                out[b] = row[: len(c)]
+    return out
 
 
 class _ShareRows(torch.autograd.Function):
@@ -189,10 +285,11 @@ def completion_logits(model, prompt_ids: list[list[int]], completion_ids: list[l
 
     Row ``b``'s position ``j < len(completion_ids[b])`` holds the logits that predict
     ``completion_ids[b][j]``; positions past a row's length are padding (finite, ignored).
-    The last completion token is never fed (nothing is predicted from it). Rows with the same
-    prompt share one prompt pass (see the module docstring) where :func:`_shareable`; otherwise
-    one pass over
-    ``left-padded prompt + right-padded completion`` keeps only the completion positions.
+    The last completion token is never fed (nothing is predicted from it). Where
+    :func:`_shareable`, each distinct prompt is run once, alone, and its rows' completions after
+    it (:func:`_group_logits`, as the sampler records its logprobs), so a row's logits do not
+    depend on the other rows of the batch; otherwise one pass over ``left-padded prompt +
+    right-padded completion`` keeps only the completion positions.
     """
     device = next(model.parameters()).device
     n_rows = len(completion_ids)
@@ -202,30 +299,20 @@ def completion_logits(model, prompt_ids: list[list[int]], completion_ids: list[l
         return torch.zeros(n_rows, l_max, vocab, device=device)
     distinct: dict[tuple[int, ...], int] = {}
     which = [distinct.setdefault(tuple(p), len(distinct)) for p in prompt_ids]
+    if _shareable(model):
+        parts, order = [], []
+        for p, prompt in enumerate(distinct):
+            rows = [b for b, w in enumerate(which) if w == p]
+            last, kv = _prefill_one(model, list(prompt), device)
+            logits = _group_logits(model, last, kv, [list(completion_ids[b]) or [pad] for b in rows], pad)
+            parts.append(torch.nn.functional.pad(logits, (0, 0, 0, l_max - logits.shape[1])))
+            order += rows
+        inverse = torch.empty(n_rows, dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(n_rows)
+        return torch.cat(parts).index_select(0, inverse.to(device))  # a permutation: each row's gradient once
     tails = [list(c[:-1]) + [pad] * (l_max - max(len(c), 1)) for c in completion_ids]  # right-padded inputs
     tail_mask = torch.tensor([[1] * (len(c) - 1) + [0] * (l_max - max(len(c), 1)) for c in completion_ids],
                              dtype=torch.long, device=device).view(n_rows, l_max - 1)
-    if len(distinct) < n_rows and _shareable(model):
-        last, cache, prompt_mask, prompt_len = _prefill(model, [list(p) for p in distinct], pad, device)
-        index = torch.tensor(which, device=device)
-        groups = [torch.tensor([b for b, w in enumerate(which) if w == p], device=device) for p in range(len(distinct))]
-        if l_max == 1:
-            return _share(last, index, groups)[:, None, :]
-        # Plain per-layer key/value tensors are gathered here (with the reproducible backward); another
-        # cache is gathered by its own method when no gradient flows; else one pass below.
-        layers = getattr(cache, "layers", None) or []
-        plain = bool(layers) and all(type(x).__name__ == "DynamicLayer" for x in layers)
-        if plain or (not torch.is_grad_enabled() and hasattr(cache, "batch_select_indices")):
-            if plain:
-                for layer in layers:
-                    layer.keys, layer.values = _share(layer.keys, index, groups), _share(layer.values, index, groups)
-            else:
-                cache.batch_select_indices(index)
-            attn = torch.cat([prompt_mask[index], tail_mask], dim=1)
-            positions = prompt_len[index][:, None] + torch.arange(l_max - 1, device=device)
-            out = model(input_ids=torch.tensor(tails, device=device), attention_mask=attn, position_ids=positions,
-                        use_cache=True, **{cache_name(): cache})
-            return torch.cat([_share(last, index, groups)[:, None, :], out.logits], dim=1)
     ids, prompt_mask = left_pad([list(p) for p in prompt_ids], pad, device)
     ids = torch.cat([ids, torch.tensor(tails, dtype=torch.long, device=device).view(n_rows, l_max - 1)], dim=1)
     attn = torch.cat([prompt_mask, tail_mask], dim=1)
