@@ -11,8 +11,10 @@ per group instead of per row. Logits are only ever computed where they are neede
 Sampling decodes all rows together (prompts' caches left-padded, positions counted from each
 row's first real token) and then records its logprobs with the learner's own computation: one
 teacher-forced pass per prompt group (:func:`_group_logits`). Since no row's numbers depend on
-the other rows of its batch, the learner's ``old`` logprobs of a policy sample equal its
-behaviour logprobs whatever its micro-batches hold (docs/design.md rule 5 still logs the gap).
+the other prompts of its batch, the learner's ``old`` logprobs of a policy sample equal its
+behaviour logprobs when its micro-batch holds the sample's group or part of it (docs/design.md rule 5
+still logs the gap; a micro-batch of single rows of distinct prompts is one padded pass, which
+differs by float32 rounding).
 """
 
 from __future__ import annotations
@@ -285,11 +287,13 @@ def completion_logits(model, prompt_ids: list[list[int]], completion_ids: list[l
 
     Row ``b``'s position ``j < len(completion_ids[b])`` holds the logits that predict
     ``completion_ids[b][j]``; positions past a row's length are padding (finite, ignored).
-    The last completion token is never fed (nothing is predicted from it). Where
-    :func:`_shareable`, each distinct prompt is run once, alone, and its rows' completions after
-    it (:func:`_group_logits`, as the sampler records its logprobs), so a row's logits do not
-    depend on the other rows of the batch; otherwise one pass over ``left-padded prompt +
-    right-padded completion`` keeps only the completion positions.
+    The last completion token is never fed (nothing is predicted from it). When some rows share
+    a prompt and :func:`_shareable`, each distinct prompt is run once, alone, and its rows'
+    completions after it (:func:`_group_logits`, as the sampler records its logprobs), so a row's
+    logits do not depend on the other prompts of the batch. Otherwise (every prompt its own, or
+    dropout) one pass over ``left-padded prompt + right-padded completion`` keeps only the
+    completion positions: a pass per prompt would save no compute there, and on a small model
+    the many small passes cost 3-10x (bench_learner's tiny figure).
     """
     device = next(model.parameters()).device
     n_rows = len(completion_ids)
@@ -299,7 +303,7 @@ def completion_logits(model, prompt_ids: list[list[int]], completion_ids: list[l
         return torch.zeros(n_rows, l_max, vocab, device=device)
     distinct: dict[tuple[int, ...], int] = {}
     which = [distinct.setdefault(tuple(p), len(distinct)) for p in prompt_ids]
-    if _shareable(model):
+    if len(distinct) < n_rows and _shareable(model):
         parts, order = [], []
         for p, prompt in enumerate(distinct):
             rows = [b for b, w in enumerate(which) if w == p]

@@ -61,7 +61,7 @@ def test_behavior_logprobs_match_teacher_forced_at_sampling_temperature(policy):
     args = ([list(s.prompt_token_ids) for s in samples], [list(s.completion_token_ids) for s in samples])
     scored = policy.score(*args, 0.7)
     gap = max(abs(a - b) for s, lp in zip(samples, scored, strict=True) for a, b in zip(s.behavior_logprobs, lp, strict=True))
-    assert gap < 1e-4
+    assert gap < 1e-5  # the sampler records them with the scorer's computation (0 measured)
     # and the temperature is applied at all (sampler and scorer both ignoring it would agree too):
     # at a temperature far from 0.7 the same tokens score differently, unless the policy were so
     # confident that no temperature matters (then this fails with the gap, not silently)
