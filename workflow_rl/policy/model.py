@@ -1,9 +1,10 @@
 """The policy: a causal LM + tokenizer (optionally with a LoRA adapter) that samples and scores.
 
 ``Policy.sample`` records, for every sampled token, its behavior logprob ``log_softmax(logits/T)``
-from the very forward pass that sampled it (docs/design.md rules 1-2), together with the exact prompt
-and completion token ids. ``Policy.score`` computes the same quantity teacher-forced, so a
-policy scoring its own samples reproduces their behavior logprobs (up to float rounding).
+under the weights that sampled it, at sampling time (docs/design.md rules 1-2), together with the exact
+prompt and completion token ids. It computes them as ``Policy.score`` does (one teacher-forced pass
+per prompt group, see :mod:`workflow_rl.policy.decode`), so a policy scoring its own samples
+reproduces their behavior logprobs exactly when a group is scored together.
 
 Sources: ``builtin:tiny`` (shipped, see :mod:`workflow_rl.policy.tiny`), ``builtin:smollm2`` or a
 ``.gguf`` file (dequantized once into a cached model directory, see :mod:`workflow_rl.policy.pretrained`),
@@ -255,8 +256,9 @@ class Policy:
     ) -> list[PolicySample]:
         """Sample ``n`` completions per prompt (batched, KV cache); prompt-major order.
 
-        Behavior logprobs are ``log_softmax(logits / T)`` of the sampled token from the same
-        forward (at T = 1 for greedy ``temperature == 0``). ``top_p < 1`` restricts sampling to
+        Behavior logprobs are ``log_softmax(logits / T)`` of the sampled tokens (at T = 1 for greedy
+        ``temperature == 0``), recorded by the learner's teacher-forced computation once the rows
+        are drawn (:func:`workflow_rl.policy.decode.sample_tokens`). ``top_p < 1`` restricts sampling to
         the nucleus but the recorded logprobs stay those of the full distribution at T, so such
         samples are not valid RL data (the dataset layer refuses them).
         """
