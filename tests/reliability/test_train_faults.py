@@ -19,7 +19,6 @@ from storage.models import TrainStep
 from tests.helpers.learner import RUN
 from workflow_rl.learner.config import TrainConfig
 from workflow_rl.learner.trainer import train
-from workflow_rl.policy.decode import cache_name
 from workflow_rl.policy.model import Policy
 
 
@@ -47,13 +46,14 @@ class Poison:
     """Patches ``Policy.load`` so the loaded model gets a fault on the given optimizer steps.
 
     ``kind`` is ``grad-nan``/``grad-inf`` (a backward hook on one weight) or ``logits-inf`` (a
-    forward hook on the model output). Steps are counted by the model's training forwards that start
-    a pass (eval-mode forwards, e.g. old logprobs, are not steps; nor is the completion pass that
-    continues a group's shared prompt pass from its KV cache, the same step's second forward).
+    forward hook on the model output). ``step`` is the optimizer step under way, counted from the
+    trainer's own ``on_step`` callback (pass :meth:`after_step`), not from forwards: how many forwards
+    make a step is the sampler's and trainer's business (a pass per distinct prompt, then its rows'
+    completions) and changed twice already.
     """
 
     def __init__(self, monkeypatch, kind: str, steps: set[int]):
-        self.kind, self.steps, self.step, self.fired = kind, steps, 0, 0
+        self.kind, self.steps, self.step, self.fired = kind, steps, 1, 0
         self.initial: dict[str, torch.Tensor] | None = None
         original = Policy.load
 
@@ -66,12 +66,11 @@ class Poison:
 
         monkeypatch.setattr(Policy, "load", load)
 
-    def _install(self, model: torch.nn.Module) -> None:
-        def count(module, _args, kwargs):
-            if module.training and kwargs.get(cache_name()) is None:
-                self.step += 1
+    def after_step(self, step: int, _total: int, _metrics: dict) -> None:
+        """The trainer's ``on_step``: optimizer step ``step`` is done, the next is under way."""
+        self.step = step + 1
 
-        model.register_forward_pre_hook(count, with_kwargs=True)
+    def _install(self, model: torch.nn.Module) -> None:
         if self.kind.startswith("grad"):
             weight = next(p for p in model.parameters() if p.requires_grad and p.dim() == 2)
             bad = math.nan if self.kind == "grad-nan" else math.inf
@@ -97,7 +96,8 @@ class Poison:
 def test_poisoned_step_is_skipped_and_logged(kind, train_db, tiny_cache, tmp_path, monkeypatch):
     poison = Poison(monkeypatch, kind, steps={2})
     seen = []
-    result = train(_cfg(tmp_path, tiny_cache), train_db, on_step=lambda k, n, m: seen.append(m["step/skipped"]))
+    result = train(_cfg(tmp_path, tiny_cache), train_db,
+                   on_step=lambda k, n, m: (seen.append(m["step/skipped"]), poison.after_step(k, n, m)))
     assert poison.fired >= 1
     skipped = [m["step/skipped"] for m in result.history]
     assert skipped == [0.0, 1.0, 0.0] == seen  # only the poisoned step is skipped; training goes on
@@ -109,7 +109,7 @@ def test_poisoned_step_is_skipped_and_logged(kind, train_db, tiny_cache, tmp_pat
 
 def test_every_step_poisoned_leaves_weights_bit_identical(train_db, tiny_cache, tmp_path, monkeypatch):
     poison = Poison(monkeypatch, "grad-nan", steps={1, 2, 3})
-    result = train(_cfg(tmp_path, tiny_cache), train_db)
+    result = train(_cfg(tmp_path, tiny_cache), train_db, on_step=poison.after_step)
     assert [m["step/skipped"] for m in result.history] == [1.0, 1.0, 1.0]
     saved = _weights(Policy.load(str(result.checkpoint_path), cache_dir=tiny_cache).model)
     assert all(torch.equal(saved[k], poison.initial[k]) for k in saved)  # no NaN (no change) ever written
