@@ -14,17 +14,52 @@ token for token and the trained completion is the sampled one:
   program is its first fenced Python block, or the whole reply when there is none. Training uses
   the reply's tokens (fence and prose included) with the program's reward; a reply without a valid
   program is a reward-0 policy sample like any invalid program.
+
+  Operators are rendered ``full`` (signature and whole description) or ``short`` (signature and the
+  description's first clause, at most :data:`SHORT_WORDS` words): on calc that is 503 tokens of
+  operator text instead of 1,427, and every prefill, training forward and backward scales with the
+  prompt. Which one a policy uses goes with its weights: a model directory may hold
+  :data:`FORMAT_FILE` (the format warm start writes one, :mod:`workflow_rl.policy.warm_start`),
+  since a base trained on one rendering should be asked in it; without one it is ``full``.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from workflow_rl.policy.prompts import PromptSpec, policy_prompt_for, render_operators
 
 _OPEN = re.compile(r"```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n")
 _PYTHON_TAGS = ("", "python", "py", "python3")
+# A description's first clause ends at punctuation, a bracket or an "e.g." (examples are long).
+_CLAUSE = re.compile(r"[.;:,(]\s|\s\(|\s+e\.g\.|$")
+
+OPERATOR_DETAILS = ("full", "short")
+"""How a chat prompt renders operators (see the module docstring)."""
+
+SHORT_WORDS = 12
+"""Longest ``short`` operator description, in words."""
+
+FORMAT_FILE = "workflow_rl_format.json"
+"""Optional file of a model directory: ``{"operators": "full" | "short"}``, the rendering it was trained on."""
+
+
+def short_description(description: str) -> str:
+    """The first clause of an operator description, at most :data:`SHORT_WORDS` words."""
+    text = description.strip()
+    return " ".join(text[:_CLAUSE.search(text).start()].split()[:SHORT_WORDS])
+
+
+def render_operators_short(operator_names: Iterable[str] | None) -> str:
+    """``- ops.signature: first clause`` lines, straight from the registry."""
+    from operators.registry import get_operators
+
+    names = None if operator_names is None else list(operator_names)
+    return "\n".join(f"- ops.{op.signature}: {short_description(op.description)}"
+                     for op in get_operators(names).values())
 
 
 def fenced_program(reply: str) -> str:
@@ -73,21 +108,25 @@ class ChatFormat:
 
     chat = True
 
-    def __init__(self, tokenizer):
-        """``tokenizer`` must have a ``chat_template``."""
+    def __init__(self, tokenizer, operators: str = "full"):
+        """``tokenizer`` must have a ``chat_template``; ``operators`` is one of :data:`OPERATOR_DETAILS`."""
+        if operators not in OPERATOR_DETAILS:
+            raise ValueError(f"operators={operators!r}: use one of {OPERATOR_DETAILS}")
         self.tokenizer = tokenizer
+        self.operators = operators
 
-    @staticmethod
-    def messages(spec: PromptSpec, problem: str, parent_code: str | None = None,
+    def messages(self, spec: PromptSpec, problem: str, parent_code: str | None = None,
                  failures: Sequence[str] | None = None) -> list[dict[str, str]]:
         """The system and user messages of one prompt."""
+        operators = (render_operators(spec.operator_names) if self.operators == "full"
+                     else render_operators_short(spec.operator_names))
         system = [
             "You write workflows: short async Python programs that answer a problem by calling operators.",
             f"Task: {spec.task_description.strip()}",
             "",
             "A workflow defines `async def solve(problem, ops)` and returns the answer. It may call only "
             "these operators, each with `await`:",
-            render_operators(spec.operator_names).strip(),
+            operators.strip(),
         ]
         if spec.example:
             system += ["", "Example workflow:", f"```python\n{spec.example.strip()}\n```"]
@@ -115,6 +154,15 @@ class ChatFormat:
         return f"```python\n{code.strip()}\n```"
 
 
-def prompt_format(tokenizer) -> PlainFormat | ChatFormat:
-    """:class:`ChatFormat` when ``tokenizer`` has a chat template, else :data:`PLAIN`."""
-    return ChatFormat(tokenizer) if getattr(tokenizer, "chat_template", None) else PLAIN
+def format_options(model_dir: str | Path | None) -> dict[str, str]:
+    """The :data:`FORMAT_FILE` settings of a model directory (empty when it has none)."""
+    path = Path(model_dir) / FORMAT_FILE if model_dir is not None else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+
+def prompt_format(tokenizer, model_dir: str | Path | None = None) -> PlainFormat | ChatFormat:
+    """:class:`ChatFormat` when ``tokenizer`` has a chat template (its operator rendering from
+    ``model_dir``'s :data:`FORMAT_FILE`, else ``full``), else :data:`PLAIN`."""
+    if not getattr(tokenizer, "chat_template", None):
+        return PLAIN
+    return ChatFormat(tokenizer, format_options(model_dir).get("operators", "full"))

@@ -110,7 +110,8 @@ class Policy:
         self.base_model = base_model  # the name the user gave (builtin:tiny, a path, an HF id)
         self.base_path = base_path  # the resolved directory of the base weights
         self.lora = lora
-        self.format = prompt_format(tokenizer)  # the one prompt/program format of this policy
+        # the one prompt/program format of this policy; the base directory may fix its operator rendering
+        self.format = prompt_format(tokenizer, base_path)
 
     # ------------------------------------------------------------ loading / saving
 
