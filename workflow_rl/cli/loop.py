@@ -86,6 +86,7 @@ def register(app: typer.Typer) -> None:
         benchmark: Annotated[str, typer.Option(help=H("benchmark"))] = "calc",
         policy: Annotated[str, typer.Option(help=H("policy"))] = "builtin:tiny",
         seed: Annotated[int, typer.Option(help=H("seed"))] = 0,
+        warm_start: Annotated[int, typer.Option(help=H("warm_start"))] = LoopConfig.warm_start,
         search_budget: Annotated[int, typer.Option(help=H("search_budget"))] = LoopConfig.search_budget,
         children: Annotated[int, typer.Option(help=H("children"))] = LoopConfig.children,
         selection: Annotated[str, typer.Option(help=H("selection"))] = LoopConfig.selection,
@@ -110,7 +111,8 @@ def register(app: typer.Typer) -> None:
         `--preset smollm2-cpu` runs it with SmolLM2-135M-Instruct (LoRA) on budgets sized for 2 CPU cores.
         """
         options = dict(
-            run=run, benchmark=benchmark, rounds=rounds, policy=policy, seed=seed, search_budget=search_budget,
+            run=run, benchmark=benchmark, rounds=rounds, policy=policy, seed=seed, warm_start=warm_start,
+            search_budget=search_budget,
             children=children, selection=selection, mutation_fraction=mutation_fraction, policy_children=policy_children,
             graft_samples=graft_samples, search_branches=search_branches, search_samples=search_samples,
             train_problems=train_problems, group_size=group_size, temperature=temperature,

@@ -30,6 +30,10 @@ class LoopConfig:
     benchmark: str = help_field("calc", "Benchmark (validation drives search, train feeds the learner).")
     rounds: int = help_field(3, "Rounds; each = one search + one training round (round 0 searches with mutations).")
     policy: str = help_field("builtin:tiny", "Starting policy: builtin:tiny, builtin:smollm2, a .gguf file, a model directory or a checkpoint path.")
+    warm_start: int = help_field(0, "Steps of the supervised format warm start of a pretrained chat base before round 0 "
+                                 "(random answer-free programs of the benchmark's operators, fenced, on random train "
+                                 "problems; cached on disk, see workflow_rl/policy/warm_start.py); 0 = none. "
+                                 "builtin:tiny has its own and ignores this.")
     seed: int = help_field(0, "Seed of search, sampling, problem choice and training.")
     search_budget: int = help_field(320, "Evaluation budget of each round's search (workflow x problem executions).")
     search_batch: int = help_field(20, "Validation problems per expansion.")
@@ -78,6 +82,8 @@ class LoopConfig:
             preset_values(self.preset)  # raises, naming the known presets
         if self.policy_children not in get_args(PolicyChildren):
             raise WorkflowRLError(f"policy_children={self.policy_children!r}: use 'auto', 'graft' or 'rewrite'")
+        if self.warm_start < 0:
+            raise WorkflowRLError(f"warm_start={self.warm_start} must be >= 0 (0 = no warm start)")
         for name in ("rounds", "graft_samples", "search_budget", "search_batch", "children", "train_problems",
                      "group_size", "max_new_tokens", "epochs", "batch_size", "micro_batch_size"):
             if getattr(self, name) < 1:

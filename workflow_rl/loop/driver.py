@@ -52,7 +52,7 @@ from workflow_rl.loop.config import LoopConfig
 from workflow_rl.loop.evaluation import BenchmarkEvaluator
 from workflow_rl.loop.state import LoopState, RoundState
 from workflow_rl.policy.graft import GraftProposer
-from workflow_rl.policy.model import Policy
+from workflow_rl.policy.model import Policy, is_pretrained
 from workflow_rl.policy.prompts import PromptSpec
 from workflow_rl.policy.proposer import SAMPLER, MixedProposer, PolicyProposer
 from workflow_rl.tasks import get_benchmark
@@ -141,6 +141,19 @@ def run_loop(
     return LoopResult(config.run, tuple(_round_info(r, rs) for r, rs in state.done()))
 
 
+def base_policy(config: LoopConfig, bench, say=None) -> str:
+    """Round 0's policy: ``config.policy``, format-warm-started first when ``config.warm_start`` asks.
+
+    The warm start's own seed stays 0 whatever the loop's seed, so loops of every seed (and their
+    lr = 0 controls) start from one cached base.
+    """
+    if not config.warm_start or not is_pretrained(config.policy):
+        return config.policy
+    from workflow_rl.policy.warm_start import WarmStartConfig, warm_started
+
+    return str(warm_started(config.policy, bench, WarmStartConfig(steps=config.warm_start), config.cache_dir, say))
+
+
 def _round_info(r: int, rs: RoundState) -> RoundInfo:
     return RoundInfo(r, rs.search_run, rs.best_score, rs.evaluations, rs.checkpoint_id, rs.checkpoint_path,
                      rs.best_workflow_id)
@@ -156,7 +169,7 @@ async def _rounds(engine, config: LoopConfig, bench, loop_id, state: LoopState, 
                 continue
             prev = state.rounds.get(r - 1) if r else None
             version = prev.checkpoint_id if prev else None
-            start = prev.checkpoint_path if prev else config.policy
+            start = prev.checkpoint_path if prev else base_policy(config, bench, say)
             say(f"round {r}: loading policy {'base ' + start if version is None else f'checkpoint {version}'}")
             policy = Policy.load(start, cache_dir=config.cache_dir)
             if rs.phase == "search":

@@ -274,12 +274,13 @@ def evaluate_policy(
 
 
 def evaluate_code(
-    db: str | Engine, code: str, split: str = "test", benchmark: str = "calc", run: str = "eval/workflow",
+    db: str | Engine, code: str, split: str = "test", benchmark: str | Benchmark = "calc", run: str = "eval/workflow",
     workers: int | None = None,
 ) -> PolicyEvalResult:
-    """Run one task-level workflow on every problem of ``split`` (stored in the ``eval`` run ``run``)."""
+    """Run one task-level workflow on every problem of ``split`` (stored in the ``eval`` run ``run``);
+    ``benchmark`` is a registered name or a benchmark object (e.g. a smaller ``CalcBenchmark``)."""
     engine = open_db(db) if isinstance(db, str) else db
-    bench = get_benchmark(benchmark)
+    bench = get_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
 
     async def go() -> PolicyEvalResult:
         async with BenchmarkEvaluator(engine, bench, None, workers) as evaluator:

@@ -28,8 +28,12 @@ SMOLLM2_CPU = Preset(
     "SmolLM2-135M-Instruct with LoRA, budgets sized for 2 CPU cores",
     MappingProxyType(dict(
         policy="builtin:smollm2",
-        # The real per-problem prompt of calc is ~1650 tokens (every operator's signature): sampling
-        # and training cost scale with prompt tokens x problems, so a round draws few problems.
+        # Without it SmolLM2 wrote 0 valid programs in 16 on calc (no reward for GRPO to see): 16 LoRA
+        # steps on answer-free random pipelines, fenced, cached on disk (workflow_rl/policy/warm_start.py).
+        warm_start=16,
+        # calc's per-problem chat prompt is ~730 tokens after the warm start (operators' signatures with
+        # the first clause of their descriptions; 1,650 with whole descriptions): sampling and training
+        # cost scale with prompt tokens x problems, so a round draws few problems.
         train_problems=16,
         group_size=8,  # GRPO group per problem: big enough that a reward can differ within it
         max_new_tokens=64,  # a calc program is ~30-50 tokens in the chat format's ```python fence
