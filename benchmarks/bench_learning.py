@@ -19,6 +19,13 @@ and the same loop with lr = 0, then prints:
 
 Ends with ``RESULT policy_minus_search=...``, ``RESULT lr0_drift=...``, ``RESULT steered_evals_ratio=...``.
 Usage: ``python benchmarks/bench_learning.py [--seeds 0 1 2] [--policy builtin:tiny] [--out DIR]``.
+
+Any other ``--policy`` (a pretrained chat base such as ``builtin:smollm2``) runs the ``smollm2-cpu``
+preset (format warm start included) cut to what 2 CPU cores can measure in about an hour
+(:data:`SMOL_SETTINGS`, printed), evaluates (a), (b), (c) on the first ``--test-size`` test problems
+only, with best-of-``--best-of`` (default 4), and ends with ``RESULT smol_greedy_minus_search=``,
+``RESULT smol_trained_minus_lr0=`` and ``RESULT smol_steered_vs_lr0=`` (see :func:`smol_main`).
+With ``--out`` every finished loop and evaluation is kept there, so the same command resumes.
 """
 
 from __future__ import annotations
@@ -70,10 +77,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--policy", default="builtin:tiny", help="Starting policy of every loop (default builtin:tiny).")
     parser.add_argument("--out", default=None, help="Directory for the database and checkpoints (default: temp).")
-    parser.add_argument("--best-of", type=int, default=32, help="k of best-of-k (b) and (c) (1 = greedy only).")
+    parser.add_argument("--best-of", type=int, default=None,
+                        help="k of best-of-k (b) and (c) (1 = greedy only; default 32, 4 for a pretrained policy).")
+    parser.add_argument("--test-size", type=int, default=20,
+                        help="Pretrained policy only: test problems (the split's first ones) (a)-(c) are measured on.")
     parser.add_argument("--selection", default="validated", choices=["validated", "runs", "logprob"],
                         help="How best-of-k chooses (see workflow_rl.loop.policy_eval).")
     args = parser.parse_args()
+    if args.policy != "builtin:tiny":
+        from bench_learning_smol import smol_main
+
+        smol_main(args)
+        return
+    args.best_of = 32 if args.best_of is None else args.best_of
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-learning-"))
     out.mkdir(parents=True, exist_ok=True)
     db = str(out / "bench.db")

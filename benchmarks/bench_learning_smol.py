@@ -1,0 +1,126 @@
+"""``bench_learning.py --policy <pretrained chat base>``: does the closed loop learn on SmolLM2?
+
+The same measurement as for ``builtin:tiny`` (see ``bench_learning.py``), sized for a 135 M
+pretrained model on 2 CPU cores, where every forward over calc's ~730-token chat prompt costs
+seconds:
+
+- every loop is the ``smollm2-cpu`` preset (LoRA, format warm start) with :data:`SMOL_SETTINGS`
+  over it (2 rounds: round 0 mutation search, round 1 policy-steered; fewer train problems and a
+  smaller search), once trained and once with lr = 0, per seed;
+- (a), (b) and (c) are measured on the first ``--test-size`` test problems (every one of them on
+  the same problems); best-of-k uses ``--best-of`` (default 4) with ``--selection``;
+- "the untrained base" is the loop's round-0 policy: the format-warm-started base
+  (:mod:`workflow_rl.policy.warm_start`), as ``builtin:tiny``'s untrained policy includes its own
+  warm start. The lr = 0 control keeps exactly those weights (its adapter's B stays 0), so its
+  best-of-k would repeat the base's draw: only its greedy accuracy is measured, per seed, and
+  ``lr0 drift`` printed (it must be 0).
+
+Ends with ``RESULT smol_greedy_minus_search=`` ((b) greedy - (a)), ``RESULT smol_trained_minus_lr0=``
+((b) greedy - (c) greedy) and ``RESULT smol_steered_vs_lr0=`` ((d) trained / (d) lr = 0, round 1).
+With ``--out``, loops resume from the database and finished evaluations are read from
+``<out>/evals.json``, so re-running the same command continues an interrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import bench_learning as bl
+
+from storage.engine import open_db
+from workflow_rl.loop.config import LoopConfig
+from workflow_rl.loop.driver import base_policy, round_run_name, run_loop
+from workflow_rl.loop.policy_eval import evaluate_code, evaluate_policy
+from workflow_rl.tasks import get_benchmark
+from workflow_rl.tasks.calc import CalcBenchmark
+
+PRESET = "smollm2-cpu"
+SMOL_SETTINGS = dict(rounds=2, train_problems=6, search_budget=100, graft_samples=4, lr=5e-4)
+"""Overrides of the preset: what 2 seeds x (loop + lr = 0 loop) fit in about an hour on 2 loaded cores.
+
+6 train problems instead of 16 make ~3 optimizer steps a round instead of ~8, so lr is scaled up
+from the preset's 2e-4 by about that factor (chosen before any run, not tuned on a split)."""
+
+
+def smol_main(args) -> None:
+    """Run the pretrained-policy measurement (``args`` from ``bench_learning.main``'s parser)."""
+    k = args.best_of or 4
+    out = Path(args.out or tempfile.mkdtemp(prefix="bench-learning-smol-"))
+    out.mkdir(parents=True, exist_ok=True)
+    engine = open_db(str(out / "bench.db"))
+    cache = out / "evals.json"
+    done: dict[str, float] = json.loads(cache.read_text()) if cache.exists() else {}
+    t0 = time.perf_counter()
+    test = CalcBenchmark(test_size=args.test_size)  # the first test problems: same ids as full calc's
+
+    def remember(name: str, measure) -> float:
+        """An accuracy, measured once per ``--out`` directory."""
+        if name not in done:
+            done[name] = float(measure())
+            cache.write_text(json.dumps(done, indent=1))
+        return done[name]
+
+    def config(seed: int, lr0: bool) -> LoopConfig:
+        extra = {"lr": 0.0} if lr0 else {}
+        name = f"{'lr0' if lr0 else 'loop'}-s{seed}"
+        return LoopConfig.from_preset(PRESET, **{**SMOL_SETTINGS, **extra}, run=name, seed=seed, policy=args.policy,
+                                      out_dir=str(out / name))
+
+    def per_query(checkpoint: str, name: str, greedy_only: bool = False) -> tuple[float, float | None]:
+        """(greedy, best-of-k) accuracy of a policy on the test problems."""
+        tokens = config(0, False).max_new_tokens
+        greedy = remember(f"{name}/greedy", lambda: evaluate_policy(
+            engine, checkpoint, "test", benchmark=test, max_new_tokens=tokens, run=f"eval/{name}/test").accuracy)
+        if greedy_only or k == 1:
+            return greedy, None if greedy_only else greedy
+        return greedy, remember(f"{name}/k{k}", lambda: evaluate_policy(
+            engine, checkpoint, "test", benchmark=test, best_of=k, selection=args.selection,
+            max_new_tokens=tokens, run=f"eval/{name}/test/k{k}-{args.selection}").accuracy)
+
+    start = time.perf_counter()
+    base = base_policy(config(0, False), get_benchmark("calc"), print)  # the warm start, cached on disk
+    warm_s = time.perf_counter() - start
+    untrained_g, untrained = per_query(base, "untrained")
+    print(f"untrained base {base}: greedy {untrained_g:.3f}, best-of-{k} {untrained:.3f}", flush=True)
+    rows = []
+    for seed in args.seeds:
+        t = time.perf_counter()
+        loop = run_loop(config(seed, False), engine)
+        control = run_loop(config(seed, True), engine)
+        code, val = bl.best_workflow(engine, round_run_name(loop.run, 0))
+        a = remember(f"r0-best-s{seed}", lambda code=code, seed=seed: evaluate_code(
+            engine, code, "test", benchmark=test, run=f"eval/r0-best-s{seed}/test").accuracy)
+        b_g, b = per_query(str(loop.final_checkpoint.checkpoint_id), f"loop-s{seed}")
+        c_g, _ = per_query(str(control.final_checkpoint.checkpoint_id), f"lr0-s{seed}", greedy_only=True)
+        need0, need1, total1 = bl.steered_ratio(engine, loop.run)
+        c0, c1, ctotal1 = bl.steered_ratio(engine, control.run)
+        rows.append(dict(seed=seed, val=val, a=a, b_g=b_g, b=b, c_g=c_g, need0=need0, need1=need1, total1=total1,
+                         ratio=bl.ratio_of(need1, total1, need0), c_need1=c1, c_total1=ctotal1,
+                         control_ratio=bl.ratio_of(c1, ctotal1, c0), secs=time.perf_counter() - t))
+        print(f"seed {seed} done: {rows[-1]}", flush=True)  # a partial log still has every finished seed
+    settings = ", ".join(f"{key}={value}" for key, value in {**SMOL_SETTINGS, "lr": config(0, False).lr}.items())
+    print(f"calc, seeds {args.seeds}, policy {args.policy}, preset {PRESET} + {settings}; test = first "
+          f"{args.test_size} test problems; untrained (format-warm-started) base {base} "
+          f"(warm start {warm_s:.0f}s here, 0 when cached): test accuracy {untrained_g:.3f} greedy, "
+          f"{untrained:.3f} best-of-{k} ({args.selection})")
+    print(f"{'seed':>4} {'r0 best val':>11} {'(a) r0 test':>11} {'(b) greedy':>10} {f'(b) k={k}':>9} "
+          f"{'(c) greedy':>10} {'r0 evals':>8} {'r1 evals':>9} {'(d) ratio':>9} {'lr0 r1':>7} {'lr0 ratio':>9} "
+          f"{'loop+ctl s':>10}")
+    for r in rows:
+        r1 = str(r["need1"]) if r["need1"] is not None else f">{r['total1']}"
+        c1 = str(r["c_need1"]) if r["c_need1"] is not None else f">{r['c_total1']}"
+        print(f"{r['seed']:>4} {r['val']:>11.3f} {r['a']:>11.3f} {r['b_g']:>10.3f} {r['b']:>9.3f} {r['c_g']:>10.3f} "
+              f"{r['need0']!s:>8} {r1:>9} {r['ratio']:>9.2f} {c1:>7} {r['control_ratio']:>9.2f} {r['secs']:>10.0f}")
+    mean = statistics.fmean
+    a_m, bg_m, b_m, cg_m = (mean(r[key] for r in rows) for key in ("a", "b_g", "b", "c_g"))
+    d_m, dc_m = mean(r["ratio"] for r in rows), mean(r["control_ratio"] for r in rows)
+    print(f"mean: (a) {a_m:.3f}  (b) greedy {bg_m:.3f}, best-of-{k} {b_m:.3f}  (c) greedy {cg_m:.3f}  "
+          f"untrained greedy {untrained_g:.3f} (lr0 drift {abs(cg_m - untrained_g):.3f}); (d) round 1 {d_m:.3f} "
+          f"(lr = 0 control {dc_m:.3f}); total {time.perf_counter() - t0:.0f}s; data in {out}")
+    print(f"RESULT smol_greedy_minus_search={bg_m - a_m:.3f}")
+    print(f"RESULT smol_trained_minus_lr0={bg_m - cg_m:.3f}")
+    print(f"RESULT smol_steered_vs_lr0={d_m / dc_m if dc_m else float('inf'):.3f}")
