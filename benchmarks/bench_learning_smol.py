@@ -105,7 +105,7 @@ def smol_main(args) -> None:
     settings = ", ".join(f"{key}={value}" for key, value in {**SMOL_SETTINGS, "lr": config(0, False).lr}.items())
     print(f"calc, seeds {args.seeds}, policy {args.policy}, preset {PRESET} + {settings}; test = first "
           f"{args.test_size} test problems; untrained (format-warm-started) base {base} "
-          f"(warm start {warm_s:.0f}s here, 0 when cached): test accuracy {untrained_g:.3f} greedy, "
+          f"(ready after {warm_s:.0f}s here: the warm start if it was built now, else finding it in the cache): test accuracy {untrained_g:.3f} greedy, "
           f"{untrained:.3f} best-of-{k} ({args.selection})")
     print(f"{'seed':>4} {'r0 best val':>11} {'(a) r0 test':>11} {'(b) greedy':>10} {f'(b) k={k}':>9} "
           f"{'(c) greedy':>10} {'r0 evals':>8} {'r1 evals':>9} {'(d) ratio':>9} {'lr0 r1':>7} {'lr0 ratio':>9} "
