@@ -48,11 +48,14 @@ SMOLLM2_CPU = Preset(
 )
 """``--preset smollm2-cpu``: the closed loop on calc with ``builtin:smollm2`` on a 2-core CPU machine.
 
-Sized for 2 shared CPU cores (no GPU): 16 train problems x 8 samples of at most 64 new tokens, a
+Sized for 2 shared CPU cores (no GPU): a 16-step format warm start of the base (once per machine,
+cached: 1,501 s at load 6-7; without it SmolLM2 writes no valid program, see
+workflow_rl/policy/warm_start.py), 16 train problems x 8 samples of at most 64 new tokens, a
 160-evaluation search, 8 graft samples per failing problem, one epoch with micro-batches of 4.
-calc's prompt is ~1650 tokens, so a round is far slower there than with ``builtin:tiny`` (not yet
-timed at this size; ``tests/workflow_rl/loop/test_smollm2_loop.py``'s 2-problem x 2-sample round took
-~3 minutes on a loaded 2-core machine, most of it one prompt pass + backward per problem).
+The warm-started base is asked calc's prompt with short operator lines (~730 tokens instead of
+~1650), still far slower per round than ``builtin:tiny`` (``benchmarks/bench_learning.py --policy
+builtin:smollm2`` runs a cut-down version of this preset: ~22 minutes per seed for a loop and its
+lr = 0 control with their evaluations).
 LoRA is the learner's default for a pretrained base; its lr (2e-4) is twice the full fine-tuning
 default because the adapter starts at zero and a round makes few optimizer steps (a choice, not yet
 tuned by a learning benchmark). Children stay ``auto``: graft on calc, whose operators are all
