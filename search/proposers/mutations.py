@@ -276,9 +276,7 @@ class MutationProposer:
             return None
         branch, description = made
         body = p.solve.body
-        docstring = body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None),
-                                                                          ast.Constant)
-        body.insert(1 if docstring else 0, branch)  # new routes take precedence over older ones
+        body.insert(1 if body and _is_docstring(body[0], 0) else 0, branch)  # new routes take precedence over older ones
         return description
 
     async def _guard(self, p: _Program, ctx: ProposalContext, sigs: dict[str, OpSignature], rng: random.Random):
