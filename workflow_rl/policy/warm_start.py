@@ -180,7 +180,6 @@ def _train(policy, steps: list[list[tuple[str, str]]], spec: PromptSpec, config:
 def main(argv: list[str] | None = None) -> None:
     """``python -m workflow_rl.policy.warm_start``: warm-start a base and print its directory."""
     import argparse
-    import time
 
     from workflow_rl.tasks import get_benchmark
 
