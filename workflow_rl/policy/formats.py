@@ -25,6 +25,7 @@ token for token and the trained completion is the sampled one:
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -144,6 +145,32 @@ class ChatFormat:
         """The chat template's text of :meth:`messages` with the assistant's turn opened."""
         return self.tokenizer.apply_chat_template(self.messages(spec, problem, parent_code, failures),
                                                   tokenize=False, add_generation_prompt=True)
+
+    @functools.cached_property
+    def _user_turn(self) -> tuple[int, ...] | None:
+        """Token ids that open the user's turn in this template (``<|im_start|>user`` for ChatML), or
+        None when the template renders a system message differently once a user turn follows it."""
+        system = [{"role": "system", "content": "S"}]
+        alone = self.tokenizer.apply_chat_template(system, tokenize=False)
+        both = self.tokenizer.apply_chat_template([*system, {"role": "user", "content": "U"}], tokenize=False)
+        if not both.startswith(alone) or "U" not in both[len(alone):]:
+            return None
+        turn = both[len(alone): len(alone) + both[len(alone):].index("U")].strip()
+        ids = tuple(self.tokenizer(turn, add_special_tokens=False)["input_ids"]) if turn else ()
+        return ids or None
+
+    def shared_prefix(self, ids) -> int:
+        """How many leading tokens of the prompt ``ids`` are its system message, which every problem's
+        prompt of a benchmark shares: up to the last opening of a user turn (0 when there is none).
+        The sampler and the learner run that part once per call (:func:`workflow_rl.policy.decode._prefill_prompts`)."""
+        marker = self._user_turn
+        if marker is None:
+            return 0
+        ids, k = tuple(ids), len(marker)
+        for i in range(len(ids) - k, 0, -1):
+            if ids[i : i + k] == marker:
+                return i
+        return 0
 
     def program(self, reply: str) -> str:
         """The program of a reply (:func:`fenced_program`)."""

@@ -236,6 +236,12 @@ class Policy:
         """Token ids of a completion as the policy would emit ``code``: its reply text, then EOS."""
         return self.encode(self.format.reply(code)) + [self.eos_token_id]
 
+    @property
+    def shared_prefix(self):
+        """The format's ``shared_prefix(ids)`` (a chat prompt's system message is run once per call, in
+        sampling and training alike), or None (the plain format: each prompt whole)."""
+        return getattr(self.format, "shared_prefix", None)
+
     def decode_completion(self, ids: list[int] | tuple[int, ...]) -> str:
         """Completion text of ``ids`` (a trailing EOS is dropped)."""
         ids = list(ids)
@@ -267,7 +273,8 @@ class Policy:
             raise WorkflowRLError(f"invalid sampling temperature={temperature} top_p={top_p}")
         self.model.eval()
         prompt_ids = [self.encode(p) for p in prompts]
-        drawn = sample_tokens(self.model, prompt_ids, n, temperature, top_p, max_new_tokens, self.eos_token_id, seed)
+        drawn = sample_tokens(self.model, prompt_ids, n, temperature, top_p, max_new_tokens, self.eos_token_id, seed,
+                              shared_prefix=self.shared_prefix)
         rows = [i for i in range(len(prompts)) for _ in range(n)]
         eos = self.eos_token_id
         samples = []
@@ -306,7 +313,7 @@ class Policy:
         dev = self.device
         lengths = torch.tensor([len(c) for c in completion_ids])
         l_max = int(lengths.max()) if len(completion_ids) else 0
-        rows = completion_logits(self.model, prompt_ids, completion_ids, self.eos_token_id)
+        rows = completion_logits(self.model, prompt_ids, completion_ids, self.eos_token_id, self.shared_prefix)
         targets = torch.tensor([list(c) + [self.eos_token_id] * (l_max - len(c)) for c in completion_ids],
                                dtype=torch.long, device=dev).view(len(completion_ids), l_max)
         if not isinstance(temperature, (int, float)) and len(set(temperature)) == 1 and temperature[0] > 0:

@@ -286,3 +286,63 @@ def test_decoding_uses_no_deprecated_transformers_api():
     notices = [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))]
     notices += [r.getMessage() for r in records]
     assert not [n for n in notices if "deprecated" in n.lower()], notices
+
+
+def _head(k):
+    """A ``shared_prefix`` that says every prompt shares its first ``k`` tokens."""
+    return lambda ids: k
+
+
+def test_shared_head_runs_once_and_matches_whole_prompts(lora_policy):
+    p = lora_policy
+    prompts = [p.encode(PROMPTS[0] + "2 + 3"), p.encode(PROMPTS[0] + "7 * 8 - 1"), p.encode(PROMPTS[0] + "9")]
+    head = len(p.encode(PROMPTS[0])) - 2  # the three prompts agree on these tokens
+    assert all(x[:head] == prompts[0][:head] for x in prompts)
+    comps = [[5, 6, 7, 0], [8, 3], [9, 10, 11]]
+    p.model.eval()
+    with torch.no_grad():
+        whole = completion_logits(p.model, prompts, comps, p.eos_token_id)
+        split = completion_logits(p.model, prompts, comps, p.eos_token_id, _head(head))
+        alone = completion_logits(p.model, prompts[1:2], comps[1:2], p.eos_token_id, _head(head))
+    for b, c in enumerate(comps):  # the same numbers up to float32 rounding (padding positions aside)
+        assert (whole[b, : len(c)] - split[b, : len(c)]).abs().max() < 1e-5
+    assert torch.equal(alone, split[1:2, : alone.shape[1]])  # bit-equal whatever else is in the batch
+    calls = []
+    hook = p.model.get_base_model().model.embed_tokens.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[-1]))
+    try:
+        with torch.no_grad():
+            completion_logits(p.model, prompts, comps, p.eos_token_id, _head(head))
+    finally:
+        hook.remove()
+    assert calls.count(head) == 1  # the head once, then each prompt's tail and its completions
+    assert sorted(calls[1:4]) == sorted(len(x) - head for x in prompts)
+
+
+def test_shared_head_gradient_equals_whole_prompt_gradient(lora_policy):
+    p = lora_policy
+    prompts = [p.encode(PROMPTS[0] + "2 + 3"), p.encode(PROMPTS[0] + "4")] * 2
+    comps = [[5, 6, 7, 0], [8, 3], [9, 10], [11, 0]]
+    head = len(p.encode(PROMPTS[0])) - 2
+    grads = []
+    for shared in (None, _head(head), _head(head)):
+        p.model.zero_grad(set_to_none=True)
+        logits = completion_logits(p.model, prompts, comps, p.eos_token_id, shared)
+        logits.float().logsumexp(-1).sum().backward()
+        grads.append({k: v.grad.clone() for k, v in p.model.named_parameters() if v.grad is not None})
+    assert grads[0] and set(grads[0]) == set(grads[1])
+    for k in grads[0]:
+        assert torch.allclose(grads[0][k], grads[1][k], rtol=1e-4, atol=1e-5), k
+        assert torch.equal(grads[1][k], grads[2][k]), k  # and bit-reproducible
+
+
+@torch.no_grad()
+def test_sampler_logprobs_equal_learner_logprobs_with_a_shared_head(lora_policy):
+    p = lora_policy
+    prompts = [p.encode(PROMPTS[0] + "2 + 3"), p.encode(PROMPTS[0] + "7 * 8 - 1")]
+    head = _head(len(p.encode(PROMPTS[0])) - 2)
+    drawn = sample_tokens(p.model.eval(), prompts, 3, 1.0, 1.0, 8, p.eos_token_id, 0, shared_prefix=head)
+    rows = [x for x in prompts for _ in range(3)]
+    logits = completion_logits(p.model, rows, drawn.tokens, p.eos_token_id, head)
+    for b, toks in enumerate(drawn.tokens):
+        learner = torch.log_softmax(logits[b, : len(toks)].double(), -1).gather(-1, torch.tensor(toks)[:, None]).squeeze(-1)
+        assert (learner - torch.tensor(drawn.logprobs[b], dtype=torch.float64)).abs().max() < 1e-6

@@ -72,6 +72,17 @@ def test_chat_prompt_renders_registry_operators_example_and_parent(smollm2, spec
     assert smollm2.completion_ids("x = 1") == smollm2.encode("```python\nx = 1\n```") + [smollm2.eos_token_id]
 
 
+def test_chat_prompts_share_their_system_message_up_to_the_user_turn(smollm2, spec):
+    prompts = [smollm2.encode(smollm2.prompt(spec, text)) for text in ("What is 2 + 3?", "Compute (7 - 2) * 4.")]
+    k = smollm2.shared_prefix(prompts[0])
+    assert k == smollm2.shared_prefix(prompts[1]) and prompts[0][:k] == prompts[1][:k]
+    assert smollm2.tokenizer.decode(prompts[0][k:]).startswith("<|im_start|>user\nProblem: What is 2 + 3?")
+    assert "<|im_start|>user" not in smollm2.tokenizer.decode(prompts[0][:k])  # the system message alone
+    edit = smollm2.encode(smollm2.prompt(spec, "What is 2 + 3?", parent_code="async def solve(problem, ops):\n    return '5'"))
+    assert smollm2.shared_prefix(edit) == k  # an edit prompt's parent is in the user turn, not shared
+    assert smollm2.shared_prefix(smollm2.encode("no chat turns here")) == 0  # nothing shared: run whole
+
+
 def test_smollm2_behavior_logprobs_equal_the_learners_old_logprobs(smollm2, spec):
     from accelerate import Accelerator
 
