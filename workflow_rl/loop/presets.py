@@ -56,7 +56,8 @@ SMOLLM2_CPU = Preset(
 Sized for 2 shared CPU cores (no GPU): a 16-step format warm start of the base (once per machine,
 cached: 1,501 s at load 6-7; without it SmolLM2 writes no valid program, see
 workflow_rl/policy/warm_start.py), 16 train problems x 8 samples of at most 64 new tokens, a
-160-evaluation search, 8 graft samples per failing problem, one epoch with micro-batches of 4.
+160-evaluation search whose first 64 distinct branches also run on the train problems (right ones
+join the groups), 8 graft samples per failing problem, one epoch in micro-batches of 16.
 The warm-started base is asked calc's prompt with short operator lines (~730 tokens instead of
 ~1650), still far slower per round than ``builtin:tiny`` (``benchmarks/bench_learning.py --policy
 builtin:smollm2`` runs a cut-down version of this preset: ~22 minutes per seed for a loop and its
