@@ -219,6 +219,8 @@ def sample_tokens(model, prompt_ids: list[list[int]], n: int, temperature: float
                         _left_padded([kv[layer][1] for _, kv in prefills], width)[index])
                        for layer in range(len(prefills[0][1]))])
     lean = lean_decoder(model, cache, prompt_mask, prompt_len, width + max_new_tokens)
+    if lean is not None:  # it copied the keys/values into its own buffers: drop the gathered copy now,
+        cache = None  # not after decoding (192 rows of a 730-token SmolLM2 prompt are ~7 GB each)
     attn = torch.ones(rows, width + max_new_tokens, dtype=torch.long, device=device)
     attn[:, :width] = prompt_mask  # decode columns stay 1: finished rows keep decoding padding, unread
     positions = prompt_len[:, None]
