@@ -59,9 +59,10 @@ workflow_rl/policy/warm_start.py), 16 train problems x 8 samples of at most 64 n
 160-evaluation search whose first 64 distinct branches also run on the train problems (right ones
 join the groups), 8 graft samples per failing problem, one epoch in micro-batches of 16.
 The warm-started base is asked calc's prompt with short operator lines (~730 tokens instead of
-~1650), still far slower per round than ``builtin:tiny`` (``benchmarks/bench_learning.py --policy
-builtin:smollm2`` runs a cut-down version of this preset: ~22 minutes per seed for a loop and its
-lr = 0 control with their evaluations).
+~1650), and the system message runs once per sampling or training call, not once per problem.
+It is still far slower per round than ``builtin:tiny``: ``benchmarks/bench_learning.py --policy
+builtin:smollm2`` runs this preset with a search of 400 and lr 5e-4, and takes ~25 minutes per seed
+for a loop and its lr = 0 control with their evaluations.
 LoRA is the learner's default for a pretrained base; its lr (2e-4) is twice the full fine-tuning
 default because the adapter starts at zero and a round makes few optimizer steps (a choice, not yet
 tuned by a learning benchmark). Children stay ``auto``: graft on calc, whose operators are all
