@@ -82,7 +82,12 @@ def _prefill_one(model, ids: list[int], device: torch.device):
     SmolLM2's completion logprobs by up to 1.1e-5 (measured), enough for the learner's ``old``
     to depend on how rows were grouped into micro-batches.
     """
-    out = model(input_ids=torch.tensor([ids], dtype=torch.long, device=device), use_cache=True, logits_to_keep=1)
+    return _last_and_kv(model(input_ids=torch.tensor([ids], dtype=torch.long, device=device), use_cache=True,
+                              logits_to_keep=1))
+
+
+def _last_and_kv(out):
+    """``(last-position logits [1, V], per-layer (keys, values))`` of a prefill's model output."""
     cache = getattr(out, cache_name())
     layers = getattr(cache, "layers", None)
     kv = [(x.keys, x.values) for x in layers] if layers is not None else list(zip(cache.key_cache, cache.value_cache, strict=True))
@@ -95,12 +100,8 @@ def _extend(model, head: list[tuple[torch.Tensor, torch.Tensor]], tail: list[int
     :func:`_prefill_one` of ``head + tail``, up to float32 rounding."""
     start = head[0][0].shape[-2]
     positions = torch.arange(start, start + len(tail), device=device)[None]
-    out = model(input_ids=torch.tensor([tail], dtype=torch.long, device=device), position_ids=positions,
-                use_cache=True, logits_to_keep=1, **{cache_name(): _kv_cache(head)})
-    cache = getattr(out, cache_name())
-    layers = getattr(cache, "layers", None)
-    kv = [(x.keys, x.values) for x in layers] if layers is not None else list(zip(cache.key_cache, cache.value_cache, strict=True))
-    return out.logits[:, -1, :], kv
+    return _last_and_kv(model(input_ids=torch.tensor([tail], dtype=torch.long, device=device), position_ids=positions,
+                              use_cache=True, logits_to_keep=1, **{cache_name(): _kv_cache(head)}))
 
 
 def _prefill_prompts(model, prompts: list[tuple[int, ...]], device: torch.device, shared_prefix=None) -> list:
