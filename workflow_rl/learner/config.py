@@ -94,7 +94,14 @@ class TrainConfig:
     search_samples: SearchSamples = help_field("all", "Which search samples are trained: 'all'; 'positive' (those whose reward beats their "
                                     "group's mean); 'contrast' (every sample of a search program that beats its group's mean "
                                     "on some problem: pushed up where it wins, down where it fails).")
+    search_per_group: int | None = help_field(
+        None, "At most this many search samples per group after --search-samples, the highest reward and then the "
+              "shortest first (a wide search finds many variants of one right program); None = all.")
     search_temperature: float = help_field(1.0, "Temperature search samples (no behavior logprobs) are trained at.")
+    batch_by_group: bool = help_field(
+        False, "Fill each optimizer step with whole groups, in a random group order, instead of single samples in a "
+               "random order (TRL's batches are whole groups too): the rows of one prompt then share its forward "
+               "pass, which on a long chat prompt cuts a step's passes several-fold.")
     allow_stale: bool = help_field(False, "Accept policy samples drawn by another policy version than the start policy.")
     seed: int = help_field(0, "Seed of sample order, init and everything random.")
     save_every: int | None = help_field(None, "Also checkpoint every N optimizer steps (for --resume).")
@@ -125,6 +132,8 @@ class TrainConfig:
                 raise WorkflowRLError(f"{name}={getattr(self, name)} must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise WorkflowRLError(f"max_steps={self.max_steps} must be >= 1 (or unset)")
+        if self.search_per_group is not None and self.search_per_group < 1:
+            raise WorkflowRLError(f"search_per_group={self.search_per_group} must be >= 1 (or unset: keep them all)")
         if not (0 <= self.eps_low < 1 and self.eps_high >= 0):
             raise WorkflowRLError(f"eps_low={self.eps_low} must be in [0, 1) and eps_high={self.eps_high} >= 0")
         if self.delta is not None and self.delta <= 1 + self.eps_high:

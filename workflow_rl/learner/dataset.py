@@ -65,6 +65,7 @@ class DatasetFilter:
     search_temperature: float = 1.0  # temperature search samples are trained at (policy's sampling T)
     max_completion_tokens: int | None = None  # longer completions are dropped (counted), never cut
     search_samples: str = "all"  # "positive" / "contrast": which search samples are kept (see _filter_groups)
+    search_per_group: int | None = None  # at most this many search samples per group (best, shortest first); None = all
 
     def __post_init__(self) -> None:
         """Reject an unknown ``search_samples`` mode (a typo would silently train on everything)."""
@@ -231,6 +232,17 @@ def _canonical_order(sample: Sample) -> tuple:
     return sample.problem_id, sample.source, sample.completion_token_ids
 
 
+def _cap_search(members: list[Sample], limit: int, stats: DatasetStats) -> list[Sample]:
+    # A wide search gives a problem dozens of right variants of one pipeline (extra lower() calls,
+    # repeated extractions): each costs a training row and they all teach the same thing, so a group
+    # keeps its best search samples, the shortest first (the plainest form of the recipe).
+    search = sorted((x for x in members if x.source == "search"),
+                    key=lambda x: (-x.reward, len(x.completion_token_ids), x.completion_token_ids))
+    kept = {id(x) for x in search[:limit]}
+    stats.dropped["search_capped"] += len(search) - len(kept)
+    return [x for x in members if x.source != "search" or id(x) in kept]
+
+
 def _filter_groups(samples: list[Sample], filt: DatasetFilter, stats: DatasetStats):
     samples = sorted(samples, key=_canonical_order)  # stable: equal keys keep generation order
     groups: dict[str, list[Sample]] = defaultdict(list)
@@ -251,6 +263,9 @@ def _filter_groups(samples: list[Sample], filt: DatasetFilter, stats: DatasetSta
                     or ((x.workflow_id, g) in winners if filt.search_samples == "positive" else x.workflow_id in useful)]
             stats.dropped["search_filtered"] += len(members) - len(keep)
             groups[g] = keep
+    if filt.search_per_group is not None:
+        for g, members in groups.items():
+            groups[g] = _cap_search(members, filt.search_per_group, stats)
     kept: list[Sample] = []
     sized = {g: members for g, members in groups.items() if len(members) >= filt.min_group_size}
     stats.dropped["small_group"] += sum(len(m) for g, m in groups.items() if g not in sized)

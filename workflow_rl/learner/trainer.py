@@ -72,6 +72,18 @@ def _forward(policy: Policy, accelerator: Accelerator, samples: list[Sample], wi
         )
 
 
+def _epoch_order(group_ids: list[str], by_group: bool, seed: int) -> list[int]:
+    """Sample indices in one epoch's order: a random permutation, or whole groups in a random order."""
+    generator = torch.Generator().manual_seed(seed)
+    if not by_group:
+        return torch.randperm(len(group_ids), generator=generator).tolist()
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(group_ids):
+        members.setdefault(g, []).append(i)
+    groups = list(members.values())  # first-appearance order: the dataset's canonical order
+    return [i for k in torch.randperm(len(groups), generator=generator).tolist() for i in groups[k]]
+
+
 def _micro_batches(batch: list[int], config: TrainConfig, accelerator: Accelerator) -> list[list[int]]:
     chunks = [batch[i : i + config.micro_batch_size] for i in range(0, len(batch), config.micro_batch_size)]
     return chunks[accelerator.process_index :: accelerator.num_processes]
@@ -305,7 +317,7 @@ def train(
         run=config.run, rounds=config.rounds, min_group_size=config.min_group_size,
         drop_zero_std=config.drop_zero_std, search_temperature=config.search_temperature,
         max_completion_tokens=config.max_completion_tokens, group_by_prompt=config.group_by_prompt,
-        search_samples=config.search_samples), policy)
+        search_samples=config.search_samples, search_per_group=config.search_per_group), policy)
     if not samples:
         raise NoTrainSamples(f"run {config.run!r} has no usable train samples ({dict(stats.dropped)} dropped); "
                               "search on the train split first or lower --min-group-size")
@@ -355,7 +367,7 @@ def train(
     position = (config.epochs, 0, 0)
     # 5. loop: epochs -> batches -> PPO iterations
     for epoch in range(epoch0, config.epochs):
-        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(config.seed + epoch)).tolist()
+        order = _epoch_order(group_ids, config.batch_by_group, config.seed + epoch)
         batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
         for b in range(batch0 if epoch == epoch0 else 0, len(batches)):
             first_it = iter0 if (epoch, b) == (epoch0, batch0) else 0

@@ -208,6 +208,30 @@ def test_positive_search_samples_join_the_policy_group_of_their_problem(with_pol
         DatasetFilter(run=RUN, search_samples="best")
 
 
+def test_search_per_group_keeps_the_best_and_shortest_search_samples(with_policy, policy):
+    """``search_per_group=1`` keeps, per group, the search sample with the highest reward and, among
+    those, the shortest completion; policy samples are never dropped by it."""
+    url, _ = with_policy
+    engine = open_db(url)
+    kw = dict(run=RUN, min_group_size=1, group_by_prompt=False)
+    everything, _ = load_samples(engine, DatasetFilter(**kw), policy)
+    capped, stats = load_samples(engine, DatasetFilter(**kw, search_per_group=1), policy)
+    best: dict[str, object] = {}
+    for x in everything:
+        key = (-x.reward, len(x.completion_token_ids), x.completion_token_ids)
+        if x.source == "search" and (x.group_id not in best or key < best[x.group_id][0]):
+            best[x.group_id] = (key, x)
+    expected = [x for x in everything if x.source == "policy" or x is best[x.group_id][1]]
+    assert capped == expected
+    searched = [x for x in everything if x.source == "search"]
+    assert stats.dropped["search_capped"] == len(searched) - len(best) > 0
+    assert any(x.reward == 1.0 for x in capped if x.source == "search")  # a right program wins its group's slot
+    with pytest.raises(WorkflowRLError, match="search_per_group"):
+        from workflow_rl.learner.config import TrainConfig
+
+        TrainConfig(run=RUN, search_per_group=0)
+
+
 def test_sample_order_does_not_follow_workflow_ids(with_policy, policy):
     """The learner shuffles samples by position, so their order must not depend on database ids:
     the same programs stored under other workflow ids (a search that stored other programs first)

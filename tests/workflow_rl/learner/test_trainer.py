@@ -284,3 +284,21 @@ def test_old_logprobs_skip_micro_batches_of_policy_samples_only(db, cache):
     assert out[0] is None and out[1] is not None and out[1].shape[0] == 4
     full = old_logprobs(policy, Accelerator(cpu=True), samples, batch, config)
     assert torch.equal(out[1], full[1])
+
+
+def test_epoch_order_by_group_keeps_each_group_whole():
+    """``batch_by_group``: every sample once, each group's samples contiguous and in dataset order, the
+    group order random but fixed by the seed; without it, the plain seeded permutation of before."""
+    import torch
+
+    from workflow_rl.learner.trainer import _epoch_order
+
+    ids = ["a", "b", "a", "c", "b", "a", "c"]
+    order = _epoch_order(ids, True, 3)
+    assert sorted(order) == list(range(len(ids)))
+    runs = [ids[order[0]]] + [ids[j] for i, j in zip(order, order[1:], strict=False) if ids[i] != ids[j]]
+    assert sorted(runs) == ["a", "b", "c"]  # three runs: no group is split
+    assert [i for i in order if ids[i] == "a"] == [0, 2, 5]
+    assert _epoch_order(ids, True, 3) == order
+    assert {tuple(_epoch_order(ids, True, s)) for s in range(20)} != {tuple(order)}  # the seed moves the groups
+    assert _epoch_order(ids, False, 3) == torch.randperm(7, generator=torch.Generator().manual_seed(3)).tolist()
