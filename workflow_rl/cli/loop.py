@@ -95,6 +95,9 @@ def register(app: typer.Typer) -> None:
         graft_samples: Annotated[int, typer.Option(help=H("graft_samples"))] = LoopConfig.graft_samples,
         search_branches: Annotated[int, typer.Option(help=H("search_branches"))] = LoopConfig.search_branches,
         search_samples: Annotated[str, typer.Option(help=H("search_samples"))] = LoopConfig.search_samples,
+        explore_budget: Annotated[int, typer.Option(help=H("explore_budget"))] = LoopConfig.explore_budget,
+        search_per_group: Annotated[int, typer.Option(help=H("search_per_group"))] = LoopConfig.search_per_group,
+        batch_by_group: Annotated[bool, typer.Option(help=H("batch_by_group"))] = LoopConfig.batch_by_group,
         train_problems: Annotated[int, typer.Option(help=H("train_problems"))] = LoopConfig.train_problems,
         group_size: Annotated[int, typer.Option(help=H("group_size"))] = LoopConfig.group_size,
         temperature: Annotated[float, typer.Option(help=H("temperature"))] = LoopConfig.temperature,
@@ -115,6 +118,7 @@ def register(app: typer.Typer) -> None:
             search_budget=search_budget,
             children=children, selection=selection, mutation_fraction=mutation_fraction, policy_children=policy_children,
             graft_samples=graft_samples, search_branches=search_branches, search_samples=search_samples,
+            explore_budget=explore_budget, search_per_group=search_per_group, batch_by_group=batch_by_group,
             train_problems=train_problems, group_size=group_size, temperature=temperature,
             max_new_tokens=max_new_tokens, lr=lr, beta=beta, epochs=epochs, out_dir=out_dir, workers=workers,
         )

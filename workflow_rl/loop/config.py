@@ -60,7 +60,15 @@ class LoopConfig:
                                  "test accuracy, see docs/experiments/2026-11-22-closed-loop.md).")
     search_samples: SearchSamples = help_field("positive", "With search_branches > 0: which of the round's search samples are trained "
                                          "('positive', 'contrast' or 'all'; see train --help).")
+    explore_budget: int = help_field(0, "With search_branches > 0: evaluation budget of a further mutation-only search each "
+                                 "round (run <loop>/r<r>/explore, not part of the round's search curve) whose branches "
+                                 "follow the round's own as candidates; mutations call no model, so a wide one is cheap "
+                                 "on tool-only benchmarks and finds right programs for more kinds of problem (0 = none).")
+    search_per_group: int = help_field(0, "With search_branches > 0: at most this many search samples per GRPO group, the "
+                                       "right and shortest first (0 = all; see train --search-per-group).")
     extra_workflows: int = help_field(0, "Further random search workflows run on them (contrast for the advantages).")
+    batch_by_group: bool = help_field(False, "Fill each optimizer step with whole GRPO groups (see train --batch-by-group): "
+                                      "cheaper steps on a long shared prompt.")
     temperature: float = help_field(1.0, "Sampling temperature of the policy (training uses the same T).")
     max_new_tokens: int = help_field(80, "Longest completion the policy may sample.")
     lr: float = help_field(1e-4, "Learner learning rate (0 = the control loop: parameters stay bit-identical).")
@@ -92,8 +100,10 @@ class LoopConfig:
             raise WorkflowRLError(f"group_size={self.group_size}: a GRPO group needs >= 2 samples")
         if self.search_samples not in SEARCH_SAMPLES:
             raise WorkflowRLError(f"search_samples={self.search_samples!r}: use 'positive', 'contrast' or 'all'")
-        if min(self.top_workflows, self.extra_workflows, self.search_branches) < 0:
-            raise WorkflowRLError("top_workflows, extra_workflows and search_branches must be >= 0")
+        if min(self.top_workflows, self.extra_workflows, self.search_branches, self.explore_budget,
+               self.search_per_group) < 0:
+            raise WorkflowRLError("top_workflows, extra_workflows, search_branches, explore_budget and "
+                                  "search_per_group must be >= 0")
         if not 0.0 <= self.mutation_fraction <= 1.0:
             raise WorkflowRLError(f"mutation_fraction={self.mutation_fraction} must be in [0, 1]")
         if self.temperature <= 0:
@@ -124,6 +134,8 @@ class LoopConfig:
             seed=self.seed + round_, search_temperature=self.temperature, drop_zero_std=self.drop_zero_std,
             beta=self.beta, group_by_prompt=not self.search_branches,
             search_samples=self.search_samples if self.search_branches else "all",
+            search_per_group=(self.search_per_group or None) if self.search_branches else None,
+            batch_by_group=self.batch_by_group,
         )
 
     def to_dict(self) -> dict[str, Any]:

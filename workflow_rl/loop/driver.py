@@ -17,7 +17,8 @@ it is finished, so re-running the same command continues where it stopped:
    exact token ids and behavior logprobs), and optionally the best and a few random search
    workflows (``top_workflows``, ``extra_workflows``) and the straight-line branches of the
    search workflows in canonical form (``search_branches``: per-problem programs the search found,
-   which join the policy's group of their problem) are run on the same problems (search data:
+   which join the policy's group of their problem; ``explore_budget`` adds the branches of a wide
+   mutation-only search, :mod:`workflow_rl.loop.branches`) are run on the same problems (search data:
    trained with ratio 1, docs/design.md rule 8; ``search_samples`` picks which are kept). Validation and test
    problems never enter training. Idempotent: workflows are unique per code hash, generations per
    (workflow, problem, group) and evaluations are reused.
@@ -42,12 +43,12 @@ from operators.validate import code_hash, validation_error
 from search.config import SearchConfig, SearchConfigError
 from search.proposers.mutations import MutationProposer
 from search.search import BenchmarkInfo, Search, SearchProgress
-from search.tree import validation_scores
 from storage.engine import open_db, session_scope
-from storage.models import Generation, PolicyCheckpoint, Problem, Run, SearchNode, TrainStep, Workflow
+from storage.models import Generation, PolicyCheckpoint, Problem, Run, TrainStep, Workflow
 from storage.repo import add_generation, add_workflow, find_run, get_or_create_run
 from workflow_rl.errors import WorkflowRLError
 from workflow_rl.learner.dataset import NoTrainSamples
+from workflow_rl.loop.branches import explore_ranked, ranked_nodes, store_branches
 from workflow_rl.loop.config import LoopConfig
 from workflow_rl.loop.evaluation import BenchmarkEvaluator
 from workflow_rl.loop.state import LoopState, RoundState
@@ -284,19 +285,17 @@ async def collect_train_data(
                 valid += 1
                 todo.setdefault(wf.id, (wf.code, set()))[1].add(pid)
         # Search workflows: the best by validation score plus random others, shortest first on ties.
-        scores = validation_scores(s, run_id)
-        nodes = s.execute(
-            select(Workflow.id, Workflow.code).join(SearchNode, SearchNode.workflow_id == Workflow.id)
-            .where(SearchNode.run_id == run_id, Workflow.valid.is_(True)).order_by(SearchNode.id)
-        ).all()
-    ranked = sorted(nodes, key=lambda n: (-scores.get(n[0], 0.0), len(n[1]), n[0]))
+        ranked = ranked_nodes(s, run_id)
     chosen = ranked[: config.top_workflows]
     rest = ranked[config.top_workflows:]
     chosen += rng.sample(rest, min(config.extra_workflows, len(rest)))
     for wid, code in chosen:
         todo.setdefault(wid, (code, set()))[1].update(pids)
     if config.search_branches:
-        for wid, code in _store_branches(engine, run_id, ranked, bench.operator_names, round_, config.search_branches):
+        candidates = ranked
+        if config.explore_budget:  # a wide mutation search's branches come after the round's own
+            candidates = ranked + await explore_ranked(engine, evaluator, bench, config, round_)
+        for wid, code in store_branches(engine, run_id, candidates, bench.operator_names, round_, config.search_branches):
             todo.setdefault(wid, (code, set()))[1].update(pids)
     evaluations = 0
     for wid, (code, problems) in sorted(todo.items()):
@@ -304,38 +303,6 @@ async def collect_train_data(
         evaluations += len(batch.records)
     return {"policy_samples": len(samples), "policy_valid": valid, "search_workflows": len(chosen),
             "evaluations": evaluations}
-
-
-def _store_branches(engine, run_id: int, ranked, operator_names, round_: int, limit: int) -> list[tuple[int, str]]:
-    """The first ``limit`` distinct valid branch programs of the ranked search workflows, stored."""
-    from search.proposers.signatures import load_signatures
-    from workflow_rl.policy.canonical import branch_programs, canonical
-
-    returns = {name: sig.returns for name, sig in load_signatures(tuple(operator_names)).items()}
-
-    def valid_branches():  # distinct valid programs, each with the best workflow it came from
-        seen: set[str] = set()
-        for wid, code in ranked:
-            for program in (canonical(p, returns) for p in branch_programs(code)):
-                if program in seen:  # a branch repeated in several workflows is validated once
-                    continue
-                seen.add(program)
-                if validation_error(program, operator_names) is not None:
-                    continue
-                yield program, wid
-
-    picked: dict[str, int] = {}
-    for program, wid in valid_branches():
-        picked[program] = wid
-        if len(picked) >= limit:
-            break
-    out = []
-    with session_scope(engine) as s:
-        for program, parent in picked.items():
-            wf = add_workflow(s, run_id, program, "mutation", code_hash=code_hash(program), round=round_,
-                              parent_id=parent, graph_hash=graph_hash(program))
-            out.append((wf.id, program))
-    return out
 
 
 def _train(engine, config: LoopConfig, rs: RoundState, r: int, start: str, out_dir: Path, on_step):

@@ -126,8 +126,11 @@ def test_loop_config_errors_state_the_fix(tmp_path):
         tiny_config(tmp_path, 1, policy_children="splice")
     with pytest.raises(WorkflowRLError, match="'positive', 'contrast' or 'all'"):
         tiny_config(tmp_path, 1, search_samples="best")
-    with pytest.raises(WorkflowRLError, match="search_branches must be >= 0"):
-        tiny_config(tmp_path, 1, search_branches=-1)
+    for field in ("search_branches", "explore_budget", "search_per_group"):
+        with pytest.raises(WorkflowRLError, match="search_per_group must be >= 0"):
+            tiny_config(tmp_path, 1, **{field: -1})
+    assert tiny_config(tmp_path, 1, search_per_group=2).train_config("t/r0", "p", "o", 0).search_per_group == 2
+    assert tiny_config(tmp_path, 1, search_per_group=0).train_config("t/r0", "p", "o", 0).search_per_group is None
 
 
 def test_graft_mode_children_contain_round_one_policy_branches(tmp_path, monkeypatch):
@@ -263,32 +266,3 @@ def test_search_branches_run_on_the_rounds_train_problems(loop_db):
             ran = set(s.scalars(select(Evaluation.problem_id).join(Problem, Problem.id == Evaluation.problem_id)
                                 .where(Evaluation.workflow_id == wf.id, Problem.split == "train")))
             assert ran == train
-
-
-def test_store_branches_keeps_provenance_and_the_limit(tmp_path):
-    """Branches of a routed search workflow are stored in canonical form, source mutation, parent = the
-    workflow they came from; duplicates and invalid programs are skipped; at most ``limit``."""
-    from storage.repo import add_workflow, get_or_create_run
-    from workflow_rl.loop.driver import _store_branches
-    from workflow_rl.tasks.calc import CALC_OPERATORS
-
-    routed = """async def solve(problem, ops):
-    if 'median' in problem:
-        return await ops.median(await ops.extract_list(problem))
-    if 'shout' in problem:
-        return await ops.no_such_operator(problem)
-    expression = await ops.extract_expression(problem)
-    return await ops.calculate(expression)
-"""
-    seed = "async def solve(problem, ops):\n    text = await ops.extract_expression(problem)\n    return await ops.calculate(text)\n"
-    engine = open_db(str(tmp_path / "b.db"))
-    with session_scope(engine) as s:
-        run = get_or_create_run(s, "b", "calc").id
-        first, second = (add_workflow(s, run, code, "mutation").id for code in (routed, seed + "# the seed\n"))
-    stored = _store_branches(engine, run, [(first, routed), (second, seed)], CALC_OPERATORS, 0, limit=5)
-    median = "async def solve(problem, ops):\n    values = await ops.extract_list(problem)\n    return await ops.median(values)\n"
-    assert [code for _, code in stored] == [median, seed]
-    with session_scope(engine) as s:
-        rows = [s.get(Workflow, wid) for wid, _ in stored]
-        assert [(w.source, w.parent_id, w.round) for w in rows] == [("mutation", first, 0), ("mutation", first, 0)]
-    assert len(_store_branches(engine, run, [(first, routed)], CALC_OPERATORS, 0, limit=1)) == 1
