@@ -37,8 +37,8 @@ def smollm2_loop(smollm2_package, tmp_path_factory):
     db = str(root / "loop.db")
     config = LoopConfig.from_preset(
         "smollm2-cpu", run="s", rounds=1, warm_start=2, search_budget=20, search_batch=5, children=2, graft_samples=2,
-        train_problems=2, group_size=2, max_new_tokens=24, batch_size=4, micro_batch_size=4,
-        out_dir=str(root / "runs"), workers=1,
+        train_problems=2, group_size=2, max_new_tokens=24, batch_size=4, micro_batch_size=4, epochs=1,
+        explore_budget=200, out_dir=str(root / "runs"), workers=1,
     )
     t0 = time.perf_counter()
     result = run_loop(config, db)
