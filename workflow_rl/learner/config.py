@@ -95,8 +95,10 @@ class TrainConfig:
                                     "group's mean); 'contrast' (every sample of a search program that beats its group's mean "
                                     "on some problem: pushed up where it wins, down where it fails).")
     search_per_group: int | None = help_field(
-        None, "At most this many search samples per group after --search-samples, the highest reward and then the "
-              "shortest first (a wide search finds many variants of one right program); None = all.")
+        None, "At most this many search samples above their group's mean reward and this many below it, per group, "
+              "after --search-samples: above, the highest reward and then the shortest (a wide search finds many "
+              "variants of one right program); below (contrast/all), the programs right in the most other groups "
+              "first. None = all.")
     search_temperature: float = help_field(1.0, "Temperature search samples (no behavior logprobs) are trained at.")
     batch_by_group: bool = help_field(
         False, "Fill each optimizer step with whole groups, in a random group order, instead of single samples in a "

@@ -65,7 +65,7 @@ class DatasetFilter:
     search_temperature: float = 1.0  # temperature search samples are trained at (policy's sampling T)
     max_completion_tokens: int | None = None  # longer completions are dropped (counted), never cut
     search_samples: str = "all"  # "positive" / "contrast": which search samples are kept (see _filter_groups)
-    search_per_group: int | None = None  # at most this many search samples per group (best, shortest first); None = all
+    search_per_group: int | None = None  # at most this many search samples above / below a group's mean (_cap_search)
 
     def __post_init__(self) -> None:
         """Reject an unknown ``search_samples`` mode (a typo would silently train on everything)."""
@@ -232,13 +232,19 @@ def _canonical_order(sample: Sample) -> tuple:
     return sample.problem_id, sample.source, sample.completion_token_ids
 
 
-def _cap_search(members: list[Sample], limit: int, stats: DatasetStats) -> list[Sample]:
+def _cap_search(members: list[Sample], limit: int, mean: float, wins: Counter, stats: DatasetStats) -> list[Sample]:
     # A wide search gives a problem dozens of right variants of one pipeline (extra lower() calls,
-    # repeated extractions): each costs a training row and they all teach the same thing, so a group
-    # keeps its best search samples, the shortest first (the plainest form of the recipe).
-    search = sorted((x for x in members if x.source == "search"),
-                    key=lambda x: (-x.reward, len(x.completion_token_ids), x.completion_token_ids))
-    kept = {id(x) for x in search[:limit]}
+    # repeated extractions): each costs a training row and they all teach the same thing. A group
+    # keeps at most `limit` search samples above its mean, the best and then the shortest (the
+    # plainest form of the recipe), and at most `limit` below it (only "contrast" and "all" keep
+    # any): the programs that win in the most other groups first, the ones a policy that learned the
+    # frequent recipes would write here.
+    search = [x for x in members if x.source == "search"]
+    above = sorted((x for x in search if x.reward > mean),
+                   key=lambda x: (-x.reward, len(x.completion_token_ids), x.completion_token_ids))
+    below = sorted((x for x in search if x.reward <= mean),
+                   key=lambda x: (-wins[x.workflow_id], len(x.completion_token_ids), x.completion_token_ids))
+    kept = {id(x) for x in above[:limit] + below[:limit]}
     stats.dropped["search_capped"] += len(search) - len(kept)
     return [x for x in members if x.source != "search" or id(x) in kept]
 
@@ -248,15 +254,15 @@ def _filter_groups(samples: list[Sample], filt: DatasetFilter, stats: DatasetSta
     groups: dict[str, list[Sample]] = defaultdict(list)
     for sample in samples:
         groups[sample.group_id].append(sample)
+    means = {g: _mean(members) for g, members in groups.items()}  # over every sample, before any filter
+    winners = {(x.workflow_id, g) for g, members in groups.items()
+               for x in members if x.source == "search" and x.reward > means[g]}
     if filt.search_samples != "all":
         # Search samples are trained at ratio 1 (no trust region, docs/design.md rule 8): pushing down
         # programs the policy never wrote moves its mass onto invalid code. "positive" keeps the
         # search samples that beat their group's mean; "contrast" keeps every sample of a search
         # program that beats its group's mean somewhere, so the same program is also pushed down
         # on the problems it fails (which problem gets which program), and nothing else.
-        means = {g: _mean(members) for g, members in groups.items()}
-        winners = {(x.workflow_id, g) for g, members in groups.items()
-                   for x in members if x.source == "search" and x.reward > means[g]}
         useful = {wid for wid, _ in winners}
         for g, members in groups.items():
             keep = [x for x in members if x.source != "search"
@@ -264,8 +270,9 @@ def _filter_groups(samples: list[Sample], filt: DatasetFilter, stats: DatasetSta
             stats.dropped["search_filtered"] += len(members) - len(keep)
             groups[g] = keep
     if filt.search_per_group is not None:
+        wins = Counter(wid for wid, _ in winners)
         for g, members in groups.items():
-            groups[g] = _cap_search(members, filt.search_per_group, stats)
+            groups[g] = _cap_search(members, filt.search_per_group, means[g], wins, stats)
     kept: list[Sample] = []
     sized = {g: members for g, members in groups.items() if len(members) >= filt.min_group_size}
     stats.dropped["small_group"] += sum(len(m) for g, m in groups.items() if g not in sized)

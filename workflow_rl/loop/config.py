@@ -64,8 +64,9 @@ class LoopConfig:
                                  "round (run <loop>/r<r>/explore, not part of the round's search curve) whose branches "
                                  "follow the round's own as candidates; mutations call no model, so a wide one is cheap "
                                  "on tool-only benchmarks and finds right programs for more kinds of problem (0 = none).")
-    search_per_group: int = help_field(0, "With search_branches > 0: at most this many search samples per GRPO group, the "
-                                       "right and shortest first (0 = all; see train --search-per-group).")
+    search_per_group: int = help_field(0, "With search_branches > 0: at most this many search samples above a GRPO group's "
+                                       "mean and this many below it, the right and shortest first, and, below, the "
+                                       "programs right in the most other groups (0 = all; see train --search-per-group).")
     extra_workflows: int = help_field(0, "Further random search workflows run on them (contrast for the advantages).")
     batch_by_group: bool = help_field(False, "Fill each optimizer step with whole GRPO groups (see train --batch-by-group): "
                                       "cheaper steps on a long shared prompt.")

@@ -208,24 +208,41 @@ def test_positive_search_samples_join_the_policy_group_of_their_problem(with_pol
         DatasetFilter(run=RUN, search_samples="best")
 
 
-def test_search_per_group_keeps_the_best_and_shortest_search_samples(with_policy, policy):
-    """``search_per_group=1`` keeps, per group, the search sample with the highest reward and, among
-    those, the shortest completion; policy samples are never dropped by it."""
+def test_search_per_group_keeps_the_best_right_and_the_most_winning_wrong_samples(with_policy, policy):
+    """``search_per_group=1`` keeps, per group, one search sample above the group's mean (the highest
+    reward, then the shortest completion) and one below it (the program that beats the mean in the most
+    other groups, then the shortest); policy samples are never dropped by it. With ``positive`` only the
+    one above is left."""
+    from collections import Counter
+
     url, _ = with_policy
     engine = open_db(url)
     kw = dict(run=RUN, min_group_size=1, group_by_prompt=False)
     everything, _ = load_samples(engine, DatasetFilter(**kw), policy)
     capped, stats = load_samples(engine, DatasetFilter(**kw, search_per_group=1), policy)
-    best: dict[str, object] = {}
+    groups: dict[str, list] = {}
     for x in everything:
-        key = (-x.reward, len(x.completion_token_ids), x.completion_token_ids)
-        if x.source == "search" and (x.group_id not in best or key < best[x.group_id][0]):
-            best[x.group_id] = (key, x)
-    expected = [x for x in everything if x.source == "policy" or x is best[x.group_id][1]]
+        groups.setdefault(x.group_id, []).append(x)
+    mean = {g: sum(x.reward for x in m) / len(m) for g, m in groups.items()}
+    wins = Counter(x.workflow_id for x in everything if x.source == "search" and x.reward > mean[x.group_id])
+    chosen = set()
+    for g, members in groups.items():
+        search = [x for x in members if x.source == "search"]
+        up = [x for x in search if x.reward > mean[g]]
+        down = [x for x in search if x.reward <= mean[g]]
+        if up:
+            chosen.add(id(min(up, key=lambda x: (-x.reward, len(x.completion_token_ids), x.completion_token_ids))))
+        if down:
+            chosen.add(id(min(down, key=lambda x: (-wins[x.workflow_id], len(x.completion_token_ids),
+                                                   x.completion_token_ids))))
+    expected = [x for x in everything if x.source == "policy" or id(x) in chosen]
     assert capped == expected
-    searched = [x for x in everything if x.source == "search"]
-    assert stats.dropped["search_capped"] == len(searched) - len(best) > 0
-    assert any(x.reward == 1.0 for x in capped if x.source == "search")  # a right program wins its group's slot
+    assert stats.dropped["search_capped"] == sum(x.source == "search" for x in everything) - len(chosen) > 0
+    kept_search = [x for x in capped if x.source == "search"]
+    assert {x.reward for x in kept_search} == {0.0, 1.0}  # a right program and a wrong one
+    assert any(wins[x.workflow_id] > 0 for x in kept_search if x.reward == 0.0)  # wrong here, right elsewhere
+    positive, _ = load_samples(engine, DatasetFilter(**kw, search_samples="positive", search_per_group=1), policy)
+    assert [x for x in positive if x.source == "search"] == [x for x in kept_search if x.reward > mean[x.group_id]]
     with pytest.raises(WorkflowRLError, match="search_per_group"):
         from workflow_rl.learner.config import TrainConfig
 
