@@ -4,9 +4,9 @@ The same measurement as for ``builtin:tiny`` (see ``bench_learning.py``), sized 
 pretrained model on 2 CPU cores, where every forward over calc's ~730-token chat prompt costs
 seconds:
 
-- every loop is the ``smollm2-cpu`` preset (LoRA, format warm start) with :data:`SMOL_SETTINGS`
-  over it (2 rounds: round 0 mutation search, round 1 policy-steered; fewer train problems and a
-  smaller search), once trained and once with lr = 0, per seed;
+- every loop is the ``smollm2-cpu`` preset (LoRA, format warm start, exploration search) with
+  :data:`SMOL_SETTINGS` over it (2 rounds: round 0 mutation search, round 1 policy-steered; a
+  search of 400), once trained and once with lr = 0, per seed;
 - (a), (b) and (c) are measured on the first ``--test-size`` test problems (every one of them on
   the same problems); best-of-k uses ``--best-of`` (default 4) with ``--selection``;
 - "the untrained base" is the loop's round-0 policy: the format-warm-started base
