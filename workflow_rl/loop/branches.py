@@ -8,26 +8,21 @@ branch that is right on a problem can join that problem's GRPO group (``search_b
 The round's own search is sized for what it measures (how fast it reaches a score), and it stores
 few workflows: a 400-evaluation search of 20 validation problems per expansion keeps ~20, whose
 branches covered 1-4 of calc's 12 recipes. ``explore_budget`` adds a wide mutation-only search
-(run ``<loop>/r<r>/explore``, outside the round's search curve) whose branches come after the
-round's own; mutations call no model, so on tool-only benchmarks it costs seconds (20,000
+(run ``<loop>/r<r>/explore``, run by :mod:`workflow_rl.loop.driver`, outside the round's search
+curve) whose branches come after the round's own; mutations call no model, so on tool-only benchmarks it costs seconds (20,000
 evaluations: ~20 s on 2 cores, 9 of calc's 12 recipes among ~140 distinct branches).
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 
 from operators.graph import graph_hash
 from operators.validate import code_hash, validation_error
-from search.config import SearchConfig, SearchConfigError
-from search.proposers.mutations import MutationProposer
-from search.search import BenchmarkInfo, Search
 from search.tree import validation_scores
 from storage.engine import session_scope
 from storage.models import SearchNode, Workflow
 from storage.repo import add_workflow
-from workflow_rl.errors import WorkflowRLError
-from workflow_rl.tasks.base import answer_check
 
 
 def explore_run_name(loop_run: str, round_: int) -> str:
@@ -43,25 +38,6 @@ def ranked_nodes(session, run_id: int) -> list[tuple[int, str]]:
         .where(SearchNode.run_id == run_id, Workflow.valid.is_(True)).order_by(SearchNode.id)
     ).all()
     return sorted(((wid, code) for wid, code in nodes), key=lambda n: (-scores.get(n[0], 0.0), len(n[1]), n[0]))
-
-
-async def explore_ranked(engine: Engine, evaluator, bench, config, round_: int) -> list[tuple[int, str]]:
-    """Run (or resume) round ``round_``'s mutation-only exploration search; its ranked nodes.
-
-    ``config`` is the loop's :class:`~workflow_rl.loop.config.LoopConfig`: its ``explore_budget``,
-    selection, children and batch size. The seed differs per round, so rounds explore differently.
-    """
-    info = BenchmarkInfo(bench.name, bench.description, tuple(bench.operator_names), bench.seed_workflows())
-    try:
-        search_config = SearchConfig(
-            benchmark=bench.name, proposer="mutation", selection=config.selection, budget=config.explore_budget,
-            children=config.children, batch_size=config.search_batch, seed=config.seed + 1000 * (round_ + 1))
-    except SearchConfigError as exc:
-        raise WorkflowRLError(str(exc)) from exc
-    search = Search(engine, search_config, info, evaluator, MutationProposer(same_answer=answer_check(bench)))
-    result = await search.run(explore_run_name(config.run, round_))
-    with session_scope(engine) as s:
-        return ranked_nodes(s, result.run_id)
 
 
 def store_branches(engine, run_id: int, ranked, operator_names, round_: int, limit: int) -> list[tuple[int, str]]:

@@ -48,7 +48,7 @@ from storage.models import Generation, PolicyCheckpoint, Problem, Run, TrainStep
 from storage.repo import add_generation, add_workflow, find_run, get_or_create_run
 from workflow_rl.errors import WorkflowRLError
 from workflow_rl.learner.dataset import NoTrainSamples
-from workflow_rl.loop.branches import explore_ranked, ranked_nodes, store_branches
+from workflow_rl.loop.branches import explore_run_name, ranked_nodes, store_branches
 from workflow_rl.loop.config import LoopConfig
 from workflow_rl.loop.evaluation import BenchmarkEvaluator
 from workflow_rl.loop.state import LoopState, RoundState
@@ -162,7 +162,7 @@ def _round_info(r: int, rs: RoundState) -> RoundInfo:
 
 async def _rounds(engine, config: LoopConfig, bench, loop_id, state: LoopState, say, on_search, on_step) -> None:
     out_dir = Path(config.out_dir or Path("runs") / config.run)
-    info = BenchmarkInfo(bench.name, bench.description, tuple(bench.operator_names), bench.seed_workflows())
+    info = _bench_info(bench)
     async with BenchmarkEvaluator(engine, bench, None, config.workers) as evaluator:
         for r in range(config.rounds):
             rs = state.rounds.setdefault(r, RoundState(round_run_name(config.run, r)))
@@ -208,17 +208,34 @@ async def _search(engine, config: LoopConfig, info: BenchmarkInfo, evaluator, po
         else:
             writer = PolicyProposer(policy, version, config.temperature, config.max_new_tokens)
         proposer = MixedProposer(writer, MutationProposer(same_answer=same_answer), config.mutation_fraction)
+    callback = None if on_search is None else (lambda progress: on_search(r, progress))
+    return await _run_search(engine, config, info, evaluator, proposer, "mutation" if r == 0 else "policy",
+                             config.search_budget, config.seed, round_run_name(config.run, r), callback, (loop_id, r))
+
+
+async def _run_search(engine, config: LoopConfig, info: BenchmarkInfo, evaluator, proposer, kind: str, budget: int,
+                      seed: int, run_name: str, callback=None, parent: tuple[int, int] | None = None):
+    """Run (or resume) one search of the loop with its selection, children and batch settings."""
     try:
-        search_config = SearchConfig(
-            benchmark=info.name, proposer="mutation" if r == 0 else "policy", selection=config.selection,
-            budget=config.search_budget, children=config.children, batch_size=config.search_batch,
-            seed=config.seed,
-        )
+        search_config = SearchConfig(benchmark=info.name, proposer=kind, selection=config.selection, budget=budget,
+                                     children=config.children, batch_size=config.search_batch, seed=seed)
     except SearchConfigError as exc:
         raise WorkflowRLError(str(exc)) from exc
-    search = Search(engine, search_config, info, evaluator, proposer)
-    callback = None if on_search is None else (lambda progress: on_search(r, progress))
-    return await search.run(round_run_name(config.run, r), callback, parent=(loop_id, r))
+    return await Search(engine, search_config, info, evaluator, proposer).run(run_name, callback, parent=parent)
+
+
+async def _explore(engine, evaluator, bench, config: LoopConfig, round_: int) -> list[tuple[int, str]]:
+    """Run (or resume) round ``round_``'s mutation-only exploration search (``explore_budget``); its
+    ranked nodes. Not a round of the loop (no parent), and its seed differs per round."""
+    result = await _run_search(engine, config, _bench_info(bench), evaluator,
+                               MutationProposer(same_answer=answer_check(bench)), "mutation", config.explore_budget,
+                               config.seed + 1000 * (round_ + 1), explore_run_name(config.run, round_))
+    with session_scope(engine) as s:
+        return ranked_nodes(s, result.run_id)
+
+
+def _bench_info(bench) -> BenchmarkInfo:
+    return BenchmarkInfo(bench.name, bench.description, tuple(bench.operator_names), bench.seed_workflows())
 
 
 def children_mode(config: LoopConfig, operator_names) -> str:
@@ -294,7 +311,7 @@ async def collect_train_data(
     if config.search_branches:
         candidates = ranked
         if config.explore_budget:  # a wide mutation search's branches come after the round's own
-            candidates = ranked + await explore_ranked(engine, evaluator, bench, config, round_)
+            candidates = ranked + await _explore(engine, evaluator, bench, config, round_)
         for wid, code in store_branches(engine, run_id, candidates, bench.operator_names, round_, config.search_branches):
             todo.setdefault(wid, (code, set()))[1].update(pids)
     evaluations = 0
