@@ -13,7 +13,9 @@ seconds:
   (:mod:`workflow_rl.policy.warm_start`), as ``builtin:tiny``'s untrained policy includes its own
   warm start. The lr = 0 control keeps exactly those weights (its adapter's B stays 0), so its
   best-of-k would repeat the base's draw: only its greedy accuracy is measured, per seed, and
-  ``lr0 drift`` printed (it must be 0).
+  ``lr0 drift`` printed (it must be 0). The controls run with ``skip_frozen``: their learner saves
+  the start weights without the forward/backward passes that lr = 0 makes no-ops (~6 minutes a
+  round here), so a control costs its searches and sampling only.
 
 Ends with ``RESULT smol_greedy_minus_search=`` ((b) greedy - (a)), ``RESULT smol_trained_minus_lr0=``
 ((b) greedy - (c) greedy) and ``RESULT smol_steered_vs_lr0=`` ((d) trained / (d) lr = 0, round 1).
@@ -67,7 +69,7 @@ def smol_main(args) -> None:
         return done[name]
 
     def config(seed: int, lr0: bool) -> LoopConfig:
-        extra = {"lr": 0.0} if lr0 else {}
+        extra = {"lr": 0.0, "skip_frozen": True} if lr0 else {}  # a control's passes cannot move a weight
         name = f"{'lr0' if lr0 else 'loop'}-s{seed}"
         return LoopConfig.from_preset(PRESET, **{**SMOL_SETTINGS, **extra}, run=name, seed=seed, policy=args.policy,
                                       out_dir=str(out / name))

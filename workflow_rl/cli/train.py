@@ -71,6 +71,7 @@ def train_command(
     search_samples: Annotated[str, typer.Option("--search-samples", help=_H("search_samples"))] = "all",
     search_per_group: Annotated[int | None, typer.Option("--search-per-group", help=_H("search_per_group"))] = None,
     batch_by_group: Annotated[bool, typer.Option("--batch-by-group", help=_H("batch_by_group"))] = False,
+    skip_frozen: Annotated[bool, typer.Option("--skip-frozen", help=_H("skip_frozen"))] = False,
     allow_stale: Annotated[bool, typer.Option("--allow-stale", help=_H("allow_stale"))] = False,
     round_: Annotated[int, typer.Option("--round", help=_H("round"))] = 0,
     out_dir: Annotated[str | None, typer.Option("--out", help=_H("out_dir"))] = None,
@@ -99,7 +100,7 @@ def train_command(
         mask_truncated_completions=mask_truncated_completions,
         min_group_size=min_group_size, drop_zero_std=drop_zero_std, allow_stale=allow_stale,
         group_by_prompt=group_by_prompt, search_samples=search_samples, search_per_group=search_per_group,
-        batch_by_group=batch_by_group,
+        batch_by_group=batch_by_group, skip_frozen=skip_frozen,
         round=round_, out_dir=out_dir, cache_dir=cache_dir, save_every=save_every, seed=seed, resume=resume,
     )
     db = resolve_db(ctx, db)

@@ -104,6 +104,10 @@ class TrainConfig:
         False, "Fill each optimizer step with whole groups, in a random group order, instead of single samples in a "
                "random order (TRL's batches are whole groups too): the rows of one prompt then share its forward "
                "pass, which on a long chat prompt cuts a step's passes several-fold.")
+    skip_frozen: bool = help_field(
+        False, "With lr = 0 only: skip every forward/backward pass (they cannot change a weight) and save the start "
+               "policy as the checkpoint, after the data and version checks; no train steps are recorded. A control "
+               "run then costs no training time.")
     allow_stale: bool = help_field(False, "Accept policy samples drawn by another policy version than the start policy.")
     seed: int = help_field(0, "Seed of sample order, init and everything random.")
     save_every: int | None = help_field(None, "Also checkpoint every N optimizer steps (for --resume).")

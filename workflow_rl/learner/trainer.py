@@ -344,7 +344,10 @@ def train(
     ref_model = None
     if config.beta > 0 and policy.lora is None:  # full fine-tuning needs a frozen copy as the reference
         ref_model = copy.deepcopy(policy.model).eval().requires_grad_(False)
-    start_old = (state or {}).get("start_old") or start_logprobs(policy, accelerator, samples, config)
+    # lr = 0 with skip_frozen: the weights cannot move, so no pass runs (total = 0 below) and the start
+    # policy is saved as the checkpoint, with the same adapter init a trained lr = 0 run would save.
+    frozen = config.skip_frozen and config.lr == 0
+    start_old = None if frozen else (state or {}).get("start_old") or start_logprobs(policy, accelerator, samples, config)
     policy.model, optimizer, scheduler = accelerator.prepare(policy.model, optimizer, scheduler)
     step, epoch0, batch0, iter0, old = 0, 0, 0, 0, None
     if state:
@@ -356,6 +359,7 @@ def train(
     n_batches = math.ceil(len(samples) / config.batch_size)
     total = config.epochs * n_batches * config.num_iterations
     total = min(total, config.max_steps) if config.max_steps else total
+    total = 0 if frozen else total
     history: list[dict[str, float]] = []
     metrics: dict[str, float] = {}
 

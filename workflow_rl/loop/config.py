@@ -73,6 +73,8 @@ class LoopConfig:
     temperature: float = help_field(1.0, "Sampling temperature of the policy (training uses the same T).")
     max_new_tokens: int = help_field(80, "Longest completion the policy may sample.")
     lr: float = help_field(1e-4, "Learner learning rate (0 = the control loop: parameters stay bit-identical).")
+    skip_frozen: bool = help_field(False, "With lr = 0 (the control loop): skip the learner's passes, which cannot change a "
+                                   "weight, and keep the start policy as each round's checkpoint (see train --skip-frozen).")
     beta: float = help_field(0.0, "KL coefficient (k3) to the policy each round's training starts from (0 = no reference pass).")
     epochs: int = help_field(2, "Learner passes over each round's samples.")
     drop_zero_std: bool = help_field(True, "Train only on groups whose rewards differ (DAPO dynamic sampling): an "
@@ -136,7 +138,7 @@ class LoopConfig:
             beta=self.beta, group_by_prompt=not self.search_branches,
             search_samples=self.search_samples if self.search_branches else "all",
             search_per_group=(self.search_per_group or None) if self.search_branches else None,
-            batch_by_group=self.batch_by_group,
+            batch_by_group=self.batch_by_group, skip_frozen=self.skip_frozen,
         )
 
     def to_dict(self) -> dict[str, Any]:

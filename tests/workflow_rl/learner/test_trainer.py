@@ -106,6 +106,25 @@ def test_lr_zero_keeps_every_parameter_and_metrics_are_stored(db, cache, tmp_pat
     assert metrics["ratio/mean"] == 1.0 and metrics["tokens/active"] > 0
 
 
+def test_skip_frozen_saves_what_a_trained_lr0_run_saves_without_a_step(db, cache, tmp_path):
+    """lr = 0 + skip_frozen: no step, no train_steps row, and a checkpoint equal to a trained lr = 0 run's
+    (LoRA too: the adapter's init comes from the same seed); with lr > 0 the flag changes nothing."""
+    url, _ = db
+    trained = train(_cfg(tmp_path / "t", cache, lora=True, lr=0.0, max_steps=2), url)
+    with session_scope(open_db(url)) as s:
+        rows_before = len(s.scalars(select(TrainStep)).all())
+    skipped = train(_cfg(tmp_path / "s", cache, lora=True, lr=0.0, max_steps=2, skip_frozen=True), url)
+    assert skipped.steps == 0 and skipped.history == []
+    a, b = (_params(Policy.load(str(r.checkpoint_path), cache_dir=cache).model) for r in (trained, skipped))
+    assert a.keys() == b.keys() and any("lora_A" in k for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with session_scope(open_db(url)) as s:
+        assert len(s.scalars(select(TrainStep)).all()) == rows_before
+        assert s.get(PolicyCheckpoint, skipped.checkpoint_id).step == 0
+    moved = train(_cfg(tmp_path / "m", cache, lr=1e-2, max_steps=1, skip_frozen=True), url)
+    assert moved.steps == 1
+
+
 def test_lora_changes_adapter_only(db, cache, tmp_path):
     url, _ = db
     before = _params(Policy.load("builtin:tiny", cache_dir=cache).model)

@@ -131,6 +131,7 @@ def test_loop_config_errors_state_the_fix(tmp_path):
             tiny_config(tmp_path, 1, **{field: -1})
     assert tiny_config(tmp_path, 1, search_per_group=2).train_config("t/r0", "p", "o", 0).search_per_group == 2
     assert tiny_config(tmp_path, 1, search_per_group=0).train_config("t/r0", "p", "o", 0).search_per_group is None
+    assert tiny_config(tmp_path, 1, lr=0.0, skip_frozen=True).train_config("t/r0", "p", "o", 0).skip_frozen
 
 
 def test_graft_mode_children_contain_round_one_policy_branches(tmp_path, monkeypatch):
