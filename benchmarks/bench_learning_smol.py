@@ -7,6 +7,9 @@ seconds:
 - every loop is the ``smollm2-cpu`` preset (LoRA, format warm start, exploration search) with
   :data:`SMOL_SETTINGS` over it (2 rounds: round 0 mutation search, round 1 policy-steered; a
   search of 400), once trained and once with lr = 0, per seed;
+- (b) is the trained loop's policy (``LoopResult.policy``): with the preset's ``select_policy``
+  ``validation``, the round whose checkpoint wrote the most right greedy programs on the validation
+  split (the split (a)'s workflow was chosen on); column ``(b) round`` says which;
 - (a), (b) and (c) are measured on the first ``--test-size`` test problems (every one of them on
   the same problems); best-of-k uses ``--best-of`` (default 4) with ``--selection``;
 - "the untrained base" is the loop's round-0 policy: the format-warm-started base
@@ -69,7 +72,9 @@ def smol_main(args) -> None:
         return done[name]
 
     def config(seed: int, lr0: bool) -> LoopConfig:
-        extra = {"lr": 0.0, "skip_frozen": True} if lr0 else {}  # a control's passes cannot move a weight
+        # A control's passes cannot move a weight, and every round of it has the same weights, so it
+        # needs no checkpoint choice either.
+        extra = {"lr": 0.0, "skip_frozen": True, "select_policy": "last"} if lr0 else {}
         name = f"{'lr0' if lr0 else 'loop'}-s{seed}"
         return LoopConfig.from_preset(PRESET, **{**SMOL_SETTINGS, **extra}, run=name, seed=seed, policy=args.policy,
                                       out_dir=str(out / name))
@@ -98,11 +103,13 @@ def smol_main(args) -> None:
         code, val = bl.best_workflow(engine, round_run_name(loop.run, 0))
         a = remember(f"r0-best-s{seed}", lambda code=code, seed=seed: evaluate_code(
             engine, code, "test", benchmark=test, run=f"eval/r0-best-s{seed}/test").accuracy)
-        b_g, b = per_query(str(loop.final_checkpoint.checkpoint_id), f"loop-s{seed}")
+        chosen = loop.policy  # the preset's select_policy: the round with the best greedy validation
+        b_g, b = per_query(str(chosen.checkpoint_id), f"loop-s{seed}")
         c_g, _ = per_query(str(control.final_checkpoint.checkpoint_id), f"lr0-s{seed}", greedy_only=True)
         need0, need1, total1 = bl.steered_ratio(engine, loop.run)
         c0, c1, ctotal1 = bl.steered_ratio(engine, control.run)
-        rows.append(dict(seed=seed, val=val, a=a, b_g=b_g, b=b, c_g=c_g, need0=need0, need1=need1, total1=total1,
+        rows.append(dict(seed=seed, val=val, a=a, b_g=b_g, b=b, c_g=c_g, policy_round=chosen.round,
+                         policy_val=[info.policy_validation for info in loop.rounds], need0=need0, need1=need1, total1=total1,
                          ratio=bl.ratio_of(need1, total1, need0), c_need1=c1, c_total1=ctotal1,
                          control_ratio=bl.ratio_of(c1, ctotal1, c0), secs=time.perf_counter() - t))
         print(f"seed {seed} done: {rows[-1]}", flush=True)  # a partial log still has every finished seed
@@ -111,13 +118,13 @@ def smol_main(args) -> None:
           f"{args.test_size} test problems; untrained (format-warm-started) base {base} "
           f"(ready after {warm_s:.0f}s here: the warm start if it was built now, else finding it in the cache): test accuracy {untrained_g:.3f} greedy, "
           f"{untrained:.3f} best-of-{k} ({args.selection})")
-    print(f"{'seed':>4} {'r0 best val':>11} {'(a) r0 test':>11} {'(b) greedy':>10} {f'(b) k={k}':>9} "
+    print(f"{'seed':>4} {'r0 best val':>11} {'(a) r0 test':>11} {'(b) round':>9} {'(b) greedy':>10} {f'(b) k={k}':>9} "
           f"{'(c) greedy':>10} {'r0 evals':>8} {'r1 evals':>9} {'(d) ratio':>9} {'lr0 r1':>7} {'lr0 ratio':>9} "
           f"{'loop+ctl s':>10}")
     for r in rows:
         r1 = str(r["need1"]) if r["need1"] is not None else f">{r['total1']}"
         c1 = str(r["c_need1"]) if r["c_need1"] is not None else f">{r['c_total1']}"
-        print(f"{r['seed']:>4} {r['val']:>11.3f} {r['a']:>11.3f} {r['b_g']:>10.3f} {r['b']:>9.3f} {r['c_g']:>10.3f} "
+        print(f"{r['seed']:>4} {r['val']:>11.3f} {r['a']:>11.3f} {'r' + str(r['policy_round']):>9} {r['b_g']:>10.3f} {r['b']:>9.3f} {r['c_g']:>10.3f} "
               f"{r['need0']!s:>8} {r1:>9} {r['ratio']:>9.2f} {c1:>7} {r['control_ratio']:>9.2f} {r['secs']:>10.0f}")
     mean = statistics.fmean
     a_m, bg_m, b_m, cg_m = (mean(r[key] for r in rows) for key in ("a", "b_g", "b", "c_g"))

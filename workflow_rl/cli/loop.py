@@ -62,8 +62,10 @@ def loop_summary(db: str, result: LoopResult) -> Summary:
     wid = best.best_workflow_id
     which = f"#{wid}" if wid is not None else "id not recorded (round finished by an older version)"
     summary.facts.append(f"best workflow: {which}, validation {best.best_score:.3f} (round {best.round})")
-    final = result.final_checkpoint
-    summary.facts.append(f"policy: checkpoint {final.checkpoint_id} at {final.checkpoint_path}")
+    final = result.policy
+    chosen = ("" if final.policy_validation is None
+              else f" (round {final.round}: best greedy validation {final.policy_validation:.3f})")
+    summary.facts.append(f"policy: checkpoint {final.checkpoint_id} at {final.checkpoint_path}{chosen}")
     summary.commands.append(("the trained policy on the held-out test split",
                              command(db, "eval", "--policy", str(final.checkpoint_id), "--split", "test")))
     if wid is not None:

@@ -19,6 +19,9 @@ from workflow_rl.loop.presets import PRESETS, preset_values
 PolicyChildren = Literal["auto", "graft", "rewrite"]
 """How the policy writes search children from round 1 on (see ``LoopConfig.policy_children``)."""
 
+SelectPolicy = Literal["last", "validation"]
+"""Which round's checkpoint a loop reports as its policy (see ``LoopConfig.select_policy``)."""
+
 
 @dataclass
 class LoopConfig:
@@ -73,6 +76,10 @@ class LoopConfig:
     temperature: float = help_field(1.0, "Sampling temperature of the policy (training uses the same T).")
     max_new_tokens: int = help_field(80, "Longest completion the policy may sample.")
     lr: float = help_field(1e-4, "Learner learning rate (0 = the control loop: parameters stay bit-identical).")
+    select_policy: SelectPolicy = help_field(
+        "last", "Which round's checkpoint is the loop's policy: 'last', or 'validation': each round's checkpoint "
+                "writes one greedy program per validation problem (~1 min on SmolLM2 on 2 cores) and the best score "
+                "wins, the later round on ties. Training always continues from the last checkpoint.")
     skip_frozen: bool = help_field(False, "With lr = 0 (the control loop): skip the learner's passes, which cannot change a "
                                    "weight, and keep the start policy as each round's checkpoint (see train --skip-frozen).")
     beta: float = help_field(0.0, "KL coefficient (k3) to the policy each round's training starts from (0 = no reference pass).")
@@ -101,6 +108,8 @@ class LoopConfig:
                 raise WorkflowRLError(f"{name}={getattr(self, name)} must be >= 1")
         if self.group_size < 2:
             raise WorkflowRLError(f"group_size={self.group_size}: a GRPO group needs >= 2 samples")
+        if self.select_policy not in get_args(SelectPolicy):
+            raise WorkflowRLError(f"select_policy={self.select_policy!r}: use 'last' or 'validation'")
         if self.search_samples not in SEARCH_SAMPLES:
             raise WorkflowRLError(f"search_samples={self.search_samples!r}: use 'positive', 'contrast' or 'all'")
         if min(self.top_workflows, self.extra_workflows, self.search_branches, self.explore_budget,

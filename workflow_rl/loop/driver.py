@@ -51,6 +51,7 @@ from workflow_rl.learner.dataset import NoTrainSamples
 from workflow_rl.loop.branches import explore_run_name, ranked_nodes, store_branches
 from workflow_rl.loop.config import LoopConfig
 from workflow_rl.loop.evaluation import BenchmarkEvaluator
+from workflow_rl.loop.policy_eval import evaluate_policy
 from workflow_rl.loop.state import LoopState, RoundState
 from workflow_rl.policy.graft import GraftProposer
 from workflow_rl.policy.model import Policy, is_pretrained
@@ -76,19 +77,29 @@ class RoundInfo:
     checkpoint_id: int
     checkpoint_path: str
     best_workflow_id: int | None = None  # None for a round finished before this was recorded
+    policy_validation: float | None = None  # greedy validation accuracy of the checkpoint (select_policy)
 
 
 @dataclass(frozen=True)
 class LoopResult:
-    """All finished rounds; the last checkpoint is the loop's policy."""
+    """All finished rounds; :attr:`policy` is the loop's policy."""
 
     run: str
     rounds: tuple[RoundInfo, ...]
 
     @property
     def final_checkpoint(self) -> RoundInfo:
-        """The last round (its checkpoint is the trained policy)."""
+        """The last round (its checkpoint is the one training continues from)."""
         return self.rounds[-1]
+
+    @property
+    def policy(self) -> RoundInfo:
+        """The round whose checkpoint is the loop's policy: the best greedy validation score among the
+        rounds that were scored (``select_policy="validation"``), the later round on ties; else the last."""
+        scored = [info for info in self.rounds if info.policy_validation is not None]
+        if not scored:
+            return self.final_checkpoint
+        return max(scored, key=lambda info: (info.policy_validation, info.round))
 
 
 def round_run_name(loop_run: str, round_: int) -> str:
@@ -157,7 +168,7 @@ def base_policy(config: LoopConfig, bench, say=None) -> str:
 
 def _round_info(r: int, rs: RoundState) -> RoundInfo:
     return RoundInfo(r, rs.search_run, rs.best_score, rs.evaluations, rs.checkpoint_id, rs.checkpoint_path,
-                     rs.best_workflow_id)
+                     rs.best_workflow_id, rs.policy_validation)
 
 
 async def _rounds(engine, config: LoopConfig, bench, loop_id, state: LoopState, say, on_search, on_step) -> None:
@@ -189,11 +200,19 @@ async def _rounds(engine, config: LoopConfig, bench, loop_id, state: LoopState, 
                 rs.phase = "train"
                 _save_state(engine, loop_id, state)
             del policy  # the learner loads its own copy
-            say(f"round {r}: training from {'base' if version is None else f'checkpoint {version}'}")
-            ckpt_id, ckpt_path, steps = _train(engine, config, rs, r, start, out_dir, on_step)
-            rs.phase, rs.checkpoint_id, rs.checkpoint_path, rs.train_steps = "done", ckpt_id, ckpt_path, steps
-            _save_state(engine, loop_id, state)
-            say(f"round {r}: done, best validation {rs.best_score:.3f}, checkpoint {ckpt_id}")
+            if rs.phase == "train":
+                say(f"round {r}: training from {'base' if version is None else f'checkpoint {version}'}")
+                ckpt_id, ckpt_path, steps = _train(engine, config, rs, r, start, out_dir, on_step)
+                rs.checkpoint_id, rs.checkpoint_path, rs.train_steps = ckpt_id, ckpt_path, steps
+                rs.phase = "select" if config.select_policy == "validation" else "done"
+                _save_state(engine, loop_id, state)
+            if rs.phase == "select":
+                say(f"round {r}: checkpoint {rs.checkpoint_id} writes one greedy program per validation problem")
+                rs.policy_validation = await asyncio.to_thread(_policy_validation, engine, config, bench, rs)
+                rs.phase = "done"
+                _save_state(engine, loop_id, state)
+            scored = "" if rs.policy_validation is None else f" (greedy validation {rs.policy_validation:.3f})"
+            say(f"round {r}: done, best validation {rs.best_score:.3f}, checkpoint {rs.checkpoint_id}{scored}")
 
 
 async def _search(engine, config: LoopConfig, info: BenchmarkInfo, evaluator, policy, version, r, mode, on_search,
@@ -320,6 +339,14 @@ async def collect_train_data(
         evaluations += len(batch.records)
     return {"policy_samples": len(samples), "policy_valid": valid, "search_workflows": len(chosen),
             "evaluations": evaluations}
+
+
+def _policy_validation(engine, config: LoopConfig, bench, rs: RoundState) -> float:
+    """Greedy accuracy of the round's checkpoint on the validation split, the split search scores
+    workflows on (so choosing a checkpoint by it reads no test answer)."""
+    return evaluate_policy(engine, str(rs.checkpoint_id), "validation", bench, max_new_tokens=config.max_new_tokens,
+                           run=f"{rs.search_run}/policy-validation", cache_dir=config.cache_dir,
+                           workers=config.workers).accuracy
 
 
 def _train(engine, config: LoopConfig, rs: RoundState, r: int, start: str, out_dir: Path, on_step):

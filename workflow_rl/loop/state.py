@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-Phase = Literal["search", "data", "train", "done"]
-"""search: round r's search runs; data: the policy samples train problems; train: the learner runs; done."""
+Phase = Literal["search", "data", "train", "select", "done"]
+"""search: round r's search runs; data: the policy samples train problems; train: the learner runs;
+select: the new checkpoint is scored greedy on validation (``select_policy="validation"`` only); done."""
 
 
 @dataclass
@@ -28,6 +29,7 @@ class RoundState:
     checkpoint_id: int | None = None
     checkpoint_path: str | None = None
     train_steps: int | None = None
+    policy_validation: float | None = None  # greedy validation accuracy of the checkpoint (select_policy)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RoundState:

@@ -13,7 +13,8 @@ from storage.engine import open_db, session_scope
 from storage.models import Generation, PolicyCheckpoint, Run, SearchNode, TrainStep, Workflow
 from workflow_rl.errors import WorkflowRLError
 from workflow_rl.loop.config import LoopConfig
-from workflow_rl.loop.driver import run_loop
+from workflow_rl.loop.driver import LoopResult, RoundInfo, run_loop
+from workflow_rl.loop.policy_eval import evaluate_policy
 from workflow_rl.policy.model import Policy
 
 
@@ -124,6 +125,8 @@ def test_loop_config_errors_state_the_fix(tmp_path):
         tiny_config(tmp_path, 1, lr=-1.0)
     with pytest.raises(WorkflowRLError, match="'auto', 'graft' or 'rewrite'"):
         tiny_config(tmp_path, 1, policy_children="splice")
+    with pytest.raises(WorkflowRLError, match="'last' or 'validation'"):
+        tiny_config(tmp_path, 1, select_policy="best")
     with pytest.raises(WorkflowRLError, match="'positive', 'contrast' or 'all'"):
         tiny_config(tmp_path, 1, search_samples="best")
     for field in ("search_branches", "explore_budget", "search_per_group"):
@@ -267,3 +270,37 @@ def test_search_branches_run_on_the_rounds_train_problems(loop_db):
             ran = set(s.scalars(select(Evaluation.problem_id).join(Problem, Problem.id == Evaluation.problem_id)
                                 .where(Evaluation.workflow_id == wf.id, Problem.split == "train")))
             assert ran == train
+
+
+def test_loop_policy_is_the_best_validated_round_the_later_on_ties():
+    def info(r, val):
+        return RoundInfo(r, f"t/r{r}", 0.5, 40, 10 + r, f"/c{r}", None, val)
+
+    assert LoopResult("t", (info(0, None), info(1, None))).policy.round == 1  # nothing scored: the last
+    assert LoopResult("t", (info(0, 0.4), info(1, 0.2))).policy.round == 0
+    assert LoopResult("t", (info(0, 0.4), info(1, 0.4), info(2, 0.1))).policy.round == 1
+
+
+def test_select_policy_validation_scores_each_checkpoint_and_resumes_at_select(tmp_path):
+    """Each round's checkpoint gets its greedy validation accuracy (the same a separate eval of it
+    gives); a loop stopped between training and that score resumes without retraining."""
+    db = f"sqlite:///{tmp_path / 'v.db'}"
+    config = tiny_config(tmp_path / "runs", 2, run="v", select_policy="validation")
+    result = run_loop(config, db)
+    scores = [info.policy_validation for info in result.rounds]
+    assert all(score is not None and 0.0 <= score <= 1.0 for score in scores)
+    ckpt = result.rounds[1].checkpoint_id
+    again = evaluate_policy(db, str(ckpt), "validation", max_new_tokens=config.max_new_tokens, run="eval/again")
+    assert again.accuracy == scores[1]
+    engine = open_db(db)
+    with session_scope(engine) as s:
+        loop = s.scalar(select(Run).where(Run.name == "v"))
+        state = dict(loop.state)
+        state["rounds"] = {**state["rounds"], "1": {k: v for k, v in state["rounds"]["1"].items()
+                                                    if k != "policy_validation"} | {"phase": "select"}}
+        loop.state = state
+        steps = len(s.scalars(select(TrainStep.id)).all())
+    resumed = run_loop(tiny_config(None, 2, run="v"), db)
+    assert resumed.rounds == result.rounds and resumed.policy == result.policy
+    with session_scope(engine) as s:
+        assert len(s.scalars(select(TrainStep.id)).all()) == steps  # not retrained
