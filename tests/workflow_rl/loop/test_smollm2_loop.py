@@ -52,6 +52,8 @@ def test_smollm2_preset_round_trains_a_lora_checkpoint_that_eval_policy_runs(smo
 
     db, result = smollm2_loop
     assert [r.round for r in result.rounds] == [0]
+    # the preset's select_policy: the round's checkpoint was scored greedy on validation
+    assert result.policy == result.final_checkpoint and 0.0 <= result.policy.policy_validation <= 1.0
     final = Path(result.final_checkpoint.checkpoint_path)
     files = {f.name for f in (final / "model").iterdir()}
     assert "adapter_model.safetensors" in files and not any(f.startswith("model") for f in files)  # LoRA only
