@@ -106,6 +106,7 @@ def register(app: typer.Typer) -> None:
         max_new_tokens: Annotated[int, typer.Option(help=H("max_new_tokens"))] = LoopConfig.max_new_tokens,
         lr: Annotated[float, typer.Option(help=H("lr"))] = LoopConfig.lr,
         skip_frozen: Annotated[bool, typer.Option(help=H("skip_frozen"))] = LoopConfig.skip_frozen,
+        select_policy: Annotated[str, typer.Option(help=H("select_policy"))] = LoopConfig.select_policy,
         beta: Annotated[float, typer.Option(help=H("beta"))] = LoopConfig.beta,
         epochs: Annotated[int, typer.Option(help=H("epochs"))] = LoopConfig.epochs,
         out_dir: Annotated[str | None, typer.Option(help=H("out_dir"))] = None,
@@ -123,7 +124,8 @@ def register(app: typer.Typer) -> None:
             graft_samples=graft_samples, search_branches=search_branches, search_samples=search_samples,
             explore_budget=explore_budget, search_per_group=search_per_group, batch_by_group=batch_by_group,
             train_problems=train_problems, group_size=group_size, temperature=temperature,
-            max_new_tokens=max_new_tokens, lr=lr, skip_frozen=skip_frozen, beta=beta, epochs=epochs, out_dir=out_dir, workers=workers,
+            max_new_tokens=max_new_tokens, lr=lr, skip_frozen=skip_frozen, select_policy=select_policy, beta=beta,
+            epochs=epochs, out_dir=out_dir, workers=workers,
         )
         # only what the user typed overrides the preset (a default would silently undo it)
         config = LoopConfig.from_preset(preset, **{k: v for k, v in options.items() if given(ctx, k)})

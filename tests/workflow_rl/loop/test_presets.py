@@ -43,9 +43,12 @@ def test_cli_preset_keeps_only_typed_options(monkeypatch, tmp_path):
     runner = CliRunner()
     runner.invoke(app, ["--db", db, "loop", "--preset", "smollm2-cpu", "--lr", "1e-3", "--rounds", "1"])
     runner.invoke(app, ["--db", db, "loop", "--rounds", "1"])
-    with_preset, plain = seen
+    runner.invoke(app, ["--db", db, "loop", "--preset", "smollm2-cpu", "--select-policy", "last", "--lr", "0",
+                        "--skip-frozen"])
+    with_preset, plain, control = seen
     assert with_preset == LoopConfig.from_preset("smollm2-cpu", lr=1e-3, rounds=1)
     assert plain == LoopConfig(rounds=1)  # no preset: the documented defaults, as before
+    assert control == LoopConfig.from_preset("smollm2-cpu", select_policy="last", lr=0.0, skip_frozen=True)
 
 
 def test_a_resumed_loop_keeps_its_preset(tmp_path):
