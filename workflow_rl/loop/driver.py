@@ -182,8 +182,9 @@ async def _rounds(engine, config: LoopConfig, bench, loop_id, state: LoopState, 
             prev = state.rounds.get(r - 1) if r else None
             version = prev.checkpoint_id if prev else None
             start = prev.checkpoint_path if prev else base_policy(config, bench, say)
-            say(f"round {r}: loading policy {'base ' + start if version is None else f'checkpoint {version}'}")
-            policy = Policy.load(start, cache_dir=config.cache_dir)
+            if rs.phase in ("search", "data"):  # a round resumed at train or select needs no sampler
+                say(f"round {r}: loading policy {'base ' + start if version is None else f'checkpoint {version}'}")
+                policy = Policy.load(start, cache_dir=config.cache_dir)
             if rs.phase == "search":
                 mode = children_mode(config, info.operator_names)
                 say(f"round {r}: search ({'mutation' if r == 0 else f'policy {mode} + mutation'})")
@@ -199,7 +200,7 @@ async def _rounds(engine, config: LoopConfig, bench, loop_id, state: LoopState, 
                     engine, evaluator, bench, policy, version, rs.search_run_id, r, config)
                 rs.phase = "train"
                 _save_state(engine, loop_id, state)
-            del policy  # the learner loads its own copy
+                del policy  # the learner loads its own copy
             if rs.phase == "train":
                 say(f"round {r}: training from {'base' if version is None else f'checkpoint {version}'}")
                 ckpt_id, ckpt_path, steps = _train(engine, config, rs, r, start, out_dir, on_step)

@@ -300,7 +300,9 @@ def test_select_policy_validation_scores_each_checkpoint_and_resumes_at_select(t
                                                     if k != "policy_validation"} | {"phase": "select"}}
         loop.state = state
         steps = len(s.scalars(select(TrainStep.id)).all())
-    resumed = run_loop(tiny_config(None, 2, run="v"), db)
+    said: list[str] = []
+    resumed = run_loop(tiny_config(None, 2, run="v"), db, message=said.append)
     assert resumed.rounds == result.rounds and resumed.policy == result.policy
+    assert not any("loading policy" in line for line in said)  # scoring a checkpoint needs no sampler
     with session_scope(engine) as s:
         assert len(s.scalars(select(TrainStep.id)).all()) == steps  # not retrained
