@@ -81,6 +81,9 @@ def main() -> None:
                         help="k of best-of-k (b) and (c) (1 = greedy only; default 32, 4 for a pretrained policy).")
     parser.add_argument("--test-size", type=int, default=20,
                         help="Pretrained policy only: test problems (the split's first ones) (a)-(c) are measured on.")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="Pretrained policy only: rounds of every loop (default 2); re-running with --out and a "
+                             "larger value continues the stored loops.")
     parser.add_argument("--selection", default="validated", choices=["validated", "runs", "logprob"],
                         help="How best-of-k chooses (see workflow_rl.loop.policy_eval).")
     args = parser.parse_args()

@@ -6,7 +6,9 @@ seconds:
 
 - every loop is the ``smollm2-cpu`` preset (LoRA, format warm start, exploration search) with
   :data:`SMOL_SETTINGS` over it (2 rounds: round 0 mutation search, round 1 policy-steered; a
-  search of 400), once trained and once with lr = 0, per seed;
+  search of 400), once trained and once with lr = 0, per seed; ``--rounds N`` runs N rounds instead
+  (re-run with ``--out`` and a larger N to continue finished loops: (b) and (c) are then measured on
+  the checkpoints chosen now, (d) stays round 1's);
 - (b) is the trained loop's policy (``LoopResult.policy``): with the preset's ``select_policy``
   ``validation``, the round whose checkpoint wrote the most right greedy programs on the validation
   split (the split (a)'s workflow was chosen on); column ``(b) round`` says which;
@@ -62,6 +64,7 @@ def smol_main(args) -> None:
     cache = out / "evals.json"
     done: dict[str, float] = json.loads(cache.read_text()) if cache.exists() else {}
     t0 = time.perf_counter()
+    settings = {**SMOL_SETTINGS, **({"rounds": args.rounds} if args.rounds else {})}
     test = CalcBenchmark(test_size=args.test_size)  # the first test problems: same ids as full calc's
 
     def remember(name: str, measure) -> float:
@@ -76,7 +79,7 @@ def smol_main(args) -> None:
         # needs no checkpoint choice either.
         extra = {"lr": 0.0, "skip_frozen": True, "select_policy": "last"} if lr0 else {}
         name = f"{'lr0' if lr0 else 'loop'}-s{seed}"
-        return LoopConfig.from_preset(PRESET, **{**SMOL_SETTINGS, **extra}, run=name, seed=seed, policy=args.policy,
+        return LoopConfig.from_preset(PRESET, **{**settings, **extra}, run=name, seed=seed, policy=args.policy,
                                       out_dir=str(out / name))
 
     def per_query(checkpoint: str, name: str, greedy_only: bool = False) -> tuple[float, float | None]:
@@ -104,8 +107,10 @@ def smol_main(args) -> None:
         a = remember(f"r0-best-s{seed}", lambda code=code, seed=seed: evaluate_code(
             engine, code, "test", benchmark=test, run=f"eval/r0-best-s{seed}/test").accuracy)
         chosen = loop.policy  # the preset's select_policy: the round with the best greedy validation
-        b_g, b = per_query(str(chosen.checkpoint_id), f"loop-s{seed}")
-        c_g, _ = per_query(str(control.final_checkpoint.checkpoint_id), f"lr0-s{seed}", greedy_only=True)
+        # named by checkpoint: a run continued with more --rounds measures the policy it now chooses
+        b_g, b = per_query(str(chosen.checkpoint_id), f"loop-s{seed}-c{chosen.checkpoint_id}")
+        last = control.final_checkpoint.checkpoint_id
+        c_g, _ = per_query(str(last), f"lr0-s{seed}-c{last}", greedy_only=True)
         need0, need1, total1 = bl.steered_ratio(engine, loop.run)
         c0, c1, ctotal1 = bl.steered_ratio(engine, control.run)
         rows.append(dict(seed=seed, val=val, a=a, b_g=b_g, b=b, c_g=c_g, policy_round=chosen.round,
@@ -113,8 +118,8 @@ def smol_main(args) -> None:
                          ratio=bl.ratio_of(need1, total1, need0), c_need1=c1, c_total1=ctotal1,
                          control_ratio=bl.ratio_of(c1, ctotal1, c0), secs=time.perf_counter() - t))
         print(f"seed {seed} done: {rows[-1]}", flush=True)  # a partial log still has every finished seed
-    settings = ", ".join(f"{key}={value}" for key, value in {**SMOL_SETTINGS, "lr": config(0, False).lr}.items())
-    print(f"calc, seeds {args.seeds}, policy {args.policy}, preset {PRESET} + {settings}; test = first "
+    shown = ", ".join(f"{key}={value}" for key, value in {**settings, "lr": config(0, False).lr}.items())
+    print(f"calc, seeds {args.seeds}, policy {args.policy}, preset {PRESET} + {shown}; test = first "
           f"{args.test_size} test problems; untrained (format-warm-started) base {base} "
           f"(ready after {warm_s:.0f}s here: the warm start if it was built now, else finding it in the cache): test accuracy {untrained_g:.3f} greedy, "
           f"{untrained:.3f} best-of-{k} ({args.selection})")
