@@ -116,6 +116,11 @@ class LoopConfig:
                self.search_per_group) < 0:
             raise WorkflowRLError("top_workflows, extra_workflows, search_branches, explore_budget and "
                                   "search_per_group must be >= 0")
+        if not self.search_branches:
+            for name in ("explore_budget", "search_per_group"):
+                if getattr(self, name):  # both only shape search samples, which need search branches
+                    raise WorkflowRLError(f"{name}={getattr(self, name)} does nothing without search branches: "
+                                          f"set search_branches > 0 (e.g. --search-branches 256) or {name}=0")
         if not 0.0 <= self.mutation_fraction <= 1.0:
             raise WorkflowRLError(f"mutation_fraction={self.mutation_fraction} must be in [0, 1]")
         if self.temperature <= 0:

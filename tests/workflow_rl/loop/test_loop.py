@@ -132,6 +132,9 @@ def test_loop_config_errors_state_the_fix(tmp_path):
     for field in ("search_branches", "explore_budget", "search_per_group"):
         with pytest.raises(WorkflowRLError, match="search_per_group must be >= 0"):
             tiny_config(tmp_path, 1, **{field: -1})
+    for field in ("explore_budget", "search_per_group"):
+        with pytest.raises(WorkflowRLError, match=f"{field}=5 does nothing without search branches"):
+            tiny_config(tmp_path, 1, search_branches=0, **{field: 5})
     assert tiny_config(tmp_path, 1, search_per_group=2).train_config("t/r0", "p", "o", 0).search_per_group == 2
     assert tiny_config(tmp_path, 1, search_per_group=0).train_config("t/r0", "p", "o", 0).search_per_group is None
     assert tiny_config(tmp_path, 1, lr=0.0, skip_frozen=True).train_config("t/r0", "p", "o", 0).skip_frozen
