@@ -36,6 +36,9 @@ from workflow_rl.policy.prompts import PromptSpec
 from workflow_rl.policy.proposer import SAMPLER
 from workflow_rl.tasks import Benchmark, get_benchmark
 
+EVAL_CHUNK = 16
+"""Problems sampled per call by :func:`evaluate_policy` (bounds the sampler's memory on a long chat prompt)."""
+
 
 @dataclass(frozen=True)
 class PolicyEvalResult:
@@ -171,8 +174,13 @@ async def _evaluate_policy(
         spec = PromptSpec.of(bench)
         prompts = [policy.prompt(spec, texts[pid]) for pid in pids]
         greedy = best_of == 1
-        samples = await asyncio.to_thread(
-            policy.sample, prompts, best_of, 0.0 if greedy else temperature, 1.0, max_new_tokens, seed)
+        # EVAL_CHUNK problems per sampler call: one call over every prompt x k holds all their rows at
+        # once (best-of-4 on 64 SmolLM2 prompts went past 24 GB and was killed). Chunk c uses seed + c's
+        # first index, so up to EVAL_CHUNK problems sample exactly as one call did.
+        samples = []
+        for first in range(0, len(prompts), EVAL_CHUNK):
+            samples += await asyncio.to_thread(policy.sample, prompts[first:first + EVAL_CHUNK], best_of,
+                                               0.0 if greedy else temperature, 1.0, max_new_tokens, seed + first)
         ranked = [_ranked(samples[i * best_of:(i + 1) * best_of], bench.operator_names) for i in range(len(pids))]
         chosen, costs = [r[0] for r in ranked], []
         if selection == "runs" and not greedy:
