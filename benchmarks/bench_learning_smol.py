@@ -25,11 +25,15 @@ seconds:
 Ends with ``RESULT smol_greedy_minus_search=`` ((b) greedy - (a)), ``RESULT smol_trained_minus_lr0=``
 ((b) greedy - (c) greedy) and ``RESULT smol_steered_vs_lr0=`` ((d) trained / (d) lr = 0, round 1).
 With ``--out``, loops resume from the database and finished evaluations are read from
-``<out>/evals.json``, so re-running the same command continues an interrupted run.
+``<out>/evals.json``, so re-running the same command continues an interrupted run. Processes may
+share one ``--out`` (e.g. one per seed with ``OMP_NUM_THREADS=1``, started once the first has
+printed the untrained base): SQLite takes their writes in turn and the evaluations file is merged
+under a lock; the full command re-run afterwards prints the table from what they stored.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import statistics
 import tempfile
@@ -70,8 +74,13 @@ def smol_main(args) -> None:
     def remember(name: str, measure) -> float:
         """An accuracy, measured once per ``--out`` directory."""
         if name not in done:
-            done[name] = float(measure())
-            cache.write_text(json.dumps(done, indent=1))
+            value = float(measure())
+            # Merge under a lock with what is on disk now: one process per seed may share ``--out``.
+            with open(out / "evals.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                done.update(json.loads(cache.read_text()) if cache.exists() else {})
+                done[name] = value
+                cache.write_text(json.dumps(done, indent=1))
         return done[name]
 
     def config(seed: int, lr0: bool) -> LoopConfig:
