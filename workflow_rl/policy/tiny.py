@@ -12,7 +12,8 @@ atomically (temporary directory + rename), so a half-built model is never loaded
 ``builtin:tiny`` itself is SHIPPED inside the package (``workflow_rl/policy/builtin_models/tiny``, about
 2 MB), built once with the locked versions by ``python -m workflow_rl.policy.tiny``: a fresh machine loads
 it in a second instead of building it for minutes, and every machine runs the same weights (a
-build's floating-point result can differ with the torch/transformers version or the CPU's kernels).
+build's floating-point result can differ with the torch/transformers version or the CPU's kernels;
+the command pins the kernels, :data:`BUILD_KERNELS`).
 The shipped ``tiny_config.json`` records the recipe's digest, and a test checks that it is the
 digest of the current recipe, so a change to the corpus or config cannot silently go unshipped.
 """
@@ -318,18 +319,48 @@ def shipped_manifest() -> dict:
     return json.loads((shipped_tiny() / MANIFEST).read_text())
 
 
+BUILD_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+"""The environment ``python -m workflow_rl.policy.tiny`` builds under on x86-64: the AVX2 kernels of torch,
+MKL and oneDNN. By default torch picks its AVX-512 kernels on CPUs that have them, and a build there
+(an AMD EPYC) came out up to 0.18 away from the shipped weights: training from scratch compounds the
+kernels' different rounding. Under these variables the same CPU rebuilt the shipped files bit for bit.
+The kernels are chosen when torch and MKL start, so they are set for a child process, not in-process."""
+
+
+def _pinned_rebuild(argv: list[str]) -> int | None:
+    """Re-run this command in a child process under :data:`BUILD_KERNELS` (its exit status), or
+    ``None`` where that is not needed: not x86-64, or the variables are already set."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    if all(os.environ.get(k) == v for k, v in BUILD_KERNELS.items()):
+        return None
+    return subprocess.run([sys.executable, "-m", "workflow_rl.policy.tiny", *argv],
+                          env={**os.environ, **BUILD_KERNELS}, check=False).returncode
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m workflow_rl.policy.tiny [--out DIR]``: rebuild the shipped ``builtin:tiny`` model.
 
     Run it (under the locked versions, ``requirements/lock.txt``) after changing the tiny recipe:
-    the corpus, :class:`TinyConfig` or the build procedure. It takes a few minutes on a CPU.
+    the corpus, :class:`TinyConfig` or the build procedure. It takes a few minutes on a CPU. On
+    x86-64 it builds with :data:`BUILD_KERNELS` (re-running itself under them where they are not
+    set), so every such CPU with AVX2 writes the same bits.
     """
     import argparse
+    import sys
     import time
 
     parser = argparse.ArgumentParser(prog="python -m workflow_rl.policy.tiny", description=main.__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(SHIPPED_TINY), help="Directory to (re)write (default: the package's).")
-    out = Path(parser.parse_args(argv).out)
+    args = list(sys.argv[1:] if argv is None else argv)
+    out = Path(parser.parse_args(args).out)
+    status = _pinned_rebuild(args)
+    if status is not None:
+        raise SystemExit(status)
     start = time.monotonic()
     from transformers.utils import logging as hf_logging
 
