@@ -7,8 +7,9 @@ seconds:
 - every loop is the ``smollm2-cpu`` preset (LoRA, format warm start, exploration search) with
   :data:`SMOL_SETTINGS` over it (2 rounds: round 0 mutation search, round 1 policy-steered; a
   search of 400), once trained and once with lr = 0, per seed; ``--rounds N`` runs N rounds instead
-  (re-run with ``--out`` and a larger N to continue finished loops: (b) and (c) are then measured on
-  the checkpoints chosen now, (d) stays round 1's);
+  (re-run with ``--out`` and a larger N to continue finished loops: (b) is then measured on the
+  checkpoint chosen now, (d) stays round 1's); the lr = 0 control stops after round 1 whatever N is,
+  as its later rounds could change neither (c) (the same weights) nor (d);
 - (b) is the trained loop's policy (``LoopResult.policy``): with the preset's ``select_policy``
   ``validation``, the round whose checkpoint wrote the most right greedy programs on the validation
   split (the split (a)'s workflow was chosen on); column ``(b) round`` says which;
@@ -87,7 +88,10 @@ def smol_main(args) -> None:
     def config(seed: int, lr0: bool) -> LoopConfig:
         # A control's passes cannot move a weight, and every round of it has the same weights, so it
         # needs no checkpoint choice either.
-        extra = {"lr": 0.0, "skip_frozen": True, "select_policy": "last"} if lr0 else {}
+        # Its later rounds could change neither (c) (the same weights) nor (d) (round 1's search), so
+        # it stops after round 1 whatever ``--rounds`` says.
+        extra = {"lr": 0.0, "skip_frozen": True, "select_policy": "last",
+                 "rounds": min(settings["rounds"], 2)} if lr0 else {}
         name = f"{'lr0' if lr0 else 'loop'}-s{seed}"
         return LoopConfig.from_preset(PRESET, **{**settings, **extra}, run=name, seed=seed, policy=args.policy,
                                       out_dir=str(out / name))
