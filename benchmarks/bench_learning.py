@@ -86,6 +86,9 @@ def main() -> None:
                              "larger value continues the stored loops.")
     parser.add_argument("--selection", default="validated", choices=["validated", "runs", "logprob"],
                         help="How best-of-k chooses (see workflow_rl.loop.policy_eval).")
+    parser.add_argument("--with-greedy", action="store_true",
+                        help="Best-of-k's candidates are the greedy program and k - 1 samples (evaluate_policy's "
+                             "with_greedy), so a sample replaces the greedy program only where --selection prefers it.")
     args = parser.parse_args()
     if args.policy != "builtin:tiny":
         from bench_learning_smol import smol_main
@@ -105,8 +108,10 @@ def main() -> None:
         greedy = evaluate_policy(engine, checkpoint, "test", run=f"eval/{name}/test").accuracy
         if k == 1:
             return greedy, greedy
+        tag = "-greedy" if args.with_greedy else ""
         return greedy, evaluate_policy(engine, checkpoint, "test", best_of=k, selection=args.selection,
-                                       run=f"eval/{name}/test/k{k}-{args.selection}").accuracy
+                                       with_greedy=args.with_greedy,
+                                       run=f"eval/{name}/test/k{k}-{args.selection}{tag}").accuracy
 
     untrained_g, untrained = per_query(args.policy, "untrained")
     rows = []
@@ -132,7 +137,7 @@ def main() -> None:
         rows.append((seed, val, a, b, c, need0, need1, total1, ratio, time.perf_counter() - t, control_ratio, b_g, c_g,
                      later_ratios))
     print(f"calc, seeds {args.seeds}, policy {args.policy}, LoopConfig defaults (rounds={LoopConfig.rounds}, lr={LoopConfig.lr}), "
-          f"untrained policy test accuracy {untrained_g:.3f} greedy, {untrained:.3f} best-of-{k} ({args.selection})")
+          f"untrained policy test accuracy {untrained_g:.3f} greedy, {untrained:.3f} best-of-{k} ({args.selection}{' + greedy' if args.with_greedy else ''})")
     print(f"{'seed':>4} {'r0 best val':>11} {'(a) r0 test':>11} {'(b) greedy':>10} {f'(b) k={k}':>9} "
           f"{'(c) greedy':>10} {f'(c) k={k}':>9} "
           f"{'r0 evals':>8} {'r1 evals':>9} {'(d) ratio':>9} {'lr0 ratio':>9} {'last ratio':>10} {'lr0 last':>8} "

@@ -103,9 +103,11 @@ def smol_main(args) -> None:
             engine, checkpoint, "test", benchmark=test, max_new_tokens=tokens, run=f"eval/{name}/test").accuracy)
         if greedy_only or k == 1:
             return greedy, None if greedy_only else greedy
-        return greedy, remember(f"{name}/k{k}", lambda: evaluate_policy(
+        tag = "g" if args.with_greedy else ""  # its own entry: the plain best-of-k stays comparable
+        return greedy, remember(f"{name}/k{k}{tag}", lambda: evaluate_policy(
             engine, checkpoint, "test", benchmark=test, best_of=k, selection=args.selection,
-            max_new_tokens=tokens, run=f"eval/{name}/test/k{k}-{args.selection}").accuracy)
+            with_greedy=args.with_greedy, max_new_tokens=tokens,
+            run=f"eval/{name}/test/k{k}-{args.selection}{'-greedy' if tag else ''}").accuracy)
 
     start = time.perf_counter()
     base = base_policy(config(0, False), get_benchmark("calc"), print)  # the warm start, cached on disk
@@ -136,7 +138,7 @@ def smol_main(args) -> None:
     print(f"calc, seeds {args.seeds}, policy {args.policy}, preset {PRESET} + {shown}; test = first "
           f"{args.test_size} test problems; untrained (format-warm-started) base {base} "
           f"(ready after {warm_s:.0f}s here: the warm start if it was built now, else finding it in the cache): test accuracy {untrained_g:.3f} greedy, "
-          f"{untrained:.3f} best-of-{k} ({args.selection})")
+          f"{untrained:.3f} best-of-{k} ({args.selection}{' + greedy' if args.with_greedy else ''})")
     print(f"{'seed':>4} {'r0 best val':>11} {'(a) r0 test':>11} {'(b) round':>9} {'(b) greedy':>10} {f'(b) k={k}':>9} "
           f"{'(c) greedy':>10} {'r0 evals':>8} {'r1 evals':>9} {'(d) ratio':>9} {'lr0 r1':>7} {'lr0 ratio':>9} "
           f"{'loop+ctl s':>10}")

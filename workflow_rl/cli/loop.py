@@ -30,7 +30,8 @@ def given(ctx: typer.Context, name: str) -> bool:
 
 
 def policy_eval_command(db: str | Engine, policy: str, split: str, benchmark: str, best_of: int,
-                        workers: int | None = None, selection: str = "logprob", validate_top: int = 0) -> None:
+                        workers: int | None = None, selection: str = "logprob", validate_top: int = 0,
+                        with_greedy: bool = False) -> None:
     """``eval --policy``: the policy writes one workflow per problem of ``split``; print accuracy and cost."""
     from workflow_rl.loop.policy_eval import evaluate_policy
 
@@ -43,7 +44,7 @@ def policy_eval_command(db: str | Engine, policy: str, split: str, benchmark: st
     console = log_console()
     with console.status(f"policy {policy} writing and running one workflow per {split} problem"):
         result = evaluate_policy(db, policy, split=split, benchmark=benchmark, best_of=best_of, workers=workers,
-                                 selection=selection, validate_top=validate_top)
+                                 selection=selection, validate_top=validate_top, with_greedy=with_greedy)
     cost = "unknown" if result.cost is None else f"${result.cost:.4f}"
     console.print(f"policy {policy} on {split}: accuracy {result.accuracy:.3f} over {result.problems} problems, "
                   f"valid workflows {result.valid_fraction:.2f}, cost {cost} (stored in run {result.run!r})")

@@ -164,6 +164,9 @@ def register(app: typer.Typer) -> None:
         validate_top: Annotated[int, typer.Option(
             help="--select validated: score only each problem's N likeliest programs that ran on the validation "
                  "split (0 = all; each is one validation pass, which costs LLM calls on LLM benchmarks).")] = 0,
+        with_greedy: Annotated[bool, typer.Option(
+            help="--policy with --best-of k: the greedy program is one of the k candidates (k - 1 are sampled), so "
+                 "a sample replaces it only where --select prefers it.")] = False,
         repeats: Annotated[int, typer.Option(help="Executions per problem.")] = 1,
         executor: Annotated[str | None, typer.Option(help="URL#MODEL for LLM operators; " + LOCAL_HELP)] = None,
         workers: Annotated[int | None, typer.Option(help="Sandbox worker processes.")] = None,
@@ -175,7 +178,7 @@ def register(app: typer.Typer) -> None:
             from workflow_rl.cli.loop import policy_eval_command
 
             return policy_eval_command(db, policy, split, benchmark, best_of, workers, select,
-                                       validate_top)
+                                       validate_top, with_greedy)
         if workflow_id is None:
             raise WorkflowRLError("give a WORKFLOW_ID or --policy CHECKPOINT")
         if split not in ("train", "validation", "test"):

@@ -181,6 +181,12 @@ def test_cli_select_runs_and_bad_select(tmp_path, tiny_cache, monkeypatch):
     assert "k2-validated-top1" in " ".join(capped.output.split())  # not the uncapped run's name
     stray = runner.invoke(app, ["--db", db, "eval", "--policy", "builtin:tiny", "--best-of", "2", "--validate-top", "1"])
     assert stray.exit_code == 1 and "only applies to selection 'validated'" in str(stray.exception)
+    both = runner.invoke(app, ["--db", db, "eval", "--policy", "builtin:tiny", "--best-of", "2", "--select", "runs",
+                               "--with-greedy", "--split", "validation", "--workers", "1"])
+    assert both.exit_code == 0, both.output
+    assert "k2-runs-greedy" in " ".join(both.output.split())
+    alone = runner.invoke(app, ["--db", db, "eval", "--policy", "builtin:tiny", "--with-greedy"])
+    assert alone.exit_code == 1 and "--best-of 2 or more" in str(alone.exception)
 
 
 def test_validated_selection_prefers_programs_right_on_validation(tmp_path, tiny_cache, scripted):
@@ -257,3 +263,34 @@ def test_validate_top_caps_the_validation_passes(tmp_path, tiny_cache, scripted)
         with pytest.raises(WorkflowRLError, match=match):
             evaluate_policy(db, "builtin:tiny", "test", bench, selection="validated" if bad < 0 else "runs",
                             validate_top=bad, **common)
+
+
+def test_with_greedy_makes_the_greedy_program_a_candidate(tmp_path, tiny_cache, monkeypatch):
+    """``with_greedy``: best-of-k samples k - 1 programs and adds the greedy one, which a sample then
+    replaces only where the selection prefers it; without it, the greedy program is not a candidate."""
+    bench = CalcBenchmark(test_size=4, validation_size=6)
+    calls: list = []
+
+    def script(prompt: str, n: int, temperature: float):
+        if temperature == 0.0:  # the greedy program: less likely per token than the samples
+            return [(ROUTED, -0.3)] * n
+        return [(CRASH, -0.1), (WRONG, -0.2), (BACKWARDS, -0.4)][:n]
+
+    monkeypatch.setattr(Policy, "sample", lambda self, *a, **kw: scripted_sampler(self, script, calls)(*a, **kw))
+    db = str(tmp_path / "g.db")
+    common = dict(max_new_tokens=48, workers=1, cache_dir=tiny_cache, selection="validated")
+    greedy = evaluate_policy(db, "builtin:tiny", "test", bench, best_of=1, max_new_tokens=48, workers=1,
+                             cache_dir=tiny_cache)
+    without = evaluate_policy(db, "builtin:tiny", "test", bench, best_of=3, **common)
+    calls.clear()
+    with_greedy = evaluate_policy(db, "builtin:tiny", "test", bench, best_of=3, with_greedy=True, **common)
+    assert sorted((n, t) for _, n, t in calls) == [(1, 0.0), (2, 1.0)]  # k - 1 samples, one greedy program
+    assert greedy.accuracy > 0 == without.accuracy  # premise: ROUTED is right on some test problems
+    # ROUTED's validation precision beats WRONG's (never right), so the greedy program stays chosen
+    assert with_greedy.accuracy == greedy.accuracy
+    assert with_greedy.run.endswith("k3-validated-greedy") and without.run.endswith("k3-validated")
+    engine = open_db(db)
+    with session_scope(engine) as s:
+        assert s.scalar(select(Run).where(Run.name == with_greedy.run)).state["with_greedy"] is True
+    with pytest.raises(WorkflowRLError, match="--best-of 2 or more"):
+        evaluate_policy(db, "builtin:tiny", "test", bench, best_of=1, with_greedy=True, max_new_tokens=48)
