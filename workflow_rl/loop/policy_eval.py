@@ -39,9 +39,6 @@ from workflow_rl.policy.prompts import PromptSpec
 from workflow_rl.policy.proposer import SAMPLER
 from workflow_rl.tasks import Benchmark, get_benchmark
 
-EVAL_CHUNK = 16
-"""Problems sampled per call by :func:`evaluate_policy` (bounds the sampler's memory on a long chat prompt)."""
-
 
 @dataclass(frozen=True)
 class PolicyEvalResult:
@@ -177,21 +174,14 @@ async def _evaluate_policy(
         spec = PromptSpec.of(bench)
         prompts = [policy.prompt(spec, texts[pid]) for pid in pids]
         greedy = best_of == 1
-        # EVAL_CHUNK problems per sampler call: one call over every prompt x k holds all their rows at
-        # once (best-of-4 on 64 SmolLM2 prompts went past 24 GB and was killed). Chunk c uses seed + c's
-        # first index, so up to EVAL_CHUNK problems sample exactly as one call did.
-        samples = []
+        # One call: the sampler bounds the rows a decode pass holds (workflow_rl.policy.decode).
         drawn = best_of - 1 if with_greedy else best_of
-        for first in range(0, len(prompts), EVAL_CHUNK):
-            part = prompts[first:first + EVAL_CHUNK]
-            batch = await asyncio.to_thread(policy.sample, part, drawn, 0.0 if greedy else temperature, 1.0,
-                                            max_new_tokens, seed + first)
-            if not with_greedy:
-                samples += batch
-                continue
-            argmax = await asyncio.to_thread(policy.sample, part, 1, 0.0, 1.0, max_new_tokens, seed + first)
-            for i, top in enumerate(argmax):  # each problem's greedy program first: ties keep it
-                samples += [top, *batch[i * drawn:(i + 1) * drawn]]
+        samples = await asyncio.to_thread(policy.sample, prompts, drawn, 0.0 if greedy else temperature, 1.0,
+                                          max_new_tokens, seed)
+        if with_greedy:
+            argmax = await asyncio.to_thread(policy.sample, prompts, 1, 0.0, 1.0, max_new_tokens, seed)
+            # each problem's greedy program first: the ranking's ties keep it
+            samples = [x for i, top in enumerate(argmax) for x in (top, *samples[i * drawn:(i + 1) * drawn])]
         ranked = [_ranked(samples[i * best_of:(i + 1) * best_of], bench.operator_names) for i in range(len(pids))]
         chosen, costs = [r[0] for r in ranked], []
         if selection == "runs" and not greedy:

@@ -50,14 +50,18 @@ def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 
 def draw(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """One token per row of ``probs`` (``[N, V]``, rows summing to > 0), token ``k`` with
-    probability ``probs[k] / sum``, by inverting the float64 CDF at one seeded uniform per row.
+    probability ``probs[k] / sum``, by inverting the float64 CDF at one seeded uniform per row."""
+    return draw_at(probs, torch.rand(probs.shape[0], 1, generator=gen, dtype=torch.float64, device=probs.device))
+
+
+def draw_at(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """:func:`draw` at given uniforms ``u`` (``[N, 1]`` float64 in [0, 1)).
 
     Zero-probability tokens are never drawn (their CDF step is empty); the clamp only matters
     if ``u`` rounds up to the total (probability ~1e-16).
     """
     cdf = probs.double().cumsum(-1)
-    u = torch.rand(probs.shape[0], 1, generator=gen, dtype=torch.float64, device=probs.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
 
 
 @functools.cache
@@ -173,6 +177,13 @@ def _left_padded(parts: list[torch.Tensor], width: int) -> torch.Tensor:
 SCORE_LOGITS_BYTES = 1 << 28
 """Float32 logits one teacher-forced pass of :func:`sample_tokens` may hold (rows are split to fit)."""
 
+DECODE_KV_BYTES = 1 << 30
+"""Keys and values one decode pass of :func:`sample_tokens` may hold; more rows are decoded in several
+passes. A row holds its prompt's cache plus its new tokens' (SmolLM2, a 730-token calc prompt and 64
+new tokens: ~37 MB, so ~29 rows a pass), and a pass briefly holds it twice (the gathered prompt cache
+and the decoder's buffers): the loop's 128 rows in one pass were ~9 GB, evaluation's 64 problems x 4
+samples ~19 GB. Rows are decoded in order and draw the same uniforms either way (:func:`sample_tokens`)."""
+
 
 @dataclass
 class Drawn:
@@ -212,6 +223,39 @@ def sample_tokens(model, prompt_ids: list[list[int]], n: int, temperature: float
     rows, index = len(source), torch.tensor(source, device=device)
     lens = torch.tensor([len(p) for p in distinct], device=device)
     width = int(lens.max())
+    # Every row's uniforms up front, step-major: on CPU the same numbers as drawing one per row at
+    # each step, so how rows are split into passes never changes what is sampled.
+    uniforms = (torch.rand(max_new_tokens, rows, 1, generator=gen, dtype=torch.float64, device=device)
+                if temperature > 0 else None)
+    per_pass = rows_per_pass(prefills[0][1], width + max_new_tokens)
+    ids: list[list[int]] = []
+    logps: list[list[float]] = []
+    for lo in range(0, rows, per_pass):
+        part = slice(lo, lo + per_pass)
+        got = _decode_pass(model, prefills, index[part], lens, width, max_new_tokens, temperature, top_p, eos,
+                           None if uniforms is None else uniforms[:, part])
+        ids += got[0]
+        logps += got[1]
+    if teacher_forced:
+        return Drawn(ids, _teacher_forced_logprobs(model, prefills, source, ids, temperature or 1.0, eos))
+    return Drawn(ids, logps)
+
+
+def rows_per_pass(kv: list[tuple[torch.Tensor, torch.Tensor]], capacity: int) -> int:
+    """Rows one decode pass may hold: :data:`DECODE_KV_BYTES` over a row's keys and values at
+    ``capacity`` positions (``kv``: one prompt's per-layer ``[1, H, P, D]`` keys and values); at least 1."""
+    per_position = sum(k.shape[1] * k.shape[3] * k.element_size() + v.shape[1] * v.shape[3] * v.element_size()
+                       for k, v in kv)
+    return max(1, DECODE_KV_BYTES // (capacity * per_position))
+
+
+def _decode_pass(model, prefills, index: torch.Tensor, lens: torch.Tensor, width: int, max_new_tokens: int,
+                 temperature: float, top_p: float, eos: int, uniforms: torch.Tensor | None):
+    """Decode the rows ``index`` (each a prompt of ``prefills``; prompts left-padded to ``width``)
+    together: ``(token ids, decode-step logprobs)`` per row, cut at its length; ``uniforms``
+    ``[max_new_tokens, rows, 1]`` are the rows' draws (None: greedy)."""
+    device = index.device
+    rows = len(index)
     prompt_len = lens[index]
     prompt_mask = (torch.arange(width, device=device) >= width - prompt_len[:, None]).long()
     logits = torch.cat([last for last, _ in prefills])[index]
@@ -221,7 +265,7 @@ def sample_tokens(model, prompt_ids: list[list[int]], n: int, temperature: float
                        for layer in range(len(prefills[0][1]))])
     lean = lean_decoder(model, cache, prompt_mask, prompt_len, width + max_new_tokens)
     if lean is not None:  # it copied the keys/values into its own buffers: drop the gathered copy now,
-        cache = None  # not after decoding (192 rows of a 730-token SmolLM2 prompt are ~7 GB each)
+        cache = None  # not after decoding (the two copies are this pass's peak)
     attn = torch.ones(rows, width + max_new_tokens, dtype=torch.long, device=device)
     attn[:, :width] = prompt_mask  # decode columns stay 1: finished rows keep decoding padding, unread
     positions = prompt_len[:, None]
@@ -229,25 +273,23 @@ def sample_tokens(model, prompt_ids: list[list[int]], n: int, temperature: float
     logps = torch.zeros(rows, max_new_tokens, dtype=torch.float32, device=device)
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     lengths = torch.zeros(rows, dtype=torch.long, device=device)
-    steps = 0
     for t in range(max_new_tokens):
         scaled = logits.float()
         if temperature > 0 and temperature != 1.0:  # x / 1.0 == x: skip the pass
             scaled = scaled / temperature
         logprobs = log_softmax(scaled)  # the learner's formula (torch.log_softmax is less exact on CPU)
-        if temperature == 0:
+        if uniforms is None:
             token = logprobs.argmax(-1)
         else:
             probs = logprobs.exp()
             if top_p < 1.0:
                 probs = nucleus(probs, top_p)
-            token = draw(probs, gen)
+            token = draw_at(probs, uniforms[t])
         token = torch.where(done, eos, token)
         tokens[:, t] = token
         logps[:, t] = logprobs.gather(-1, token[:, None]).squeeze(-1)
         lengths += (~done).long()
         done |= token == eos
-        steps = t + 1
         if t + 1 == max_new_tokens or bool(done.all()):
             break  # no forward for a token that will never be sampled
         if lean is not None:
@@ -255,12 +297,10 @@ def sample_tokens(model, prompt_ids: list[list[int]], n: int, temperature: float
         else:
             logits = model(input_ids=token[:, None], attention_mask=attn[:, : width + t + 1], position_ids=positions + t,
                            use_cache=True, **{cache_name(): cache}).logits[:, -1, :]
-    del cache, lean  # the decode buffers: the teacher-forced pass below needs only the prompts' own
-    lens = lengths.tolist()
-    ids = [row[:k] for row, k in zip(tokens[:, :steps].tolist(), lens, strict=True)]
-    if teacher_forced:
-        return Drawn(ids, _teacher_forced_logprobs(model, prefills, source, ids, temperature or 1.0, eos))
-    return Drawn(ids, [row[:k] for row, k in zip(logps[:, :steps].tolist(), lens, strict=True)])
+    del cache, lean  # the decode buffers: the teacher-forced pass needs only the prompts' own
+    lens_ = lengths.tolist()
+    return ([row[:k] for row, k in zip(tokens.tolist(), lens_, strict=True)],
+            [row[:k] for row, k in zip(logps.tolist(), lens_, strict=True)])
 
 
 def _teacher_forced_logprobs(model, prefills, source: list[int], completions: list[list[int]], temperature: float,

@@ -123,6 +123,39 @@ def test_fallback_forward_samples_the_same_tokens(policy):
     assert gap < 1e-5
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_rows_split_into_decode_passes_sample_the_same_tokens(policy, monkeypatch, temperature):
+    """Splitting the rows into decode passes (to bound their keys/values) changes neither the tokens
+    nor the recorded logprobs: each row's uniforms are drawn up front."""
+    import workflow_rl.policy.decode as decode
+
+    whole = policy.sample(PROMPTS, n=3, temperature=temperature, max_new_tokens=12, seed=7)
+    passes: list[int] = []
+    original = decode._decode_pass
+    monkeypatch.setattr(decode, "_decode_pass", lambda *a: passes.append(len(a[2])) or original(*a))
+    for per_pass, sizes in ((1, [1] * 9), (4, [4, 4, 1]), (9, [9])):
+        monkeypatch.setattr(decode, "rows_per_pass", lambda kv, capacity, k=per_pass: k)
+        passes.clear()
+        split = policy.sample(PROMPTS, n=3, temperature=temperature, max_new_tokens=12, seed=7)
+        assert passes == sizes
+        assert [s.completion_token_ids for s in split] == [s.completion_token_ids for s in whole]
+        assert [s.behavior_logprobs for s in split] == [s.behavior_logprobs for s in whole]
+    gen = torch.Generator().manual_seed(3)  # the premise: up-front uniforms are the per-step ones (CPU)
+    steps = torch.cat([torch.rand(5, 1, generator=gen, dtype=torch.float64) for _ in range(4)])
+    assert torch.equal(steps.view(4, 5, 1), torch.rand(4, 5, 1, generator=gen.manual_seed(3), dtype=torch.float64))
+
+
+def test_rows_per_pass_from_the_key_value_budget(monkeypatch):
+    """SmolLM2's shapes (30 layers, 3 KV heads of 64, float32), a 730-token prompt and 64 new tokens:
+    794 x 30 x 2 x 3 x 64 x 4 = 36,587,520 bytes a row, so 1 GiB holds 29 rows; never fewer than 1."""
+    import workflow_rl.policy.decode as decode
+
+    kv = [(torch.zeros(1, 3, 730, 64), torch.zeros(1, 3, 730, 64)) for _ in range(30)]
+    assert decode.DECODE_KV_BYTES == 1 << 30 and decode.rows_per_pass(kv, 794) == 29
+    monkeypatch.setattr(decode, "DECODE_KV_BYTES", 1000)
+    assert decode.rows_per_pass(kv, 794) == 1
+
+
 def test_cdf_sampler_frequencies_zero_mass_and_seed():
     probs = torch.tensor([[0.1, 0.0, 0.6, 0.3, 0.0]]).expand(40000, 5)
     tokens = draw(probs, torch.Generator().manual_seed(0))
