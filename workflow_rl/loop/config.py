@@ -50,6 +50,9 @@ class LoopConfig:
         "benchmark is a tool, so a branch can be checked without LLM calls; else rewrite).")
     graft_samples: int = help_field(64, "Graft mode: programs the policy samples per failing problem of an expanded "
                              "node (plus its greedy one); the verified ones are shared by the children.")
+    graft_failures: int = help_field(6, "Graft mode: failing problems of an expanded node the policy writes programs "
+                             "for (drawn from the node's failures on the expansion's batch; both proposers of a "
+                             "steered round see this many). More cost sampling time, not evaluations.")
     mutation_fraction: float = help_field(0.25, "Share of child slots given to mutations in policy-steered rounds (all of them "
                                   "where the policy proposes nothing).")
     train_problems: int = help_field(128, "Train problems drawn per round for the learner's samples.")
@@ -102,7 +105,7 @@ class LoopConfig:
             raise WorkflowRLError(f"policy_children={self.policy_children!r}: use 'auto', 'graft' or 'rewrite'")
         if self.warm_start < 0:
             raise WorkflowRLError(f"warm_start={self.warm_start} must be >= 0 (0 = no warm start)")
-        for name in ("rounds", "graft_samples", "search_budget", "search_batch", "children", "train_problems",
+        for name in ("rounds", "graft_samples", "graft_failures", "search_budget", "search_batch", "children", "train_problems",
                      "group_size", "max_new_tokens", "epochs", "batch_size", "micro_batch_size"):
             if getattr(self, name) < 1:
                 raise WorkflowRLError(f"{name}={getattr(self, name)} must be >= 1")

@@ -30,6 +30,7 @@ it is finished, so re-running the same command continues where it stopped:
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -173,7 +174,7 @@ def _round_info(r: int, rs: RoundState) -> RoundInfo:
 
 async def _rounds(engine, config: LoopConfig, bench, loop_id, state: LoopState, say, on_search, on_step) -> None:
     out_dir = Path(config.out_dir or Path("runs") / config.run)
-    info = _bench_info(bench)
+    info = bench_info(bench)
     async with BenchmarkEvaluator(engine, bench, None, config.workers) as evaluator:
         for r in range(config.rounds):
             rs = state.rounds.setdefault(r, RoundState(round_run_name(config.run, r)))
@@ -188,8 +189,9 @@ async def _rounds(engine, config: LoopConfig, bench, loop_id, state: LoopState, 
             if rs.phase == "search":
                 mode = children_mode(config, info.operator_names)
                 say(f"round {r}: search ({'mutation' if r == 0 else f'policy {mode} + mutation'})")
-                result = await _search(engine, config, info, evaluator, policy, version, r, mode, on_search, loop_id,
-                                       answer_check(bench))
+                callback = None if on_search is None else functools.partial(on_search, r)
+                result = await round_search(engine, config, info, evaluator, policy, version, r, mode,
+                                            answer_check(bench), callback=callback, parent=(loop_id, r))
                 rs.phase, rs.best_score = "data", result.progress.best_score
                 rs.best_workflow_id, rs.evaluations = result.progress.best_workflow_id, result.progress.evaluations
                 rs.search_run_id = result.run_id
@@ -216,29 +218,39 @@ async def _rounds(engine, config: LoopConfig, bench, loop_id, state: LoopState, 
             say(f"round {r}: done, best validation {rs.best_score:.3f}, checkpoint {rs.checkpoint_id}{scored}")
 
 
-async def _search(engine, config: LoopConfig, info: BenchmarkInfo, evaluator, policy, version, r, mode, on_search,
-                  loop_id: int, same_answer):
-    # same_answer: the benchmark's answer check, for the routing and graft checks on failing examples.
+async def round_search(engine, config: LoopConfig, info: BenchmarkInfo, evaluator, policy, version: int | None, r: int,
+                       mode: str, same_answer, run_name: str | None = None, callback=None,
+                       parent: tuple[int, int] | None = None):
+    """Run (or resume) round ``r``'s search: mutations in round 0, then ``mode`` (graft or rewrite)
+    children of ``policy`` (checkpoint ``version``) mixed with mutations. ``same_answer`` is the
+    benchmark's answer check (routing and graft checks on failing examples); ``run_name`` defaults to
+    the round's own (``<loop>/r<r>``); ``parent`` is ``(loop run id, round)`` when it is a loop's round."""
     if r == 0:
         proposer: Any = MutationProposer(same_answer=same_answer)
     else:
         if mode == "graft":
             writer: Any = GraftProposer(policy, version, config.temperature, config.max_new_tokens,
-                                        config.graft_samples, same_answer=same_answer)
+                                        config.graft_samples, config.graft_failures, same_answer=same_answer)
         else:
             writer = PolicyProposer(policy, version, config.temperature, config.max_new_tokens)
         proposer = MixedProposer(writer, MutationProposer(same_answer=same_answer), config.mutation_fraction)
-    callback = None if on_search is None else (lambda progress: on_search(r, progress))
+    # A steered graft round shows its proposers graft_failures of a node's failures (the search's own default
+    # is 6): the policy writes a program for each, so a policy that solves more takes bigger steps.
+    failures = config.graft_failures if r and mode == "graft" else None
     return await _run_search(engine, config, info, evaluator, proposer, "mutation" if r == 0 else "policy",
-                             config.search_budget, config.seed, round_run_name(config.run, r), callback, (loop_id, r))
+                             config.search_budget, config.seed, run_name or round_run_name(config.run, r), callback,
+                             parent, failures)
 
 
 async def _run_search(engine, config: LoopConfig, info: BenchmarkInfo, evaluator, proposer, kind: str, budget: int,
-                      seed: int, run_name: str, callback=None, parent: tuple[int, int] | None = None):
-    """Run (or resume) one search of the loop with its selection, children and batch settings."""
+                      seed: int, run_name: str, callback=None, parent: tuple[int, int] | None = None,
+                      max_failures: int | None = None):
+    """Run (or resume) one search of the loop with its selection, children and batch settings
+    (``max_failures``: failures shown to its proposers; None = the search's default)."""
+    shown = {} if max_failures is None else {"max_failures": max_failures}
     try:
         search_config = SearchConfig(benchmark=info.name, proposer=kind, selection=config.selection, budget=budget,
-                                     children=config.children, batch_size=config.search_batch, seed=seed)
+                                     children=config.children, batch_size=config.search_batch, seed=seed, **shown)
     except SearchConfigError as exc:
         raise WorkflowRLError(str(exc)) from exc
     return await Search(engine, search_config, info, evaluator, proposer).run(run_name, callback, parent=parent)
@@ -247,14 +259,15 @@ async def _run_search(engine, config: LoopConfig, info: BenchmarkInfo, evaluator
 async def _explore(engine, evaluator, bench, config: LoopConfig, round_: int) -> list[tuple[int, str]]:
     """Run (or resume) round ``round_``'s mutation-only exploration search (``explore_budget``); its
     ranked nodes. Not a round of the loop (no parent), and its seed differs per round."""
-    result = await _run_search(engine, config, _bench_info(bench), evaluator,
+    result = await _run_search(engine, config, bench_info(bench), evaluator,
                                MutationProposer(same_answer=answer_check(bench)), "mutation", config.explore_budget,
                                config.seed + 1000 * (round_ + 1), explore_run_name(config.run, round_))
     with session_scope(engine) as s:
         return ranked_nodes(s, result.run_id)
 
 
-def _bench_info(bench) -> BenchmarkInfo:
+def bench_info(bench) -> BenchmarkInfo:
+    """What a search sees of ``bench``: name, description, operators, seed workflows."""
     return BenchmarkInfo(bench.name, bench.description, tuple(bench.operator_names), bench.seed_workflows())
 
 
