@@ -108,14 +108,22 @@ def round_run_name(loop_run: str, round_: int) -> str:
     return f"{loop_run}/r{round_}"
 
 
-def _open_loop(engine: Engine, config: LoopConfig, benchmark: str) -> tuple[int, LoopConfig, LoopState]:
+def _open_loop(engine: Engine, config: LoopConfig, benchmark: str, say: Message | None = None,
+               ) -> tuple[int, LoopConfig, LoopState]:
     with session_scope(engine) as s:
         existing = find_run(s, config.run)
         if existing is not None:
             if existing.kind != "loop":
                 raise WorkflowRLError(f"run {config.run!r} is a {existing.kind} run, not a loop; pick another --run")
             stored = {k: v for k, v in (existing.config or {}).items() if k not in RESUME_FREE}
-            config = LoopConfig(**{**config.to_dict(), **stored})
+            given = config.to_dict()
+            # A resumed loop keeps its stored settings; say which of this call's differ, so a changed
+            # option is never dropped silently (a new --run name is how to use them).
+            ignored = [f"{k}={given[k]!r} (stored {v!r})" for k, v in stored.items() if k in given and given[k] != v]
+            if ignored and say is not None:
+                say(f"run {config.run!r} exists: resuming it with its stored settings, not this call's "
+                    f"{', '.join(ignored)}; pass another --run to start a loop with them")
+            config = LoopConfig(**{**given, **stored})
         run = get_or_create_run(s, config.run, benchmark, kind="loop", config=config.to_dict())
         run.status = "running"
         return run.id, config, LoopState.from_json(run.state)
@@ -143,8 +151,8 @@ def run_loop(
     """
     engine = open_db(db) if isinstance(db, str) else db
     bench = get_benchmark(config.benchmark)
-    loop_id, config, state = _open_loop(engine, config, bench.name)
     say = message or (lambda _text: None)
+    loop_id, config, state = _open_loop(engine, config, bench.name, say)
     try:
         asyncio.run(_rounds(engine, config, bench, loop_id, state, say, on_search, on_step))
     except BaseException:

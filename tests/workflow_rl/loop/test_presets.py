@@ -54,6 +54,14 @@ def test_cli_preset_keeps_only_typed_options(monkeypatch, tmp_path):
 def test_a_resumed_loop_keeps_its_preset(tmp_path):
     engine = open_db(f"sqlite:///{tmp_path / 'x.db'}")
     _open_loop(engine, LoopConfig.from_preset("smollm2-cpu", run="p", rounds=1, train_problems=3), "calc")
-    _, resumed, _ = _open_loop(engine, LoopConfig(run="p", rounds=2), "calc")  # the command re-run without --preset
+    said: list[str] = []
+    _, resumed, _ = _open_loop(engine, LoopConfig(run="p", rounds=2), "calc", said.append)  # re-run without --preset
     assert resumed == LoopConfig.from_preset("smollm2-cpu", run="p", rounds=2, train_problems=3)
+    # what this call asked and the stored run overrides is said, never dropped silently; rounds may change
+    assert len(said) == 1 and "resuming it with its stored settings" in said[0]
+    assert "train_problems=128 (stored 3)" in said[0] and "policy='builtin:tiny' (stored 'builtin:smollm2')" in said[0]
+    assert "rounds=" not in said[0]
+    said.clear()
+    _open_loop(engine, LoopConfig.from_preset("smollm2-cpu", run="p", rounds=3, train_problems=3), "calc", said.append)
+    assert said == []  # the same settings: nothing to say
     engine.dispose()
