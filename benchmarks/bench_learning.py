@@ -84,6 +84,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None,
                         help="Pretrained policy only: rounds of every loop (default 2); re-running with --out and a "
                              "larger value continues the stored loops.")
+    parser.add_argument("--graft-failures", type=int, default=None,
+                        help="Pretrained policy only: failures of a node the policy writes programs for in steered "
+                             "rounds (LoopConfig.graft_failures; default 6). A new --out is needed: a "
+                             "stored loop keeps its own.")
     parser.add_argument("--selection", default="validated", choices=["validated", "runs", "logprob"],
                         help="How best-of-k chooses (see workflow_rl.loop.policy_eval).")
     parser.add_argument("--with-greedy", action="store_true",

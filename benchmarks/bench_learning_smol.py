@@ -9,7 +9,9 @@ seconds:
   search of 400), once trained and once with lr = 0, per seed; ``--rounds N`` runs N rounds instead
   (re-run with ``--out`` and a larger N to continue finished loops: (b) is then measured on the
   checkpoint chosen now, (d) stays round 1's); the lr = 0 control stops after round 1 whatever N is,
-  as its later rounds could change neither (c) (the same weights) nor (d);
+  as its later rounds could change neither (c) (the same weights) nor (d); ``--graft-failures M``
+  sets ``LoopConfig.graft_failures`` of every loop (how many of a node's failures the policy writes
+  programs for in a steered round; ``bench_steering.py`` measures its effect on (d));
 - (b) is the trained loop's policy (``LoopResult.policy``): with the preset's ``select_policy``
   ``validation``, the round whose checkpoint wrote the most right greedy programs on the validation
   split (the split (a)'s workflow was chosen on); column ``(b) round`` says which;
@@ -70,7 +72,8 @@ def smol_main(args) -> None:
     cache = out / "evals.json"
     done: dict[str, float] = json.loads(cache.read_text()) if cache.exists() else {}
     t0 = time.perf_counter()
-    settings = {**SMOL_SETTINGS, **({"rounds": args.rounds} if args.rounds else {})}
+    settings = {**SMOL_SETTINGS, **({"rounds": args.rounds} if args.rounds else {}),
+                **({"graft_failures": args.graft_failures} if args.graft_failures else {})}
     test = CalcBenchmark(test_size=args.test_size)  # the first test problems: same ids as full calc's
 
     def remember(name: str, measure) -> float:
