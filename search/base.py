@@ -36,6 +36,9 @@ class ProposalContext:
     history: tuple[tuple[str, float], ...] = ()  # (summary of an earlier modification, its score)
     round: int = 0
     passes: tuple[str, ...] = ()  # texts of problems the parent solved (routing cues avoid their words)
+    # Every failure of the parent on the validation split (``failures`` is a sample of at most the
+    # search's max_failures): for a proposer that can use more, e.g. the graft policy.
+    all_failures: tuple[FailedExample, ...] = ()
 
 
 @dataclass(frozen=True)

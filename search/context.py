@@ -49,11 +49,12 @@ def proposal_context(engine: Engine, benchmark: Any, tree: Tree, node: int, k: i
             child = session.get(Workflow, tree.workflow_id[ch])
             history.append((_summary(parent.code, child.code), tree.own_score[ch] or 0.0))
         code = parent.code
+    every = tuple(failures)
     if len(failures) > max_failures:
         failures = [failures[i] for i in sorted(rng.sample(range(len(failures)), max_failures))]
     return ProposalContext(
         benchmark=benchmark.name, task_description=benchmark.description,
         operator_names=benchmark.operator_names, parent_workflow_id=tree.workflow_id[node],
         parent_code=code, parent_score=tree.own_score[node] or 0.0, failures=tuple(failures),
-        history=tuple(history), round=k, passes=passes,
+        history=tuple(history), round=k, passes=passes, all_failures=every,
     )

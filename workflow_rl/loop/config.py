@@ -50,9 +50,9 @@ class LoopConfig:
         "benchmark is a tool, so a branch can be checked without LLM calls; else rewrite).")
     graft_samples: int = help_field(64, "Graft mode: programs the policy samples per failing problem of an expanded "
                              "node (plus its greedy one); the verified ones are shared by the children.")
-    graft_failures: int = help_field(6, "Graft mode: failing problems of an expanded node the policy writes programs "
-                             "for (drawn from the node's failures on the expansion's batch; both proposers of a "
-                             "steered round see this many). More cost sampling time, not evaluations.")
+    graft_failures: int = help_field(6, "Graft mode: failing validation problems of an expanded node the policy writes "
+                             "programs for: the search's sample of 6 (what mutations see) first, then its other "
+                             "failures. More cost sampling time, not evaluations.")
     mutation_fraction: float = help_field(0.25, "Share of child slots given to mutations in policy-steered rounds (all of them "
                                   "where the policy proposes nothing).")
     train_problems: int = help_field(128, "Train problems drawn per round for the learner's samples.")

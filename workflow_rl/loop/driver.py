@@ -237,28 +237,26 @@ async def round_search(engine, config: LoopConfig, info: BenchmarkInfo, evaluato
         proposer: Any = MutationProposer(same_answer=same_answer)
     else:
         if mode == "graft":
+            # Past the search's own sample of failures (SearchConfig.max_failures, which mutations keep
+            # seeing), the policy writes programs for up to graft_failures of the node's failures.
+            wide = config.graft_failures > SearchConfig.max_failures
             writer: Any = GraftProposer(policy, version, config.temperature, config.max_new_tokens,
-                                        config.graft_samples, config.graft_failures, same_answer=same_answer)
+                                        config.graft_samples, config.graft_failures, same_answer=same_answer,
+                                        wide=wide)
         else:
             writer = PolicyProposer(policy, version, config.temperature, config.max_new_tokens)
         proposer = MixedProposer(writer, MutationProposer(same_answer=same_answer), config.mutation_fraction)
-    # A steered graft round shows its proposers graft_failures of a node's failures (the search's own default
-    # is 6): the policy writes a program for each, so a policy that solves more takes bigger steps.
-    failures = config.graft_failures if r and mode == "graft" else None
     return await _run_search(engine, config, info, evaluator, proposer, "mutation" if r == 0 else "policy",
                              config.search_budget, config.seed, run_name or round_run_name(config.run, r), callback,
-                             parent, failures)
+                             parent)
 
 
 async def _run_search(engine, config: LoopConfig, info: BenchmarkInfo, evaluator, proposer, kind: str, budget: int,
-                      seed: int, run_name: str, callback=None, parent: tuple[int, int] | None = None,
-                      max_failures: int | None = None):
-    """Run (or resume) one search of the loop with its selection, children and batch settings
-    (``max_failures``: failures shown to its proposers; None = the search's default)."""
-    shown = {} if max_failures is None else {"max_failures": max_failures}
+                      seed: int, run_name: str, callback=None, parent: tuple[int, int] | None = None):
+    """Run (or resume) one search of the loop with its selection, children and batch settings."""
     try:
         search_config = SearchConfig(benchmark=info.name, proposer=kind, selection=config.selection, budget=budget,
-                                     children=config.children, batch_size=config.search_batch, seed=seed, **shown)
+                                     children=config.children, batch_size=config.search_batch, seed=seed)
     except SearchConfigError as exc:
         raise WorkflowRLError(str(exc)) from exc
     return await Search(engine, search_config, info, evaluator, proposer).run(run_name, callback, parent=parent)

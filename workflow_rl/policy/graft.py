@@ -47,10 +47,13 @@ class GraftProposer:
         samples: int = 64,
         max_failures: int = 6,
         same_answer: AnswerCheck = text_or_number_equal,
+        wide: bool = False,
     ):
         """``samples`` programs drawn per failing problem (shared by the children); at most
         ``max_failures`` problems. ``same_answer`` judges whether a program's output is a failing
-        problem's expected answer: the benchmark's check (:func:`workflow_rl.tasks.base.answer_check`)."""
+        problem's expected answer: the benchmark's check (:func:`workflow_rl.tasks.base.answer_check`).
+        ``wide``: past the context's sample of failures (the search's ``max_failures``, which the other
+        proposers see), take the parent's other failures too, up to ``max_failures``."""
         if temperature <= 0 or samples < 1 or max_failures < 1:
             raise ValueError(f"temperature={temperature}, samples={samples}, max_failures={max_failures}: "
                              "need T > 0 and at least one sample of one failure")
@@ -61,12 +64,14 @@ class GraftProposer:
         self.samples = samples
         self.max_failures = max_failures
         self.same_answer = same_answer
+        self.wide = wide
 
     async def propose(self, context: ProposalContext, n: int, seed: int) -> list[Candidate]:
         """Up to ``n`` distinct children (none when the policy solves none of the failures)."""
         seen_ids: set[int] = set()
         failures = []
-        for f in context.failures:  # one per problem: a problem failed twice (repeats) is one target
+        pool = context.failures + (context.all_failures if self.wide else ())  # the context's sample first
+        for f in pool:  # one per problem: a problem failed twice (repeats) is one target
             if f.problem_id not in seen_ids:
                 seen_ids.add(f.problem_id)
                 failures.append(f)

@@ -147,3 +147,21 @@ def test_no_failures_no_children(policy):
     assert asyncio.run(proposer.propose(replace(_context(), failures=()), 3, seed=0)) == []
     with pytest.raises(ValueError):
         GraftProposer(policy, checkpoint_id=4, samples=0)
+
+
+def test_wide_takes_the_parents_other_failures_after_the_sample(policy, scripted):
+    """The context's ``failures`` are the search's sample (what mutations see); ``wide`` adds the
+    parent's other failures (``all_failures``) after them, up to ``max_failures``, one per problem."""
+    full = _context()
+    sample = replace(full, failures=full.failures[1:2], all_failures=full.failures)  # the sample: reverse only
+    narrow = GraftProposer(policy, checkpoint_id=None, samples=6, max_new_tokens=48, max_failures=2)
+    wide = GraftProposer(policy, checkpoint_id=None, samples=6, max_new_tokens=48, max_failures=2, wide=True)
+    asyncio.run(narrow.propose(sample, 2, seed=3))
+    asyncio.run(wide.propose(sample, 2, seed=3))
+
+    def asked(call) -> list[int]:
+        return [next(f.problem_id for f in full.failures if f.problem in prompt) for prompt in call[0]]
+
+    assert [asked(c) for c in scripted[::2]] == [[12], [12, 11]]  # the sample first, then the others
+    children = asyncio.run(wide.propose(sample, 2, seed=3))
+    assert {_statements(MEDIAN), _statements(REVERSE)} <= {p for c in children for _, p in _branches(c.code)}
