@@ -2,11 +2,13 @@
 
 ``bench_learning.py --policy builtin:smollm2`` measures (d): evaluations round 1's steered search
 needs to reach round 0's best, over its lr = 0 control's. There the policy writes programs for 6 of
-an expanded node's failures (the search's default ``max_failures``), so even a policy that solves
+an expanded node's failures (the search's sample, ``max_failures``), so even a policy that solves
 many failing problems adds a branch or two per child. This benchmark re-runs each stored loop's
-round-1 search from the same round-0 checkpoint with ``graft_failures = N`` (``LoopConfig``: both
-proposers of a steered round see N failures, the policy writes a program for each), for the trained
-loop and its lr = 0 control side by side, everything else as stored (seed, budget, preset).
+round-1 search from the same round-0 checkpoint with ``graft_failures = N`` (``LoopConfig``: the
+policy writes programs for up to N of the node's failures, the search's sample first; the mutations
+keep seeing the sample), for the trained loop and its lr = 0 control side by side, everything else
+as stored (seed, budget, preset). (At commit 681e6cd, N was shown to every proposer of the round,
+mutations included.)
 
 Reads the loops of a ``bench_learning.py --policy ... --out DIR`` run (their round 0 must be
 finished) and writes the new searches (runs ``steer-f<N>/<loop>``) into a copy of its database,
