@@ -72,7 +72,9 @@ def test_failures_are_typed_results():
         "crash": _solve("return 1 / 0"),
         "operator_error": _solve("return await ops.fail('bad input')"),
         "output_limit": _solve("x = 'ab'\nfor i in range(12):\n    x = x + x\nreturn x"),
-        "memory": _solve("x = [0]\nfor i in range(40):\n    x = x + x\nreturn len(x)"),
+        # one allocation far past the limit (problem is 1: a 2 GiB list), so it fails at once whatever
+        # the load; doubling a list spent the 0.5 s of CPU first on a loaded 2-core machine (a timeout)
+        "memory": _solve("x = [0] * (problem << 28)\nreturn len(x)"),
         "timeout": _solve("while True:\n    pass"),
     }
 
