@@ -7,7 +7,7 @@ many failing problems adds a branch or two per child. This benchmark re-runs eac
 round-1 search from the same round-0 checkpoint with ``graft_failures = N`` (``LoopConfig``: the
 policy writes programs for up to N of the node's failures, the search's sample first; the mutations
 keep seeing the sample), for the trained loop and its lr = 0 control side by side, everything else
-as stored (seed, budget, preset). (At commit 681e6cd, N was shown to every proposer of the round,
+as stored (seed, budget, preset). (At commit 8cbcd62, N was shown to every proposer of the round,
 mutations included.)
 
 Reads the loops of a ``bench_learning.py --policy ... --out DIR`` run (their round 0 must be
