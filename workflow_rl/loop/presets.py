@@ -47,6 +47,11 @@ SMOLLM2_CPU = Preset(
         explore_budget=20000,
         search_per_group=2,  # of dozens of right variants, the two shortest
         graft_samples=8,  # per failing problem (+ the greedy one); the default 64 is sized for builtin:tiny
+        # The policy writes for up to 20 of a node's failures (a 20-problem batch: all of them), not the
+        # search's sample of 6: re-running round 1 from stored round-0 checkpoints, the trained policy's
+        # search reached round 0's best after 80 / 60 / 340 evaluations (6: >400 / 60 / >400), seeds 0-2
+        # (benchmarks/bench_steering.py). Each graft expansion samples more rows (~2x the round's search).
+        graft_failures=20,
         # LoRA (the default for a pretrained base): B starts at 0. Seed-0 pilots, greedy on 16 test problems
         # after rounds 0 / 1: 5e-4 and 2 epochs 0.312 / 0.375 (the majority recipe, then a few others);
         # 1e-3, 3 epochs and 2 samples a problem 0.312 / 0.000 (one junk program everywhere). Round 0
@@ -70,12 +75,12 @@ cached: 1,501 s at load 6-7; without it SmolLM2 writes no valid program, see
 workflow_rl/policy/warm_start.py), 32 train problems x 4 policy samples of at most 64 new tokens, a
 160-evaluation search plus a 20,000-evaluation mutation-only exploration whose first 256 distinct
 branches run on the train problems (the two shortest right ones join each problem's group), 8 graft
-samples per failing problem, four epochs of 16-row steps made of whole groups at lr 5e-4 (LoRA); the
+samples per failing problem for up to 20 of a node's failures, four epochs of 16-row steps made of whole groups at lr 5e-4 (LoRA); the
 loop's policy is the round's checkpoint with the best greedy validation accuracy.
 The warm-started base is asked calc's prompt with short operator lines (~730 tokens instead of
 ~1650), and the system message runs once per sampling or training call, not once per problem.
 It is still far slower per round than ``builtin:tiny``: ``benchmarks/bench_learning.py --policy
-builtin:smollm2`` runs this preset with 2 rounds, a search of 400 and 4 graft samples; what it
+builtin:smollm2`` runs this preset with 3 rounds, a search of 400 and 4 graft samples; what it
 measured is in benchmarks/README.md. Children stay ``auto``: graft on calc, whose operators are all
 tools, so the policy is asked the per-problem prompt it is trained on (rewrite would ask it the
 expansion prompt, which the learner never trains; see docs/loop.md).
