@@ -139,7 +139,8 @@ def smol_main(args) -> None:
                          ratio=bl.ratio_of(need1, total1, need0), c_need1=c1, c_total1=ctotal1,
                          control_ratio=bl.ratio_of(c1, ctotal1, c0), secs=time.perf_counter() - t))
         print(f"seed {seed} done: {rows[-1]}", flush=True)  # a partial log still has every finished seed
-    shown = ", ".join(f"{key}={value}" for key, value in {**settings, "lr": config(0, False).lr}.items())
+    shown = ", ".join(f"{key}={value}" for key, value in {
+        **settings, "graft_failures": config(0, False).graft_failures, "lr": config(0, False).lr}.items())
     print(f"calc, seeds {args.seeds}, policy {args.policy}, preset {PRESET} + {shown}; test = first "
           f"{args.test_size} test problems; untrained (format-warm-started) base {base} "
           f"(ready after {warm_s:.0f}s here: the warm start if it was built now, else finding it in the cache): test accuracy {untrained_g:.3f} greedy, "
