@@ -82,12 +82,16 @@ def main() -> None:
     parser.add_argument("--test-size", type=int, default=20,
                         help="Pretrained policy only: test problems (the split's first ones) (a)-(c) are measured on.")
     parser.add_argument("--rounds", type=int, default=None,
-                        help="Pretrained policy only: rounds of every loop (default 2); re-running with --out and a "
+                        help="Pretrained policy only: rounds of every loop (default 3); re-running with --out and a "
                              "larger value continues the stored loops.")
     parser.add_argument("--graft-failures", type=int, default=None,
                         help="Pretrained policy only: failures of a node the policy writes programs for in steered "
-                             "rounds (LoopConfig.graft_failures; default 6). A new --out is needed: a "
+                             "rounds (LoopConfig.graft_failures; default: the preset's, 20). A new --out is needed: a "
                              "stored loop keeps its own.")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="Pretrained policy only: seeds run in this many processes at once, each with "
+                             "OMP_NUM_THREADS = cores / jobs and its output in <out>/seed-<s>.log (2 on 2 cores keeps "
+                             "both busy through the single-threaded search phases; each process takes ~10 GB).")
     parser.add_argument("--selection", default="validated", choices=["validated", "runs", "logprob"],
                         help="How best-of-k chooses (see workflow_rl.loop.policy_eval).")
     parser.add_argument("--with-greedy", action="store_true",

@@ -28,19 +28,23 @@ seconds:
 Ends with ``RESULT smol_greedy_minus_search=`` ((b) greedy - (a)), ``RESULT smol_trained_minus_lr0=``
 ((b) greedy - (c) greedy) and ``RESULT smol_steered_vs_lr0=`` ((d) trained / (d) lr = 0, round 1).
 With ``--out``, loops resume from the database and finished evaluations are read from
-``<out>/evals.json``, so re-running the same command continues an interrupted run. Processes may
-share one ``--out`` (e.g. one per seed with ``OMP_NUM_THREADS=1``, started once the first has
-printed the untrained base): SQLite takes their writes in turn and the evaluations file is merged
-under a lock; the full command re-run afterwards prints the table from what they stored. Mind the
-memory: before the sampler decoded in bounded passes (commit d6ec707) one process reached ~18 GB at
-times and two were killed at 24 GB; seed 0's third round at 41054f6 peaked at 9.4 GB.
+``<out>/evals.json``, so re-running the same command continues an interrupted run. ``--jobs 2``
+runs the seeds in two processes sharing ``--out``, each with one thread, once the untrained base is
+evaluated (on 2 cores both stay busy through the single-threaded search phases): SQLite takes their
+writes in turn, the evaluations file is merged under a lock, and the parent prints the table from what
+they stored. Mind the memory: two such processes took ~10 GB each (2 x 9.4-9.9 GB at f0fa455, in
+round 0's training). Before the sampler decoded in bounded passes (commit d6ec707) one process reached
+~18 GB at times and two were killed at 24 GB; seed 0's third round at 41054f6 peaked at 9.4 GB.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -63,6 +67,39 @@ samples per failing problem. Every other setting is the preset's (workflow_rl/lo
 data and learner settings were chosen on seed 0 pilots of this benchmark whose trained policies were
 scored on these same 16 test problems (so the choice was made with them in view; the pilots are in
 docs/experiments/2026-12-06-smollm2-explore.md)."""
+
+
+def run_seeds_apart(args, out: Path) -> None:
+    """Run each seed's loops and evaluations in its own process, ``args.jobs`` at a time.
+
+    Each child is this script for one seed with the same ``--out``: they share the database (SQLite
+    takes their writes in turn) and the evaluations file (merged under a lock), and split the cores
+    (``OMP_NUM_THREADS``). A child that fails is reported with its log; re-running the command resumes.
+    """
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in vars(args).items()
+             if name not in ("seeds", "jobs", "out", "with_greedy") and value is not None]
+    flags += ["--with-greedy"] if args.with_greedy else []
+    pending, running, failed = list(args.seeds), {}, []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            seed = pending.pop(0)
+            log = out / f"seed-{seed}.log"
+            cmd = [sys.executable, str(Path(__file__).with_name("bench_learning.py")), "--seeds", str(seed),
+                   f"--out={out}", "--jobs=1", *flags]
+            print(f"seed {seed}: started in its own process ({threads} thread(s)), log {log}", flush=True)
+            with open(log, "a") as handle:
+                running[seed] = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT,
+                                                 env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        time.sleep(5)
+        for seed, proc in list(running.items()):
+            if proc.poll() is not None:
+                del running[seed]
+                print(f"seed {seed}: process ended with code {proc.returncode}", flush=True)
+                if proc.returncode:
+                    failed.append(seed)
+    if failed:
+        raise SystemExit(f"seeds {failed} failed: see {out}/seed-<s>.log; the same command resumes them")
 
 
 def smol_main(args) -> None:
@@ -119,6 +156,8 @@ def smol_main(args) -> None:
     warm_s = time.perf_counter() - start
     untrained_g, untrained = per_query(base, "untrained")
     print(f"untrained base {base}: greedy {untrained_g:.3f}, best-of-{k} {untrained:.3f}", flush=True)
+    if args.jobs > 1 and len(args.seeds) > 1:
+        run_seeds_apart(args, out)  # the loop below then reads every loop and evaluation back
     rows = []
     for seed in args.seeds:
         t = time.perf_counter()
