@@ -30,6 +30,7 @@ import torch
 from workflow_rl.errors import WorkflowRLError
 from workflow_rl.policy.decode import completion_logits, sample_tokens
 from workflow_rl.policy.formats import prompt_format
+from workflow_rl.policy.heap import bound_heap
 from workflow_rl.policy.logprobs import token_logprobs
 from workflow_rl.policy.pretrained import BUILTIN_SMOLLM2, resolve_pretrained
 from workflow_rl.policy.tiny import BUILTIN_TINY, shipped_tiny
@@ -81,6 +82,8 @@ def is_pretrained(name: str) -> bool:
 
 def _load_base(name: str, dtype: torch.dtype, cache_dir: str | Path | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    bound_heap()  # every sampling and training pass after this frees its large blocks to the OS
 
     path = str(shipped_tiny()) if name == BUILTIN_TINY else resolve_pretrained(name, cache_dir) or name
     if path == name and not Path(name).exists() and ("/" not in name or name.startswith((".", "/"))):
