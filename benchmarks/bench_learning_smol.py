@@ -158,6 +158,7 @@ def smol_main(args) -> None:
     print(f"untrained base {base}: greedy {untrained_g:.3f}, best-of-{k} {untrained:.3f}", flush=True)
     if args.jobs > 1 and len(args.seeds) > 1:
         run_seeds_apart(args, out)  # the loop below then reads every loop and evaluation back
+        done.update(json.loads(cache.read_text()))  # the children's evaluations, or they would run again
     rows = []
     for seed in args.seeds:
         t = time.perf_counter()
