@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1,
                         help="Pretrained policy only: seeds run in this many processes at once, each with "
                              "OMP_NUM_THREADS = cores / jobs and its output in <out>/seed-<s>.log (2 on 2 cores keeps "
-                             "both busy through the single-threaded search phases; each process takes ~10 GB).")
+                             "both busy through the single-threaded search phases; each process holds up to ~9 GB, in training).")
     parser.add_argument("--selection", default="validated", choices=["validated", "runs", "logprob"],
                         help="How best-of-k chooses (see workflow_rl.loop.policy_eval).")
     parser.add_argument("--with-greedy", action="store_true",

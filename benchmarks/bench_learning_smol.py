@@ -32,8 +32,8 @@ With ``--out``, loops resume from the database and finished evaluations are read
 runs the seeds in two processes sharing ``--out``, each with one thread, once the untrained base is
 evaluated (on 2 cores both stay busy through the single-threaded search phases): SQLite takes their
 writes in turn, the evaluations file is merged under a lock, and the parent prints the table from what
-they stored. Mind the memory: two such processes took ~10 GB each (2 x 9.4-9.9 GB at f0fa455, in
-round 0's training). Before the sampler decoded in bounded passes (commit d6ec707) one process reached
+they stored. Mind the memory: without the heap bound of commit 4904f4d two such processes held
+10-13 GB each and were killed at 24 GB; with it one held ~5 GB outside training and ~9 GB in it. Before the sampler decoded in bounded passes (commit d6ec707) one process reached
 ~18 GB at times and two were killed at 24 GB; seed 0's third round at 41054f6 peaked at 9.4 GB.
 """
 
