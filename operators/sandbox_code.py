@@ -32,6 +32,11 @@ async def _read_capped(stream: asyncio.StreamReader, cap: int, over: asyncio.Eve
         if total > cap:
             over.set()
             chunks.append(chunk[: max(0, cap - (total - len(chunk)))])
+            # Read on (discarding) to EOF, which comes once the caller kills the process: a pipe left
+            # unread stays paused, so the process transport never closes and leaks until garbage
+            # collection, after its event loop may be gone ("Event loop is closed").
+            while await stream.read(65536):
+                pass
             return b"".join(chunks)
         chunks.append(chunk)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -250,6 +251,26 @@ def test_run_code_results():
     assert big.error_kind == "output_limit" and len(big.stdout) <= 10_000
     assert memory.error_kind == "memory"
     assert syntax.error_kind == "crash" and "SyntaxError" in syntax.error_message
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open fds in /proc")
+def test_run_code_over_the_output_cap_closes_its_pipes():
+    # A script killed for flooding stdout must leave no pipe open behind it: an unread pipe stays
+    # paused, its transport never closes, and the fds leak until garbage collection (which then
+    # fails with "Event loop is closed" once the loop is gone).
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    async def main():
+        async with Sandbox(OPS, workers=1, limits=Limits(output_bytes=10_000)) as sb:
+            before = fds()
+            results = [await sb.run_code("while True:\n    print('x' * 1000)") for _ in range(3)]
+            await asyncio.sleep(0.1)  # connection_lost callbacks run on the next loop turns
+            return results, before, fds()
+
+    results, before, after = run(main())
+    assert [r.error_kind for r in results] == ["output_limit"] * 3
+    assert after == before
 
 
 def test_run_code_imports_what_generated_solutions_use():
