@@ -6,8 +6,9 @@ and the same loop with lr = 0, then prints:
 (a) test accuracy of the best task-level workflow found by round-0 search;
 (b) test accuracy of the per-query policy after the loop, one workflow per problem: greedy, and
     best-of-k (``--best-of``, 32) chosen by ``--selection`` (default ``validated``: among the k
-    samples that run on the test problem, the program most often right on the *validation* split
-    when it ran, the split search selects (a) on; ``runs``: the likeliest sample that runs). No
+    candidates that run on the test problem, the program most often right on the *validation* split
+    when it ran, the split search selects (a) on; ``runs``: the likeliest candidate that runs); the
+    candidates are the greedy program and k - 1 samples (``--no-greedy``: k samples). No
     test answer is read. The RESULT line uses best-of-k (``--best-of 1`` makes it greedy);
 (c) the same for the lr = 0 loop (its parameters never move: it must match the untrained policy);
 (d) evaluations the policy-steered round 1 needs to reach round 0's best validation score, over
@@ -94,9 +95,12 @@ def main() -> None:
                              "both busy through the single-threaded search phases; each process holds up to ~9 GB, in training).")
     parser.add_argument("--selection", default="validated", choices=["validated", "runs", "logprob"],
                         help="How best-of-k chooses (see workflow_rl.loop.policy_eval).")
-    parser.add_argument("--with-greedy", action="store_true",
-                        help="Best-of-k's candidates are the greedy program and k - 1 samples (evaluate_policy's "
-                             "with_greedy), so a sample replaces the greedy program only where --selection prefers it.")
+    parser.add_argument("--with-greedy", action="store_true", default=True,
+                        help="Best-of-k's candidates are the greedy program and k - 1 samples (the default, as "
+                             "evaluate_policy's), so a sample replaces the greedy program only where --selection "
+                             "prefers it.")
+    parser.add_argument("--no-greedy", dest="with_greedy", action="store_false",
+                        help="Best-of-k draws all k candidates (as the figures recorded before 2026-12-07 did).")
     args = parser.parse_args()
     if args.policy != "builtin:tiny":
         from bench_learning_smol import smol_main

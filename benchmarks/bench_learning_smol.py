@@ -16,7 +16,8 @@ seconds:
   ``validation``, the round whose checkpoint wrote the most right greedy programs on the validation
   split (the split (a)'s workflow was chosen on); column ``(b) round`` says which;
 - (a), (b) and (c) are measured on the first ``--test-size`` test problems (every one of them on
-  the same problems); best-of-k uses ``--best-of`` (default 4) with ``--selection``;
+  the same problems); best-of-k uses ``--best-of`` (default 4) with ``--selection``, its candidates
+  the greedy program and k - 1 samples (``--no-greedy``: k samples);
 - "the untrained base" is the loop's round-0 policy: the format-warm-started base
   (:mod:`workflow_rl.policy.warm_start`), as ``builtin:tiny``'s untrained policy includes its own
   warm start. The lr = 0 control keeps exactly those weights (its adapter's B stays 0), so its
@@ -79,7 +80,7 @@ def run_seeds_apart(args, out: Path) -> None:
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     flags = [f"--{name.replace('_', '-')}={value}" for name, value in vars(args).items()
              if name not in ("seeds", "jobs", "out", "with_greedy") and value is not None]
-    flags += ["--with-greedy"] if args.with_greedy else []
+    flags += ["--with-greedy" if args.with_greedy else "--no-greedy"]
     pending, running, failed = list(args.seeds), {}, []
     while pending or running:
         while pending and len(running) < args.jobs:

@@ -31,7 +31,7 @@ def given(ctx: typer.Context, name: str) -> bool:
 
 def policy_eval_command(db: str | Engine, policy: str, split: str, benchmark: str, best_of: int,
                         workers: int | None = None, selection: str = "logprob", validate_top: int = 0,
-                        with_greedy: bool = False) -> None:
+                        with_greedy: bool | None = None) -> None:
     """``eval --policy``: the policy writes one workflow per problem of ``split``; print accuracy and cost."""
     from workflow_rl.loop.policy_eval import evaluate_policy
 

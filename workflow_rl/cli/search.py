@@ -164,9 +164,11 @@ def register(app: typer.Typer) -> None:
         validate_top: Annotated[int, typer.Option(
             help="--select validated: score only each problem's N likeliest programs that ran on the validation "
                  "split (0 = all; each is one validation pass, which costs LLM calls on LLM benchmarks).")] = 0,
-        with_greedy: Annotated[bool, typer.Option(
+        with_greedy: Annotated[bool | None, typer.Option(
+            "--with-greedy/--no-greedy",
             help="--policy with --best-of k: the greedy program is one of the k candidates (k - 1 are sampled), so "
-                 "a sample replaces it only where --select prefers it.")] = False,
+                 "a sample replaces it only where --select prefers it (default with --best-of 2 or more; "
+                 "--no-greedy draws all k).")] = None,
         repeats: Annotated[int, typer.Option(help="Executions per problem.")] = 1,
         executor: Annotated[str | None, typer.Option(help="URL#MODEL for LLM operators; " + LOCAL_HELP)] = None,
         workers: Annotated[int | None, typer.Option(help="Sandbox worker processes.")] = None,

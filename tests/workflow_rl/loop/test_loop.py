@@ -227,7 +227,8 @@ def test_eval_policy_writes_runs_and_stores_one_workflow_per_problem(loop_db):
     bench = CalcBenchmark(test_size=4)
     ckpt = str(second.final_checkpoint.checkpoint_id)
     greedy = evaluate_policy(db, ckpt, "test", bench, max_new_tokens=16, run="eval/g", workers=1)
-    sampled = evaluate_policy(db, ckpt, "test", bench, best_of=2, max_new_tokens=16, run="eval/k2", workers=1)
+    sampled = evaluate_policy(db, ckpt, "test", bench, best_of=2, max_new_tokens=16, run="eval/k2", workers=1,
+                              with_greedy=False)  # every candidate sampled: each stored at T = 1
     assert greedy.problems == sampled.problems == 4 and greedy.checkpoint_id == second.final_checkpoint.checkpoint_id
     engine = open_db(db)
     with session_scope(engine) as s:

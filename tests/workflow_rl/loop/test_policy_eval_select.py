@@ -133,7 +133,7 @@ def test_runs_selection_keeps_the_likeliest_program_that_runs(tmp_path, tiny_cac
     bench = CalcBenchmark(test_size=8)
     scripted(bench)
     db = str(tmp_path / "e.db")
-    common = dict(best_of=6, max_new_tokens=48, workers=1, cache_dir=tiny_cache)
+    common = dict(best_of=6, max_new_tokens=48, workers=1, cache_dir=tiny_cache, with_greedy=False)
     top = evaluate_policy(db, "builtin:tiny", "test", bench, run="eval/top", **common)
     runs = evaluate_policy(db, "builtin:tiny", "test", bench, run="eval/runs", selection="runs", **common)
     by_logprob, by_runs = _by_problem(bench, db, top.run), _by_problem(bench, db, runs.run)
@@ -169,20 +169,20 @@ def test_cli_select_runs_and_bad_select(tmp_path, tiny_cache, monkeypatch):
     db = str(tmp_path / "cli.db")
     runner = CliRunner()
     ok = runner.invoke(app, ["--db", db, "eval", "--policy", "builtin:tiny", "--best-of", "2", "--select", "runs",
-                             "--split", "validation", "--workers", "1"])
+                             "--no-greedy", "--split", "validation", "--workers", "1"])
     assert ok.exit_code == 0, ok.output
-    assert "eval/policy-builtin:tiny/validation/k2-runs" in " ".join(ok.output.split())
+    assert "eval/policy-builtin:tiny/validation/k2-runs'" in " ".join(ok.output.split())
     bad = runner.invoke(app, ["--db", db, "eval", "--policy", "builtin:tiny", "--best-of", "2", "--select", "best"])
     assert bad.exit_code == 1 and isinstance(bad.exception, WorkflowRLError)
     assert "(--select) 'best': use logprob, runs, validated" in str(bad.exception)
     capped = runner.invoke(app, ["--db", db, "eval", "--policy", "builtin:tiny", "--best-of", "2", "--select",
                                  "validated", "--validate-top", "1", "--workers", "1"])
     assert capped.exit_code == 0, capped.output
-    assert "k2-validated-top1" in " ".join(capped.output.split())  # not the uncapped run's name
+    assert "k2-validated-top1-greedy" in " ".join(capped.output.split())  # not the uncapped run's name
     stray = runner.invoke(app, ["--db", db, "eval", "--policy", "builtin:tiny", "--best-of", "2", "--validate-top", "1"])
     assert stray.exit_code == 1 and "only applies to selection 'validated'" in str(stray.exception)
     both = runner.invoke(app, ["--db", db, "eval", "--policy", "builtin:tiny", "--best-of", "2", "--select", "runs",
-                               "--with-greedy", "--split", "validation", "--workers", "1"])
+                               "--split", "validation", "--workers", "1"])  # with the greedy program by default
     assert both.exit_code == 0, both.output
     assert "k2-runs-greedy" in " ".join(both.output.split())
     alone = runner.invoke(app, ["--db", db, "eval", "--policy", "builtin:tiny", "--with-greedy"])
@@ -196,7 +196,7 @@ def test_validated_selection_prefers_programs_right_on_validation(tmp_path, tiny
     bench = CalcBenchmark(test_size=8, validation_size=12)
     scripted(bench)
     db = str(tmp_path / "v.db")
-    common = dict(best_of=6, max_new_tokens=48, workers=1, cache_dir=tiny_cache)
+    common = dict(best_of=6, max_new_tokens=48, workers=1, cache_dir=tiny_cache, with_greedy=False)
     runs = evaluate_policy(db, "builtin:tiny", "test", bench, run="eval/runs", selection="runs", **common)
     validated = evaluate_policy(db, "builtin:tiny", "test", bench, run="eval/val", selection="validated", **common)
     by_runs, by_val = _by_problem(bench, db, runs.run), _by_problem(bench, db, validated.run)
@@ -238,7 +238,7 @@ def test_validate_top_caps_the_validation_passes(tmp_path, tiny_cache, scripted)
     bench = CalcBenchmark(test_size=8, validation_size=6)
     scripted(bench)
     db = str(tmp_path / "top.db")
-    common = dict(best_of=6, max_new_tokens=48, workers=1, cache_dir=tiny_cache)
+    common = dict(best_of=6, max_new_tokens=48, workers=1, cache_dir=tiny_cache, with_greedy=False)
     runs = evaluate_policy(db, "builtin:tiny", "test", bench, run="eval/runs", selection="runs", **common)
     top1 = evaluate_policy(db, "builtin:tiny", "test", bench, run="eval/top1", selection="validated",
                            validate_top=1, **common)
@@ -281,9 +281,9 @@ def test_with_greedy_makes_the_greedy_program_a_candidate(tmp_path, tiny_cache, 
     common = dict(max_new_tokens=48, workers=1, cache_dir=tiny_cache, selection="validated")
     greedy = evaluate_policy(db, "builtin:tiny", "test", bench, best_of=1, max_new_tokens=48, workers=1,
                              cache_dir=tiny_cache)
-    without = evaluate_policy(db, "builtin:tiny", "test", bench, best_of=3, **common)
+    without = evaluate_policy(db, "builtin:tiny", "test", bench, best_of=3, with_greedy=False, **common)
     calls.clear()
-    with_greedy = evaluate_policy(db, "builtin:tiny", "test", bench, best_of=3, with_greedy=True, **common)
+    with_greedy = evaluate_policy(db, "builtin:tiny", "test", bench, best_of=3, **common)  # the default for k > 1
     assert sorted((n, t) for _, n, t in calls) == [(1, 0.0), (2, 1.0)]  # k - 1 samples, one greedy program
     assert greedy.accuracy > 0 == without.accuracy  # premise: ROUTED is right on some test problems
     # ROUTED's validation precision beats WRONG's (never right), so the greedy program stays chosen
@@ -292,5 +292,6 @@ def test_with_greedy_makes_the_greedy_program_a_candidate(tmp_path, tiny_cache, 
     engine = open_db(db)
     with session_scope(engine) as s:
         assert s.scalar(select(Run).where(Run.name == with_greedy.run)).state["with_greedy"] is True
+        assert s.scalar(select(Run).where(Run.name == greedy.run)).state["with_greedy"] is False  # k = 1: greedy alone
     with pytest.raises(WorkflowRLError, match="--best-of 2 or more"):
         evaluate_policy(db, "builtin:tiny", "test", bench, best_of=1, with_greedy=True, max_new_tokens=48)
