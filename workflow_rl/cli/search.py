@@ -155,9 +155,11 @@ def register(app: typer.Typer) -> None:
         policy: Annotated[str | None, typer.Option(
             help="Instead of a workflow: a policy checkpoint (id or path) that writes one workflow per problem.")] = None,
         benchmark: Annotated[str, typer.Option(help="Benchmark of --policy.")] = "calc",
-        best_of: Annotated[int, typer.Option(help="--policy: 1 = greedy, k > 1 = sample k workflows per problem.")] = 1,
+        best_of: Annotated[int, typer.Option(
+            help="--policy: 1 = greedy, k > 1 = k candidate workflows per problem (the greedy one and k - 1 "
+                 "samples; see --no-greedy), one chosen by --select.")] = 1,
         select: Annotated[str, typer.Option(
-            help="--policy with --best-of k: 'logprob' keeps the most likely valid sample; 'runs' runs them in that "
+            help="--policy with --best-of k: 'logprob' keeps the most likely valid candidate; 'runs' runs them in that "
                  "order and keeps the first that finishes without an error; 'validated' keeps, of those that run, the "
                  "program most often right on the validation split (not with --split validation). None reads the "
                  "answer of the problem being scored.")] = "logprob",
